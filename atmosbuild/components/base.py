@@ -1,0 +1,79 @@
+"""The component-type interface. One module per type, registered in
+components/__init__.py; adding a type (say `helmfile`) is one new file.
+
+A type turns one resolved, rendered component into the argv lists to run and
+reads the component's outputs afterwards. It never starts processes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+APPLY = "apply"  # changes the world: skipped only if this key was last applied here
+BUILD = "build"  # pure: any earlier success with the same key is reused
+
+
+@dataclass(frozen=True)
+class Invocation:
+    argv: tuple[str, ...]
+    capture: bool = False  # hand this step's stdout to `outputs`
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What a type needs to know about one action."""
+
+    component_id: str
+    name: str
+    target: str
+    deployment: str
+    key: str  # hex action key
+    workdir: str  # WORKSPACE/TYPE/NAME
+    vars: Mapping[str, Any]  # rendered (outputs substituted)
+    run: Any  # rendered `run` (list or str) or None
+    outputs_path: str  # $ATMOS_OUTPUTS
+    vars_path: str  # $ATMOS_VARS_FILE
+    toolchain: Mapping[str, str] = field(default_factory=dict)
+
+
+class ComponentType:
+    name: str = ""
+    mode: str = APPLY
+    version: str = "1"  # enters every key of this type: bump it when behaviour changes
+    #: component keys this type accepts besides the common ones
+    required: Sequence[str] = ()
+    forbidden: Sequence[str] = ()
+
+    def invocations(self, ctx: ActionContext) -> list[Invocation]:
+        raise NotImplementedError
+
+    def extra_env(self, ctx: ActionContext) -> dict[str, str]:
+        return {}
+
+    def prepare(self, ctx: ActionContext) -> None:
+        """Write type-specific files into the workdir before running."""
+
+    def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
+        """The component's outputs: by default the JSON object at $ATMOS_OUTPUTS."""
+        return read_outputs_file(ctx.outputs_path)
+
+
+def read_outputs_file(path: str) -> dict:
+    """A missing file means no outputs; anything but a JSON object fails."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"outputs file $ATMOS_OUTPUTS is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"outputs file $ATMOS_OUTPUTS must hold a JSON object, got {type(value).__name__}")
+    return value

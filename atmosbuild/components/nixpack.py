@@ -1,0 +1,25 @@
+"""`nixpack`: builds an image with nixpacks. Build mode: the image is a pure
+function of its inputs, so any earlier build with the same key is reused."""
+
+from __future__ import annotations
+
+from .base import BUILD, ActionContext, ComponentType, Invocation
+
+
+class Nixpack(ComponentType):
+    name = "nixpack"
+    mode = BUILD
+    version = "1"
+    forbidden = ("run",)
+
+    def image(self, ctx: ActionContext) -> str:
+        image = ctx.vars.get("image")
+        name = image.get("name") if isinstance(image, dict) else None
+        return f"{name or ctx.name}:{ctx.key[:12]}"
+
+    def invocations(self, ctx: ActionContext) -> list[Invocation]:
+        binary = ctx.toolchain.get("nixpacks") or "nixpacks"
+        return [Invocation((binary, "build", ".", "--name", self.image(ctx)))]
+
+    def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
+        return {"image": self.image(ctx), "tag": ctx.key[:12]}

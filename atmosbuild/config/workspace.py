@@ -1,0 +1,185 @@
+"""The workspace: root discovery, `atmos.yaml` settings, package discovery,
+and loading one package's deployment from whichever front end it uses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..errors import ConfigError, UsageError, did_you_mean
+from .document import Document
+from .labels import Label, Pattern
+from .model import DeploymentSpec, compile_document, config_error
+
+DSL_FILE = "BUILD.atmos"
+YAML_FILE = "deployment.yaml"
+SETTINGS_FILE = "atmos.yaml"
+# Directories package discovery never enters: VCS data, our own state,
+# dependency trees and tool caches that can hold thousands of files.
+SKIP_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".atmos", ".terraform", "node_modules", "__pycache__",
+    ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
+})
+SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir")
+
+
+@dataclass(frozen=True)
+class Settings:
+    parallelism: int | None = None
+    schedule: str | None = None
+    keep_going: bool | None = None
+    toolchain: Mapping[str, str] = field(default_factory=dict)
+    state_dir: str = ".atmos"
+
+
+def find_root(explicit: str | None, cwd: str | None = None) -> str:
+    """-C/--root, else the nearest ancestor holding atmos.yaml, else cwd."""
+    if explicit is not None:
+        root = os.path.abspath(explicit)
+        if not os.path.isdir(root):
+            raise UsageError(f"-C/--root: '{explicit}' is not a directory")
+        return root
+    here = os.path.abspath(cwd or os.getcwd())
+    probe = here
+    while True:
+        if os.path.isfile(os.path.join(probe, SETTINGS_FILE)):
+            return probe
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return here
+        probe = parent
+
+
+def load_settings(root: str) -> Settings:
+    path = os.path.join(root, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return Settings()
+    from .yaml import parse_yaml
+
+    with open(path, encoding="utf-8") as fh:
+        doc = parse_yaml(fh.read(), SETTINGS_FILE)
+    data = doc.data or {}
+    if not isinstance(data, dict):
+        raise ConfigError("atmos.yaml must hold a map of settings", file=SETTINGS_FILE)
+
+    def fail(key, message):
+        return config_error(doc, (key,), message)
+
+    for key in data:
+        if key not in SETTINGS_KEYS:
+            raise fail(key, f"unknown setting '{key}'" + did_you_mean(str(key), SETTINGS_KEYS)
+                       + f"; known: {', '.join(SETTINGS_KEYS)}")
+    par = data.get("parallelism")
+    if par is not None and (isinstance(par, bool) or not isinstance(par, int) or par < 1):
+        raise fail("parallelism", "parallelism must be a whole number >= 1")
+    sched = data.get("schedule")
+    if sched is not None and sched not in ("waves", "eager"):
+        raise fail("schedule", "schedule must be 'waves' or 'eager'")
+    kg = data.get("keep_going")
+    if kg is not None and not isinstance(kg, bool):
+        raise fail("keep_going", "keep_going must be true or false")
+    tc = data.get("toolchain") or {}
+    if not isinstance(tc, dict) or any(k not in ("terraform", "nixpacks") or not isinstance(v, str)
+                                       for k, v in tc.items()):
+        raise fail("toolchain", "toolchain must map 'terraform'/'nixpacks' to a binary name")
+    state_dir = data.get("state_dir", ".atmos")
+    if not isinstance(state_dir, str) or not state_dir:
+        raise fail("state_dir", "state_dir must be a directory path")
+    return Settings(par, sched, kg, tc, state_dir)
+
+
+def package_dir(root: str, package: str) -> str:
+    return os.path.join(root, *package.split("/")) if package else root
+
+
+def package_file(root: str, package: str) -> str | None:
+    """The deployment file of `package`, or None if it is not a package."""
+    base = package_dir(root, package)
+    dsl = os.path.join(base, DSL_FILE)
+    yml = os.path.join(base, YAML_FILE)
+    has_dsl, has_yml = os.path.isfile(dsl), os.path.isfile(yml)
+    if has_dsl and has_yml:
+        shown = f"{package}/" if package else ""
+        raise ConfigError(f"package //{package} has both {DSL_FILE} and {YAML_FILE}; "
+                          "keep exactly one", file=f"{shown}{DSL_FILE}")
+    return dsl if has_dsl else yml if has_yml else None
+
+
+def discover_packages(root: str, prefix: str = "") -> list[str]:
+    """Every package at or under `prefix`, sorted."""
+    found = []
+    start = package_dir(root, prefix)
+    stack = [(start, prefix)]
+    while stack:
+        path, pkg = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        names = {e.name for e in entries}
+        if DSL_FILE in names or YAML_FILE in names:
+            found.append(pkg)
+        for e in entries:
+            if e.name in SKIP_DIRS or e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append((e.path, f"{pkg}/{e.name}" if pkg else e.name))
+    return sorted(found)
+
+
+def load_document(root: str, package: str) -> Document:
+    path = package_file(root, package)
+    if path is None:
+        raise unknown_package(root, package)
+    shown = os.path.relpath(path, os.getcwd()) if _under(path, os.getcwd()) else path
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.endswith(DSL_FILE):
+        from .dsl import parse_dsl  # lark is imported only when a DSL file is read
+
+        return parse_dsl(text, shown)
+    from .yaml import parse_yaml
+
+    return parse_yaml(text, shown)
+
+
+def load_package(root: str, package: str) -> DeploymentSpec:
+    doc = load_document(root, package)
+    default = package or os.path.basename(os.path.abspath(root))
+    return compile_document(doc, package, default)
+
+
+def unknown_package(root: str, package: str) -> UsageError:
+    known = discover_packages(root)
+    hint = did_you_mean(package, known)
+    listing = ", ".join(f"//{p}" for p in known[:10]) or "none"
+    return UsageError(f"unknown package //{package}: no {DSL_FILE} or {YAML_FILE} in "
+                      f"'{package or '.'}'{hint}; packages here: {listing}")
+
+
+def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
+    """Labels for patterns, deduplicated, in the order given."""
+    out: list[Label] = []
+    for item in patterns:
+        if isinstance(item, Label):
+            labels = [item]
+        else:
+            labels = []
+            for pkg in discover_packages(root, item.prefix):
+                spec = load_package(root, pkg)
+                if item.target in spec.targets:
+                    labels.append(Label(pkg, item.target))
+            if not labels:
+                raise UsageError(f"pattern {item} matches no package with a '{item.target}' target")
+        for label in labels:
+            if label not in out:
+                out.append(label)
+    return out
+
+
+def _under(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), base]) == base
+    except ValueError:
+        return False
