@@ -1,0 +1,381 @@
+"""The command line. Commands only: each parses its flags, calls into the
+pipeline, and prints. Every AtmosError becomes one `error:` line and its exit
+code here, and nowhere else; no traceback ever reaches a user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import click
+
+from .errors import AtmosError, UsageError
+
+SCHEDULES = ("waves", "eager")
+FORMATS = ("dot", "json", "mermaid")
+
+
+class _Root:
+    def __init__(self, root_opt: str | None) -> None:
+        from .config.workspace import find_root, load_settings
+
+        self.root = find_root(root_opt)
+        self.settings = load_settings(self.root)
+        self.state_dir = os.path.join(self.root, self.settings.state_dir)
+
+    def labels(self, texts, *, allow_pattern=True, single=False):
+        from .config.labels import parse_label
+        from .config.workspace import expand
+
+        if single and len(texts) != 1:
+            raise UsageError("exactly one label is needed")
+        parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
+        return expand(self.root, parsed)
+
+    def graph(self, labels, *, only=None, readonly=True):
+        from .graph.actions import compile_graph
+        from .state.files import FileDigester
+        from .state.sqlite import open_store
+
+        store = open_store(self.state_dir, readonly=readonly)
+        digester = FileDigester(self.root, store.file_cache())
+        graph = compile_graph(self.root, labels, digester, only=only)
+        return graph, store, digester
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "--root", "root", metavar="DIR", help="Workspace root (default: nearest atmos.yaml).")
+@click.version_option(package_name="atmosbuild", message="atmosbuild %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None) -> None:
+    """atmosbuild: declarative, incremental, parallel deployments."""
+    ctx.obj = root
+
+
+def _root(ctx: click.Context) -> _Root:
+    return _Root(ctx.obj)
+
+
+# -- rollout / plan / graph ------------------------------------------------------
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("-j", "--parallelism", type=int, help="Run at most N actions at once (default: CPU count).")
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="waves (default) or eager.")
+@click.option("-k", "--keep-going", is_flag=True, default=None, help="Run everything not downstream of a failure.")
+@click.option("--dry-run", is_flag=True, help="Plan only: run nothing, write nothing.")
+@click.option("--graph", "graph_format", type=click.Choice(FORMATS), help="With --dry-run: export the plan.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write --graph output to FILE.")
+@click.option("--keep-workspace", is_flag=True, help="Keep the rollout workspace for debugging.")
+@click.option("--force", is_flag=True, help="Run every selected component, up to date or not.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report to FILE.")
+@click.pass_context
+def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
+            keep_workspace, force, only, wait, report):
+    """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
+    r = _root(ctx)
+    if parallelism is None:
+        parallelism = r.settings.parallelism or os.cpu_count() or 1
+    if parallelism < 1:
+        raise UsageError(f"-j/--parallelism must be at least 1, got {parallelism}")
+    if graph_format and not dry_run:
+        raise UsageError("--graph needs --dry-run (use `atmosbuild graph LABEL` to export a plan)")
+    if output and not graph_format:
+        raise UsageError("--output goes with --graph")
+    schedule = schedule or r.settings.schedule or "waves"
+    if keep_going is None:
+        keep_going = bool(r.settings.keep_going)
+    resolved = r.labels(labels)
+    if dry_run:
+        graph, store, _ = r.graph(resolved, only=list(only), readonly=True)
+        _show_plan(graph, store, graph_format, output, force=force)
+        return
+    from .run.rollout import Rollout, RolloutOptions
+    from .run.ui import Console
+
+    graph, store, digester = r.graph(resolved, only=list(only), readonly=False)
+    store.save_file_cache(digester.changed)
+    console = Console(prefix=parallelism > 1)
+    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
+                             keep_workspace=keep_workspace, force=force, wait=wait, report=report,
+                             toolchain=dict(r.settings.toolchain))
+    try:
+        code = Rollout(r.root, r.state_dir, graph, store, options, console).run()
+    finally:
+        store.close()
+    ctx.exit(code)
+
+
+def _show_plan(graph, store, graph_format, output, *, force=False):
+    from .graph.export import EXPORTERS, plan_table
+    from .graph.plan import make_plan
+    from .state.rebuild import Rebuilder
+
+    plan = make_plan(graph, Rebuilder(graph, store, force=force))
+    text = EXPORTERS[graph_format](graph, plan) if graph_format else plan_table(graph, plan)
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("label")
+@click.option("--force", is_flag=True, help="Plan as if --force were given.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.pass_context
+def plan(ctx, label, force, only):
+    """Show what a rollout of LABEL would do, and why."""
+    r = _root(ctx)
+    graph, store, _ = r.graph(r.labels([label]), only=list(only))
+    _show_plan(graph, store, None, None, force=force)
+
+
+@cli.command()
+@click.argument("label")
+@click.option("--format", "graph_format", type=click.Choice(FORMATS), default="dot", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.pass_context
+def graph(ctx, label, graph_format, output, only):
+    """Export the planned graph of LABEL (DOT, JSON or Mermaid)."""
+    r = _root(ctx)
+    graph_, store, _ = r.graph(r.labels([label]), only=list(only))
+    _show_plan(graph_, store, graph_format, output)
+
+
+# -- status / explain ------------------------------------------------------------
+
+@cli.command()
+@click.argument("label")
+@click.pass_context
+def status(ctx, label):
+    """Per component: last applied key, when, and whether it is up to date."""
+    import time
+
+    from .graph.plan import CACHED, make_plan
+    from .state.rebuild import Rebuilder
+
+    r = _root(ctx)
+    graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
+    rebuilder = Rebuilder(graph_, store)
+    planned = make_plan(graph_, rebuilder)
+    rows = [("COMPONENT", "MODE", "APPLIED", "WHEN", "TOOK", "STATE")]
+    for nid in graph_.dag.order:
+        node = graph_.nodes[nid]
+        last = rebuilder.applied(node)
+        p = planned[nid]
+        state = "up to date" if p.status == CACHED else f"out of date: {p.reason}"
+        if last:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.finished))
+            rows.append((nid, node.mode, last.key[:12], when, f"{last.duration:.1f}s", state))
+        else:
+            rows.append((nid, node.mode, "-", "-", "-", state))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+
+
+@cli.command()
+@click.argument("label")
+@click.argument("component")
+@click.pass_context
+def explain(ctx, label, component):
+    """Why COMPONENT (TYPE/NAME) of LABEL would run: what changed."""
+    from .errors import did_you_mean
+    from .graph.plan import BLOCKED, CACHED, make_plan
+    from .state.rebuild import Rebuilder
+
+    r = _root(ctx)
+    graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
+    if component not in graph_.nodes:
+        raise UsageError(f"no component '{component}' in {label}" + did_you_mean(component, graph_.nodes))
+    rebuilder = Rebuilder(graph_, store)
+    p = make_plan(graph_, rebuilder)[component]
+    node = graph_.nodes[component]
+    last = rebuilder.applied(node)
+    if last:
+        click.echo(f"{component}: last applied key {last.key[:12]}")
+    if p.status == CACHED:
+        click.echo(f"{component} is up to date (key {p.key[:12]}): it would not run.")
+        return
+    if p.status == BLOCKED:
+        click.echo(f"{component} has no changes of its own; it {p.reason}.")
+        return
+    click.echo(f"{component} would run because:")
+    for reason in p.reason.split("; "):
+        click.echo(f"  - {reason}")
+
+
+# -- validate / fmt / convert -----------------------------------------------------
+
+@cli.command()
+@click.argument("labels", nargs=-1)
+@click.pass_context
+def validate(ctx, labels):
+    """Check deployments (all packages when no LABEL/PATTERN is given)."""
+    from .config.labels import Label, parse_label
+    from .config.resolve import resolve_target
+    from .config.workspace import discover_packages, load_package
+    from .graph.actions import _check_source, node_id
+    from .graph.dag import build_dag
+
+    r = _root(ctx)
+    if labels:
+        targets = r.labels(labels)
+        packages = sorted({label.package for label in targets})
+    else:
+        packages = discover_packages(r.root)
+        targets = None
+        if not packages:
+            raise UsageError(f"no packages (BUILD.atmos or deployment.yaml) under {r.root}")
+    for pkg in packages:
+        spec = load_package(r.root, pkg)
+        names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
+        for target in names:
+            if target not in spec.targets:
+                from .graph.actions import load_specs
+
+                load_specs(r.root, [Label(pkg, target)])  # raises the unknown-target error
+            resolved = resolve_target(spec, target)
+            build_dag({cid: c.depends_on for cid, c in resolved.items()})
+            for comp in resolved.values():
+                _check_source(r.root, spec, comp, Label(pkg, target))
+        click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
+                   f"targets {', '.join(names) or '(none)'}")
+
+
+def _read_document(path: str):
+    if not os.path.isfile(path):
+        raise UsageError(f"no such file: {path}")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if path.endswith(".atmos"):
+        from .config.dsl import parse_dsl
+
+        return parse_dsl(text, path)
+    if path.endswith((".yaml", ".yml")):
+        from .config.yaml import parse_yaml
+
+        return parse_yaml(text, path)
+    raise UsageError(f"{path}: expected a BUILD.atmos (DSL) or deployment.yaml (YAML) file")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file is not formatted.")
+def fmt(files, check):
+    """Rewrite BUILD.atmos FILE... in the canonical DSL layout."""
+    from .config.fmt import format_dsl
+
+    unformatted = []
+    for path in files:
+        if not path.endswith(".atmos"):
+            raise UsageError(f"{path}: fmt formats DSL files (BUILD.atmos); "
+                             "use `atmosbuild convert FILE --to dsl` for YAML")
+        doc = _read_document(path)
+        text = format_dsl(doc.data, getattr(doc, "comments", None))
+        if text != doc.text:
+            unformatted.append(path)
+            if not check:
+                with open(path, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                click.echo(f"formatted {path}")
+    if check and unformatted:
+        for path in unformatted:
+            click.echo(f"would reformat {path}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("file")
+@click.option("--to", "to", type=click.Choice(("dsl", "yaml")), required=True)
+def convert(file, to):
+    """Print FILE converted to the DSL or to YAML (lossless)."""
+    from .config.fmt import format_dsl, format_yaml
+    from .config.model import compile_document
+
+    doc = _read_document(file)
+    compile_document(doc, "", "converted")  # convert valid deployments only
+    click.echo(format_dsl(doc.data) if to == "dsl" else format_yaml(doc.data), nl=False)
+
+
+# -- clean ------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--workspaces", is_flag=True, help="Remove rollout workspaces left behind.")
+@click.option("--cache", is_flag=True, help="Remove the state database, vendor cache and logs.")
+@click.option("--all", "all_", is_flag=True, help="Remove the whole state directory.")
+@click.pass_context
+def clean(ctx, workspaces, cache, all_):
+    """Remove state (refused while a rollout holds a lock)."""
+    import fcntl
+
+    if not (workspaces or cache or all_):
+        raise UsageError("say what to clean: --workspaces, --cache or --all")
+    r = _root(ctx)
+    locks = os.path.join(r.state_dir, "locks")
+    held = []
+    for name in sorted(os.listdir(locks)) if os.path.isdir(locks) else []:
+        fd = os.open(os.path.join(locks, name), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(name[:-len(".lock")])
+        finally:
+            os.close(fd)
+    if held:
+        from .errors import LockedError
+
+        raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
+    removed = []
+    if all_:
+        removed.append(r.state_dir)
+    else:
+        if workspaces:
+            removed.append(os.path.join(r.state_dir, "workspaces"))
+        if cache:
+            for name in ("state.db", "state.db-wal", "state.db-shm", "vendor-cache", "logs"):
+                removed.append(os.path.join(r.state_dir, name))
+    for path in removed:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            click.echo(f"removed {os.path.relpath(path, r.root)}/")
+        elif os.path.exists(path):
+            os.unlink(path)
+            click.echo(f"removed {os.path.relpath(path, r.root)}")
+
+
+# -- entry point ------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="atmosbuild", standalone_mode=False)
+    except AtmosError as exc:
+        click.echo(exc.render(), err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

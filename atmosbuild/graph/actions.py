@@ -1,0 +1,118 @@
+"""Compile labels into one action graph: a node per enabled component per
+label, with its local key ingredients, and the dependency DAG between them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..components import TYPES, ComponentType
+from ..config.labels import Label
+from ..config.model import DeploymentSpec
+from ..config.resolve import ResolvedComponent, resolve_target
+from ..config.workspace import load_package
+from ..errors import UsageError, did_you_mean
+from ..state.files import FileDigester
+from .dag import Dag, build_dag
+from .keys import canonical, local_ingredients
+
+
+@dataclass(frozen=True)
+class ActionNode:
+    id: str  # node id: the component id, prefixed with the label when several labels run
+    cid: str  # component id TYPE/NAME
+    label: Label
+    deployment: str
+    target: str
+    component: ResolvedComponent
+    ctype: ComponentType = field(repr=False)
+    local: Mapping = field(repr=False)  # local key ingredients
+    local_canonical: str = field(repr=False)
+    deps: tuple[str, ...] = ()  # node ids
+
+    @property
+    def mode(self) -> str:
+        return self.ctype.mode
+
+
+@dataclass(frozen=True)
+class ActionGraph:
+    labels: tuple[Label, ...]
+    specs: Mapping[Label, DeploymentSpec]
+    nodes: Mapping[str, ActionNode]
+    dag: Dag
+
+
+def node_id(label: Label, cid: str, multi: bool) -> str:
+    return f"{label} {cid}" if multi else cid
+
+
+def load_specs(root: str, labels: list[Label]) -> dict[Label, DeploymentSpec]:
+    specs: dict[Label, DeploymentSpec] = {}
+    by_package: dict[str, DeploymentSpec] = {}
+    for label in labels:
+        spec = by_package.get(label.package) or load_package(root, label.package)
+        by_package[label.package] = spec
+        if label.target not in spec.targets:
+            known = ", ".join(spec.targets) or "none"
+            raise UsageError(f"unknown target '{label.target}' in //{label.package} ({spec.document.file})"
+                             + did_you_mean(label.target, spec.targets) + f"; targets: {known}")
+        specs[label] = spec
+    return specs
+
+
+def compile_graph(root: str, labels: list[Label], digester: FileDigester,
+                  only: list[str] | None = None,
+                  specs: Mapping[Label, DeploymentSpec] | None = None) -> ActionGraph:
+    specs = dict(specs) if specs is not None else load_specs(root, labels)
+    multi = len(labels) > 1
+    resolved: dict[Label, dict[str, ResolvedComponent]] = {
+        label: resolve_target(specs[label], label.target) for label in labels}
+
+    deps: dict[str, list[str]] = {}
+    where: dict[str, tuple[Label, str]] = {}
+    for label in labels:
+        for cid, comp in resolved[label].items():
+            nid = node_id(label, cid, multi)
+            deps[nid] = [node_id(label, d, multi) for d in comp.depends_on]
+            where[nid] = (label, cid)
+    dag = build_dag(deps)
+
+    selected = set(deps)
+    if only:
+        wanted = set()
+        for item in only:
+            hits = [nid for nid, (_, cid) in where.items() if cid == item or nid == item]
+            if not hits:
+                raise UsageError(f"--only {item}: no such component"
+                                 + did_you_mean(item, {cid for _, cid in where.values()}))
+            wanted.update(hits)
+        selected = set(dag.closure(wanted))
+        dag = dag.subgraph(selected)
+
+    nodes: dict[str, ActionNode] = {}
+    for nid in dag.order:
+        label, cid = where[nid]
+        comp = resolved[label][cid]
+        spec = specs[label]
+        _check_source(root, spec, comp, label)
+        ctype = TYPES[comp.type]
+        local = local_ingredients(comp, ctype.version, digester)
+        nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, ctype, local,
+                                canonical(local), dag.deps[nid])
+    return ActionGraph(tuple(labels), specs, nodes, dag)
+
+
+def _check_source(root: str, spec: DeploymentSpec, comp: ResolvedComponent, label: Label) -> None:
+    if comp.source is None:
+        return
+    path = os.path.join(root, comp.source)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    cpath = ("deployment", "components", comp.type, comp.name, "source")
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
+    if not os.path.isdir(path):
+        raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} is not a directory "
+                        f"(at target '{label.target}')")

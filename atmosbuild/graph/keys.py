@@ -1,0 +1,92 @@
+"""Action keys: xxh3-128 over a canonical encoding of everything an action
+depends on (SPEC 5).
+
+A key has two parts. The *local ingredients* (type and version, resolved
+vars/env/run, source tree and `inputs` files, timeout) are known at plan
+time. The *upstream result digests* are only known once each dependency is
+done in this rollout (or cached), which is what gives early cutoff: an
+upstream that re-runs to the same outputs leaves its dependents' keys alone.
+
+The ingredients are kept (and stored) in a form that explains a change:
+values of sensitive vars/env are replaced by their digest, so nothing secret
+is ever stored, while any change to them still changes the key.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Mapping
+
+import xxhash
+
+from ..config.resolve import ResolvedComponent
+from ..state.files import FileDigester
+
+
+def canonical(value: Any) -> str:
+    """One text per value: sorted keys, no whitespace, tuples as lists."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=_default)
+
+
+def _default(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def digest(value: Any) -> str:
+    return xxhash.xxh3_128_hexdigest(canonical(value).encode())
+
+
+def secret_digest(value: Any) -> dict:
+    return {"sha": digest(["secret", value])}
+
+
+def local_ingredients(comp: ResolvedComponent, type_version: str,
+                      digester: FileDigester) -> dict:
+    """Everything but the upstream results, as canonical-encodable data."""
+    hidden = set(comp.sensitive)
+    files: dict[str, list] = {}
+    if comp.source is not None:
+        for rel, kind, dig, exe in digester.tree(comp.source):
+            files[f"source:{rel}"] = [kind, dig, exe]
+    for rel, kind, dig, exe in digester.files(expand_inputs(digester.root, comp.inputs)):
+        files[f"inputs:{rel}"] = [kind, dig, exe]
+    return {
+        "type": f"{comp.type}/{type_version}",
+        "vars": {k: secret_digest(v) if k in hidden else v for k, v in comp.vars.items()},
+        "env": {k: secret_digest(v) if k in hidden else v for k, v in comp.env.items()},
+        "run": list(comp.run) if isinstance(comp.run, tuple) else comp.run,
+        "source": comp.source,
+        "timeout": comp.timeout,
+        "files": files,
+    }
+
+
+def expand_inputs(root: str, patterns) -> list[str]:
+    """Root-relative regular files matched by `inputs` globs (`**` recurses)."""
+    out = set()
+    for pattern in patterns:
+        for path in glob.iglob(os.path.join(root, pattern), recursive=True):
+            if os.path.isfile(path) and not os.path.islink(path):
+                out.add(os.path.relpath(path, root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def action_key(local_canonical: str, upstream: Mapping[str, str]) -> str:
+    """The key: local ingredients (already canonical text) + upstream results."""
+    h = xxhash.xxh3_128(local_canonical.encode())
+    h.update(b"\0upstream\0")
+    h.update(canonical(dict(upstream)).encode())
+    return h.hexdigest()
+
+
+def result_digest(key: str, outputs: Mapping | None) -> str:
+    """What dependents key on: the outputs' digest when there are outputs,
+    else the key itself (SPEC 5)."""
+    if outputs:
+        return digest(["outputs", outputs])
+    return key

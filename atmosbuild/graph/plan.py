@@ -1,0 +1,56 @@
+"""The plan: what a rollout would do, decided without running anything.
+
+A node whose dependencies are all up to date has a known key, so it is
+`cached` or `run`. A node downstream of one that will run cannot know its key
+yet (early cutoff may still spare it): it is `run` when its own inputs
+changed, else `blocked` — it runs only if an upstream's result changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..state.rebuild import Rebuilder, describe_changes
+from .actions import ActionGraph
+
+RUN, CACHED, BLOCKED = "run", "cached", "blocked"
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    id: str
+    wave: int
+    status: str  # RUN | CACHED | BLOCKED
+    reason: str
+    key: str | None  # None while an upstream has yet to run
+
+
+def make_plan(graph: ActionGraph, rebuilder: Rebuilder) -> dict[str, PlannedNode]:
+    planned: dict[str, PlannedNode] = {}
+    results: dict[str, str | None] = {}  # node id -> result digest, None if unknown
+    for nid in graph.dag.order:
+        node = graph.nodes[nid]
+        wave = graph.dag.wave_of[nid]
+        waiting = [d for d in node.deps if results[d] is None]
+        if not waiting:
+            upstream = {graph.nodes[d].cid: results[d] for d in node.deps}
+            decision = rebuilder.decide(node, upstream)
+            status = RUN if decision.run else CACHED
+            planned[nid] = PlannedNode(nid, wave, status, decision.reason, decision.key)
+            results[nid] = None if decision.run else decision.result
+            continue
+        last = rebuilder.applied(node)
+        local_changes = describe_changes(last.ingredients, node.local, None) if last else ["never applied"]
+        if rebuilder.force:
+            status, reason = RUN, "forced (--force)"
+        elif not node.component.cache:
+            status, reason = RUN, "cache: false (always runs)"
+        elif local_changes:
+            status, reason = RUN, "; ".join(local_changes)
+        else:
+            status = BLOCKED
+            reason = ("waits for " + ", ".join(graph.nodes[d].cid for d in waiting)
+                      + "; runs only if an upstream result changes")
+        planned[nid] = PlannedNode(nid, wave, status, reason, None)
+        results[nid] = None
+    return planned

@@ -1,0 +1,309 @@
+"""A rollout, end to end: lock, workspace, schedule, run, record, report.
+
+This is the one place where the pure pieces (graph, rebuilder, scheduler)
+meet the I/O ones (store, workspace, processes, console).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..components.base import ActionContext
+from ..config.resolve import RenderError, render
+from ..graph.actions import ActionGraph, ActionNode
+from ..graph.dag import critical_path
+from ..graph.keys import result_digest
+from ..state.rebuild import Decision, Rebuilder
+from ..state.store import Applied, Attempt, Store
+from .events import Finished
+from .lock import deployment_lock
+from .process import ActionSpec, ProcessRunner, Step
+from .report import iso, write_report
+from .schedule import ScheduleHooks, execute
+from .ui import Console
+from .workspace import SourceChanged, materialize, new_workspace, remove_tree, sync_vendor, vendor_dir
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+MIN_SECRET_LEN = 3  # shorter values would mask ordinary output ("1", "on")
+
+
+@dataclass
+class RolloutOptions:
+    parallelism: int
+    schedule: str = "waves"
+    keep_going: bool = False
+    keep_workspace: bool = False
+    force: bool = False
+    wait: bool = False
+    report: str | None = None
+    grace_period: float = 10.0
+    toolchain: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Result:
+    result: str  # result digest
+    outputs: dict
+
+
+class Rollout(ScheduleHooks):
+    def __init__(self, root: str, state_dir: str, graph: ActionGraph, store: Store,
+                 options: RolloutOptions, console: Console) -> None:
+        self.root, self.state_dir, self.graph = root, state_dir, graph
+        self.store, self.options, self.console = store, options, console
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        self.log_dir = os.path.join(state_dir, "logs", self.run_id)
+        self.multi = len(graph.labels) > 1
+        self.workspaces: dict = {}
+        self.decisions: dict[str, Decision] = {}
+        self.results: dict[str, _Result] = {}
+        self.done = 0
+        self.running: list[str] = []
+        self.rebuilder: Rebuilder | None = None
+        self.wall_offset = time.time() - time.monotonic()
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self) -> int:
+        with ExitStack() as stack:
+            for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
+                spec = self.graph.specs[label]
+                stack.enter_context(deployment_lock(
+                    self.state_dir, spec.name, label.target, str(label), wait=self.options.wait,
+                    on_wait=self.console.info))
+            # Read the store only once we hold the locks: the previous holder's
+            # successes must be visible to us.
+            self.rebuilder = Rebuilder(self.graph, self.store, force=self.options.force)
+            for label in self.graph.labels:
+                ws = new_workspace(self.state_dir)
+                self.workspaces[label] = ws
+                stack.callback(self._cleanup, ws)
+                shown = os.path.relpath(ws, os.getcwd()) if ws.startswith(os.getcwd() + os.sep) else ws
+                self.console.info(f"Workspace: {shown}" + (f"  ({label})" if self.multi else ""))
+            return self._execute()
+
+    def _cleanup(self, ws: str) -> None:
+        if self.options.keep_workspace:
+            self.console.info(f"Kept workspace: {ws}")
+        else:
+            remove_tree(ws)
+
+    def _execute(self) -> int:
+        dag = self.graph.dag
+        weights = {}
+        for nid, node in self.graph.nodes.items():
+            last = self.rebuilder.applied(node)
+            weights[nid] = max(last.duration, 0.001) if last else 1.0
+        priority = critical_path(dag, weights)
+        runner = ProcessRunner(self._spec_for, self.console, grace_period=self.options.grace_period)
+        started = time.monotonic()
+        runner.install_signal_handlers()
+        try:
+            outcome = execute(dag, runner, policy=self.options.schedule,
+                              parallelism=self.options.parallelism, needs_run=self._needs_run,
+                              keep_going=self.options.keep_going, priority=priority, hooks=self)
+        finally:
+            runner.restore_signal_handlers()
+            runner.kill_all()
+        duration = time.monotonic() - started
+        self._summarize(outcome, duration)
+        if outcome.result == "success":
+            return EXIT_OK
+        if outcome.result == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED
+
+    # -- scheduler callbacks --------------------------------------------------
+
+    def _needs_run(self, nid: str) -> bool:
+        node = self.graph.nodes[nid]
+        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
+        decision = self.rebuilder.decide(node, upstream)
+        self.decisions[nid] = decision
+        if decision.run:
+            return True
+        self.results[nid] = _Result(decision.result, dict(decision.outputs or {}))
+        last = self.rebuilder.applied(node)
+        if decision.reused_build is not None and (last is None or last.key != decision.key):
+            # This target now uses that build: record it, so status and
+            # explain at this target see it as applied here.
+            b = decision.reused_build
+            self.store.record_success(node.deployment, node.target, node.cid, Applied(
+                decision.key, b.result, b.outputs, self._ingredients(node, upstream),
+                time.time(), 0.0), self.run_id, build=False)
+        return False
+
+    def wave_started(self, index: int, total: int, nodes) -> None:
+        nodes = list(nodes)
+        word = "component" if len(nodes) == 1 else "components"
+        self.console.info(f"Wave {index}/{total} ({len(nodes)} {word}): {', '.join(nodes)}")
+
+    def node_started(self, node: str) -> None:
+        self.running.append(node)
+        self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def node_cached(self, node: str) -> None:
+        self.done += 1
+        self.console.finished(node, "cached", 0.0)
+
+    def node_finished(self, fin: Finished) -> None:
+        node = self.graph.nodes[fin.node]
+        decision = self.decisions[fin.node]
+        duration = max(fin.finished - fin.started, 0.0)
+        if fin.node in self.running:
+            self.running.remove(fin.node)
+        self.done += 1
+        if fin.ok:
+            outputs = fin.value or {}
+            result = result_digest(decision.key, outputs)
+            self.results[fin.node] = _Result(result, outputs)
+            upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
+            # Recorded the moment it is known: an interrupted or crashed
+            # rollout keeps every success it had.
+            self.store.record_success(node.deployment, node.target, node.cid, Applied(
+                decision.key, result, outputs, self._ingredients(node, upstream),
+                time.time(), duration), self.run_id, build=node.mode == "build")
+        else:
+            self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
+                decision.key, fin.status, self.run_id, time.time(), duration))
+        self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def node_skipped(self, node: str, reason: str) -> None:
+        self.done += 1
+        self.console.finished(node, "skipped", 0.0, reason)
+
+    # -- one action --------------------------------------------------------------
+
+    def _ingredients(self, node: ActionNode, upstream) -> dict:
+        return {**node.local, "upstream": dict(upstream)}
+
+    def _log_path(self, node: ActionNode) -> str:
+        parts = [self.log_dir]
+        if self.multi:
+            parts.append(f"{node.deployment.replace('/', '%2F')}@{node.target}")
+        return os.path.join(*parts, *node.cid.split("/")) + ".log"
+
+    def _spec_for(self, nid: str) -> ActionSpec:
+        node = self.graph.nodes[nid]
+        comp = node.component
+        decision = self.decisions[nid]
+        label = node.label
+        workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
+        meta = os.path.join(workdir, ".atmos")
+        outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
+        ids = self.graph.specs[label].components
+        quote = isinstance(comp.run, str)
+        secrets = self._secrets(comp)
+        # Rendering can fail (a missing upstream output); that must fail this
+        # action, not the scheduler, so it happens inside `prepare`.
+        state: dict[str, Any] = {}
+
+        def ctx() -> ActionContext:
+            return state["ctx"]
+
+        def prepare() -> None:
+            try:
+                vars_ = render(comp.vars, outputs, ids)
+                env = render(dict(comp.env), outputs, ids)
+                run = render(comp.run, outputs, ids, quote=quote)
+            except RenderError as exc:
+                raise ValueError(str(exc)) from None
+            files = node.local["files"]
+            vendor = None
+            if comp.source is not None:
+                vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
+                try:
+                    sync_vendor(self.root, comp.source, vendor, files)
+                except SourceChanged as exc:
+                    raise ValueError(str(exc)) from None
+            materialize(vendor, workdir, files)
+            os.makedirs(meta, exist_ok=True)
+            action_ctx = ActionContext(
+                component_id=node.cid, name=comp.name, target=node.target,
+                deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
+                run=run, outputs_path=os.path.join(meta, "outputs.json"),
+                vars_path=os.path.join(meta, "vars.json"), toolchain=self.options.toolchain)
+            with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
+                json.dump(vars_, fh, indent=2, sort_keys=True)
+            node.ctype.prepare(action_ctx)
+            state["ctx"] = action_ctx
+            full_env = dict(os.environ)
+            full_env.update({k: str(v) for k, v in env.items()})
+            full_env.update(node.ctype.extra_env(action_ctx))
+            full_env.update({
+                "ATMOS_ROOT": self.root, "ATMOS_DEPLOYMENT": node.deployment,
+                "ATMOS_TARGET": node.target, "ATMOS_COMPONENT": node.cid,
+                "ATMOS_WORKSPACE": self.workspaces[label], "ATMOS_ACTION_KEY": decision.key,
+                "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
+            })
+            spec.env = full_env
+            spec.steps = [Step(tuple(i.argv), i.capture) for i in node.ctype.invocations(action_ctx)]
+
+        def collect(captured: str | None):
+            return node.ctype.outputs(ctx(), captured)
+
+        spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
+                          timeout=comp.timeout, retries=comp.retries, secrets=secrets,
+                          prepare=prepare, collect=collect)
+        return spec
+
+    def _secrets(self, comp) -> list[str]:
+        out = []
+        for name in comp.sensitive:
+            for source in (comp.vars, comp.env):
+                if name in source:
+                    value = source[name]
+                    text = value if isinstance(value, str) else json.dumps(value)
+                    if len(text) >= MIN_SECRET_LEN:
+                        out.append(text)
+        return out
+
+    # -- the end ------------------------------------------------------------------
+
+    def _summarize(self, outcome, duration: float) -> None:
+        counts = {s: 0 for s in ("succeeded", "cached", "failed", "skipped", "cancelled")}
+        for n in outcome.nodes.values():
+            counts[n.status] = counts.get(n.status, 0) + 1
+        self.console.summary(counts["succeeded"], counts["cached"], counts["failed"],
+                             counts["skipped"], counts["cancelled"], duration)
+        if self.options.report:
+            write_report(self.options.report, self._report(outcome, duration))
+
+    def _report(self, outcome, duration: float) -> dict:
+        nodes = []
+        for wave in self.graph.dag.waves:
+            for nid in wave:
+                node = self.graph.nodes[nid]
+                fin = outcome.nodes[nid].finished
+                decision = self.decisions.get(nid)
+                status = outcome.nodes[nid].status
+                reason = outcome.nodes[nid].reason or (decision.reason if decision else "")
+                if fin is not None and fin.message and status in ("failed", "cancelled"):
+                    reason = fin.message
+                ran = fin is not None
+                nodes.append({
+                    "id": nid, "wave": self.graph.dag.wave_of[nid], "status": status,
+                    "key": decision.key if decision else None,
+                    "started": iso(fin.started + self.wall_offset) if ran else None,
+                    "finished": iso(fin.finished + self.wall_offset) if ran else None,
+                    "duration_s": round(fin.finished - fin.started, 3) if ran else 0.0,
+                    "exit_code": fin.exit_code if ran else None,
+                    "log": self._log_path(node) if ran else None,
+                    "reason": reason,
+                })
+        labels = [str(label) for label in self.graph.labels]
+        workspaces = list(self.workspaces.values())
+        return {
+            "label": labels[0] if len(labels) == 1 else " ".join(labels),
+            "workspace": workspaces[0] if len(workspaces) == 1 else workspaces,
+            "result": outcome.result,
+            "duration_s": round(duration, 3),
+            "run_id": self.run_id,
+            "nodes": nodes,
+        }

@@ -1,0 +1,147 @@
+"""Rollout workspaces and the vendor cache (SPEC 6, seed design).
+
+    STATE/vendor-cache/deployments/DEPLOYMENT/TARGET/TYPE/NAME/   snapshot of the source
+    STATE/workspaces/deployment-UUID/TYPE/NAME/                   where the action runs
+
+The vendor cache is synced from the user's source only where a file's digest
+moved, and each synced file is checked against the digest the action key was
+computed from: an edit that lands mid-rollout fails the action instead of
+running content the key does not describe. The cache is protected by the
+deployment+target lock.
+
+Workspace files are *copies* (a reflink where the filesystem offers one,
+else a byte copy), never hard links: an action that rewrites a file in place,
+even as root, changes only its own workspace, never the cache or the source.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import uuid
+
+import xxhash
+
+FICLONE = 0x40049409  # linux/fs.h: share extents copy-on-write (btrfs, xfs, ...)
+MANIFEST = ".atmos-vendor.json"
+
+
+class SourceChanged(Exception):
+    pass
+
+
+def new_workspace(state_dir: str) -> str:
+    path = os.path.join(state_dir, "workspaces", f"deployment-{uuid.uuid4()}")
+    os.makedirs(path)
+    return path
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def vendor_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
+    return os.path.join(state_dir, "vendor-cache", "deployments", *deployment.split("/"), target,
+                        *cid.split("/"))
+
+
+def _file_digest(path: str) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def clone_file(src: str, dst: str) -> None:
+    """Copy src to dst as an independent file: reflink if possible, else bytes."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
+                                 errno.ENOSYS, errno.EBADF, errno.EPERM):
+                raise
+            _copy_range(fin, fout)
+
+
+def _copy_range(fin, fout) -> None:
+    size = os.fstat(fin.fileno()).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(fout.fileno(), fin.fileno(), offset, size - offset)
+        if sent == 0:
+            break
+        offset += sent
+
+
+def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
+    """Make `vendor` an exact copy of the planned source tree.
+
+    `files` maps "source:REL" -> [kind, digest, executable] (the key's view).
+    Only files whose digest moved are copied; the copies are verified.
+    """
+    manifest_path = os.path.join(vendor, MANIFEST)
+    try:
+        with open(manifest_path, encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        manifest = {}
+    os.makedirs(vendor, exist_ok=True)
+    wanted = {name[len("source:"):]: entry for name, entry in files.items() if name.startswith("source:")}
+    for rel in set(manifest) - set(wanted):
+        try:
+            os.unlink(os.path.join(vendor, rel))
+        except FileNotFoundError:
+            pass
+    changed = False
+    for rel, (kind, digest, exe) in wanted.items():
+        if manifest.get(rel) == [kind, digest, exe]:
+            continue
+        changed = True
+        dst = os.path.join(vendor, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        src = os.path.join(root, source, rel)
+        if kind == "l":
+            target = os.readlink(src)
+            if target != digest:
+                raise SourceChanged(f"{source}/{rel} changed during the rollout; re-run to pick it up")
+            os.symlink(target, dst)
+        else:
+            clone_file(src, dst)
+            if _file_digest(dst) != digest:
+                os.unlink(dst)
+                raise SourceChanged(f"{source}/{rel} changed during the rollout; re-run to pick it up")
+            os.chmod(dst, 0o755 if exe else 0o644)
+        manifest[rel] = [kind, digest, exe]
+    for rel in set(manifest) - set(wanted):
+        del manifest[rel]
+        changed = True
+    if changed or not os.path.exists(manifest_path):
+        tmp = manifest_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh)
+        os.replace(tmp, manifest_path)
+
+
+def materialize(vendor: str | None, workdir: str, files: dict) -> None:
+    """Populate an action's workdir from the vendor cache with private copies."""
+    os.makedirs(workdir, exist_ok=True)
+    if vendor is None:
+        return
+    for name, (kind, digest, exe) in files.items():
+        if not name.startswith("source:"):
+            continue
+        rel = name[len("source:"):]
+        dst = os.path.join(workdir, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if kind == "l":
+            os.symlink(digest, dst)
+        else:
+            clone_file(os.path.join(vendor, rel), dst)
+            os.chmod(dst, 0o755 if exe else 0o644)

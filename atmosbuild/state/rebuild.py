@@ -1,0 +1,140 @@
+"""The rebuilder: is a node up to date, and if not, why?
+
+Apply mode (terraform, command) is a verifying trace: up to date only if the
+key equals the key last *successfully applied* to this deployment+target.
+Build mode (nixpack) is a constructive trace: any earlier success with the
+same key, at any target, is reused with its outputs.
+
+Reasons are computed by comparing the key ingredients with the ones stored
+with the last success, so `plan`, `explain`, the dry-run JSON and `--report`
+all say the same precise thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..components import BUILD
+from ..graph.actions import ActionGraph, ActionNode
+from ..graph.keys import action_key, canonical
+from .store import Applied, Built, Snapshot, Store
+
+
+@dataclass(frozen=True)
+class Decision:
+    run: bool
+    key: str
+    reasons: tuple[str, ...]
+    outputs: Mapping[str, Any] | None = None  # when cached
+    result: str | None = None  # result digest when cached
+    reused_build: Built | None = None  # build mode: reused from another run/target
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+class Rebuilder:
+    def __init__(self, graph: ActionGraph, store: Store, *, force: bool = False) -> None:
+        self.graph = graph
+        self.store = store
+        self.force = force
+        self.snapshots: dict[tuple[str, str], Snapshot] = {}
+        for label, spec in graph.specs.items():
+            self.snapshots[(spec.name, label.target)] = store.snapshot(spec.name, label.target)
+
+    def snapshot(self, node: ActionNode) -> Snapshot:
+        return self.snapshots[(node.deployment, node.target)]
+
+    def applied(self, node: ActionNode) -> Applied | None:
+        return self.snapshot(node).applied.get(node.cid)
+
+    def key(self, node: ActionNode, upstream: Mapping[str, str]) -> str:
+        """`upstream`: dependency component id -> result digest."""
+        return action_key(node.local_canonical, upstream)
+
+    def decide(self, node: ActionNode, upstream: Mapping[str, str]) -> Decision:
+        key = self.key(node, upstream)
+        last = self.applied(node)
+        if self.force:
+            return Decision(True, key, ("forced (--force)",))
+        if not node.component.cache:
+            return Decision(True, key, ("cache: false (always runs)",))
+        if node.mode == BUILD:
+            hit = self.store.builds([key]).get(key)
+            if hit is not None:
+                why = "built earlier with the same key" if not last or last.key != key else "up to date"
+                return Decision(False, key, (why,), hit.outputs, hit.result, hit)
+        elif last is not None and last.key == key:
+            return Decision(False, key, ("up to date",), last.outputs, last.result)
+        return Decision(True, key, self.reasons(node, upstream, key))
+
+    def reasons(self, node: ActionNode, upstream: Mapping[str, str] | None, key: str | None) -> tuple[str, ...]:
+        last = self.applied(node)
+        attempt = self.snapshot(node).attempts.get(node.cid)
+        out: list[str] = []
+        if attempt is not None and attempt.status != "succeeded":
+            out.append(f"last attempt {attempt.status}")
+        if last is None:
+            out.append("never applied" if node.mode != BUILD else "never built")
+            return tuple(out)
+        changes = describe_changes(last.ingredients, node.local, upstream)
+        if node.mode == BUILD and not changes:
+            changes = ["no earlier build with this key"]
+        return tuple(out + (changes or ["key changed"]))
+
+
+def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, str] | None) -> list[str]:
+    """Plain-words differences between stored ingredients and the current ones."""
+    out: list[str] = []
+    if old.get("type") != new_local.get("type"):
+        out.append(f"component type version changed {old.get('type')} → {new_local.get('type')}")
+    for section, word in (("vars", "var"), ("env", "env")):
+        before, after = old.get(section) or {}, new_local.get(section) or {}
+        for name in sorted(set(before) | set(after)):
+            if name not in before:
+                out.append(f"{word} `{name}` added")
+            elif name not in after:
+                out.append(f"{word} `{name}` removed")
+            elif canonical(before[name]) != canonical(after[name]):
+                out.append(f"{word} `{name}` changed" + _values(before[name], after[name]))
+    if canonical(old.get("run")) != canonical(new_local.get("run")):
+        out.append("run changed" + _values(old.get("run"), new_local.get("run")))
+    if old.get("source") != new_local.get("source"):
+        out.append(f"source moved {old.get('source')} → {new_local.get('source')}")
+    if old.get("timeout") != new_local.get("timeout"):
+        out.append(f"timeout changed {old.get('timeout')} → {new_local.get('timeout')}")
+    before, after = old.get("files") or {}, new_local.get("files") or {}
+    source = new_local.get("source") or old.get("source") or ""
+    for name in sorted(set(before) | set(after)):
+        kind, _, rel = name.partition(":")
+        shown = f"{source}/{rel}" if kind == "source" and source else rel
+        if name not in before:
+            out.append(f"file `{shown}` added")
+        elif name not in after:
+            out.append(f"file `{shown}` removed")
+        elif before[name] != after[name]:
+            if before[name][:2] == after[name][:2]:
+                out.append(f"file `{shown}` executable bit changed")
+            else:
+                out.append(f"file `{shown}` changed")
+    if upstream is not None:
+        b_up, a_up = old.get("upstream") or {}, upstream
+        for dep in sorted(set(b_up) | set(a_up)):
+            if dep not in b_up:
+                out.append(f"new dependency `{dep}`")
+            elif dep not in a_up:
+                out.append(f"dependency `{dep}` removed")
+            elif b_up[dep] != a_up[dep]:
+                out.append(f"upstream `{dep}` result changed")
+    return out
+
+
+def _values(before, after) -> str:
+    if isinstance(before, dict) and "sha" in before and len(before) == 1:
+        return " (sensitive, values hidden)"
+    a, b = canonical(before), canonical(after)
+    if len(a) + len(b) > 120:
+        return ""
+    return f" {a} → {b}"
