@@ -54,7 +54,10 @@ class _Result:
 
 class Rollout(ScheduleHooks):
     def __init__(self, root: str, state_dir: str, graph: ActionGraph, store: Store,
-                 options: RolloutOptions, console: Console) -> None:
+                 options: RolloutOptions, console: Console, runner_factory=None) -> None:
+        # runner_factory(spec_for, console, grace_period) -> Runner: the test
+        # seam; the default runs real processes.
+        self.runner_factory = runner_factory or ProcessRunner
         self.root, self.state_dir, self.graph = root, state_dir, graph
         self.store, self.options, self.console = store, options, console
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
@@ -101,16 +104,19 @@ class Rollout(ScheduleHooks):
             last = self.rebuilder.applied(node)
             weights[nid] = max(last.duration, 0.001) if last else 1.0
         priority = critical_path(dag, weights)
-        runner = ProcessRunner(self._spec_for, self.console, grace_period=self.options.grace_period)
+        runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = time.monotonic()
-        runner.install_signal_handlers()
+        real = isinstance(runner, ProcessRunner)
+        if real:
+            runner.install_signal_handlers()
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
                               keep_going=self.options.keep_going, priority=priority, hooks=self)
         finally:
-            runner.restore_signal_handlers()
-            runner.kill_all()
+            if real:
+                runner.restore_signal_handlers()
+                runner.kill_all()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
         if outcome.result == "success":

@@ -1,0 +1,68 @@
+"""Shared fixtures: write real workspaces to disk and run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `atmosbuild ARGS...` as a user would: a separate process."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.pop("NO_COLOR", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "atmosbuild", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+class Workspace:
+    """A workspace on disk: write files, run the CLI in it, inspect state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "atmos.yaml").write_text("{}\n")
+
+    def write(self, rel: str, text: str, mode: int | None = None) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        if mode is not None:
+            path.chmod(mode)
+        return path
+
+    def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_cli("-C", str(self.root), *args, **kw)
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".atmos"
+
+    def snapshot_tree(self) -> dict[str, bytes]:
+        """Every file under the root with its content (to prove nothing changed)."""
+        out = {}
+        for base, _, files in os.walk(self.root):
+            for name in files:
+                path = Path(base) / name
+                out[str(path.relative_to(self.root))] = path.read_bytes()
+        return out
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def cli():
+    return run_cli
