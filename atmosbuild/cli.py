@@ -221,7 +221,7 @@ def validate(ctx, labels):
     from .config.labels import Label, parse_label
     from .config.resolve import resolve_target
     from .config.workspace import discover_packages, load_package
-    from .graph.actions import _check_source, node_id
+    from .graph.actions import SourceChecker
     from .graph.dag import build_dag
 
     r = _root(ctx)
@@ -233,6 +233,7 @@ def validate(ctx, labels):
         targets = None
         if not packages:
             raise UsageError(f"no packages (BUILD.atmos or deployment.yaml) under {r.root}")
+    sources = SourceChecker(r.root)
     for pkg in packages:
         spec = load_package(r.root, pkg)
         names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
@@ -244,7 +245,7 @@ def validate(ctx, labels):
             resolved = resolve_target(spec, target)
             build_dag({cid: c.depends_on for cid, c in resolved.items()})
             for comp in resolved.values():
-                _check_source(r.root, spec, comp, Label(pkg, target))
+                sources.check(spec, comp, Label(pkg, target))
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 
@@ -375,6 +376,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    except Exception as exc:  # a bug: say so in one line; ATMOS_DEBUG=1 shows the traceback
+        if os.environ.get("ATMOS_DEBUG"):
+            raise
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+                   "atmosbuild — rerun with ATMOS_DEBUG=1 for details", err=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":

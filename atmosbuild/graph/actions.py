@@ -92,11 +92,12 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         dag = dag.subgraph(selected)
 
     nodes: dict[str, ActionNode] = {}
+    sources = SourceChecker(root)
     for nid in dag.order:
         label, cid = where[nid]
         comp = resolved[label][cid]
         spec = specs[label]
-        _check_source(root, spec, comp, label)
+        sources.check(spec, comp, label)
         ctype = TYPES[comp.type]
         local = local_ingredients(comp, ctype.version, digester)
         nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, ctype, local,
@@ -104,15 +105,34 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
     return ActionGraph(tuple(labels), specs, nodes, dag)
 
 
-def _check_source(root: str, spec: DeploymentSpec, comp: ResolvedComponent, label: Label) -> None:
-    if comp.source is None:
-        return
-    path = os.path.join(root, comp.source)
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    cpath = ("deployment", "components", comp.type, comp.name, "source")
-    if os.path.commonpath([real, real_root]) != real_root:
-        raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
-    if not os.path.isdir(path):
-        raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} is not a directory "
-                        f"(at target '{label.target}')")
+class SourceChecker:
+    """Checks that sources are directories inside the root, following
+    symlinks, with one lstat per source (parents' real paths are memoized)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self._real: dict[str, str] = {root: self.real_root}
+
+    def _realpath(self, path: str) -> str:
+        hit = self._real.get(path)
+        if hit is None:
+            parent = os.path.dirname(path)
+            if os.path.islink(path) or parent == path:
+                hit = os.path.realpath(path)
+            else:
+                hit = os.path.join(self._realpath(parent), os.path.basename(path))
+            self._real[path] = hit
+        return hit
+
+    def check(self, spec: DeploymentSpec, comp: ResolvedComponent, label: Label) -> None:
+        if comp.source is None:
+            return
+        path = os.path.join(self.root, *comp.source.split("/"))
+        real = self._realpath(path)
+        cpath = ("deployment", "components", comp.type, comp.name, "source")
+        if real != self.real_root and not real.startswith(self.real_root + os.sep):
+            raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
+        if not os.path.isdir(path):
+            raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} is not a directory "
+                            f"(at target '{label.target}')")
