@@ -355,7 +355,9 @@ def clean(ctx, workspaces, cache, all_):
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="atmosbuild", standalone_mode=False)
+        # With standalone_mode=False, click returns ctx.exit()'s code instead of raising.
+        code = cli.main(args=argv, prog_name="atmosbuild", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except AtmosError as exc:
         click.echo(exc.render(), err=True)
         sys.exit(exc.exit_code)
