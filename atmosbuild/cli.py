@@ -96,7 +96,12 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
 
-    graph, store, digester = r.graph(resolved, only=list(only), readonly=False)
+    # Compile against a read-only view first: bad input must leave no state behind.
+    graph, store, digester = r.graph(resolved, only=list(only), readonly=True)
+    store.close()
+    from .state.sqlite import open_store
+
+    store = open_store(r.state_dir)
     store.save_file_cache(digester.changed)
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
@@ -218,11 +223,9 @@ def explain(ctx, label, component):
 @click.pass_context
 def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
-    from .config.labels import Label, parse_label
-    from .config.resolve import resolve_target
+    from .config.labels import Label
     from .config.workspace import discover_packages, load_package
-    from .graph.actions import SourceChecker
-    from .graph.dag import build_dag
+    from .graph.actions import SourceChecker, build_structure, load_specs
 
     r = _root(ctx)
     if labels:
@@ -238,14 +241,11 @@ def validate(ctx, labels):
         spec = load_package(r.root, pkg)
         names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
         for target in names:
-            if target not in spec.targets:
-                from .graph.actions import load_specs
-
-                load_specs(r.root, [Label(pkg, target)])  # raises the unknown-target error
-            resolved = resolve_target(spec, target)
-            build_dag({cid: c.depends_on for cid, c in resolved.items()})
-            for comp in resolved.values():
-                sources.check(spec, comp, Label(pkg, target))
+            label = Label(pkg, target)
+            specs = load_specs(r.root, [label], {pkg: spec})
+            st = build_structure(specs, [label])
+            for comp in st.resolved[label].values():
+                sources.check(spec, comp, label)
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config.values import as_text
 from .base import APPLY, ActionContext, ComponentType, Invocation
 
 
@@ -14,4 +15,4 @@ class Command(ComponentType):
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         if isinstance(ctx.run, str):
             return [Invocation(("sh", "-c", ctx.run))]
-        return [Invocation(tuple(str(a) for a in ctx.run))]
+        return [Invocation(tuple(as_text(a) for a in ctx.run))]

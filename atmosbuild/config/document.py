@@ -48,3 +48,7 @@ class Document:
     text: str = ""  # the source text, for caret context in errors
     locate: Callable[[Path], Optional[Position]] = field(default=_no_position, compare=False)
     kind: str = "yaml"  # "yaml" or "dsl"
+    # DSL only: the file's comments, attached to statements so `fmt` can keep
+    # them: ((path, where, text), ...) in source order, where is "before",
+    # "after", "end" or "close" (see fmt.format_dsl).
+    comments: tuple = field(default=(), compare=False)

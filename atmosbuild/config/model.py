@@ -105,7 +105,11 @@ class _Validator:
             raise self.fail(path, f"{what} must be a map, got {_kind(value)}")
         for k in value:
             if not isinstance(k, str):
-                raise self.fail(path, f"{what}: keys must be strings, got {_kind(k)} {k!r}")
+                hint = ""
+                if isinstance(k, bool) or k is None:
+                    hint = ("; YAML reads unquoted yes/no/on/off/true/false/null as booleans"
+                            " or null, so quote the name")
+                raise self.fail(path, f"{what}: keys must be strings, got {_kind(k)} {k!r}{hint}")
         return value
 
     def known_keys(self, value: dict, allowed, path, what) -> None:

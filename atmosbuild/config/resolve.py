@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .model import DeploymentSpec
+from .values import as_text
 
 _REF = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _SENSITIVE_NAME = re.compile(r"secret|token|password|passwd|key", re.IGNORECASE)
@@ -87,25 +88,30 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
     opath = ("deployment", "targets", target, "components", comp.type, comp.name)
 
     def where(field: str, *rest) -> tuple:
+        """The path of `field` (a var or env entry: the layer that wins for
+        its name) in the document, for an error's position."""
+        if field in ("vars", "env") and rest:
+            layers = ((opath, override), (cpath, comp.fields),
+                      (("deployment", "targets", target), {"vars": tspec.vars, "env": tspec.env}),
+                      (("deployment",), {"vars": spec.vars, "env": spec.env}))
+            for base, fields in layers:
+                if rest[0] in (fields.get(field) or {}):
+                    return base + (field, *rest)
         if field in override:
             return opath + (field, *rest)
         if field in comp.fields:
             return cpath + (field, *rest)
-        if field in ("vars", "env"):
-            for base in (("deployment", "targets", target), ("deployment",)):
-                if spec.document.locate(base + (field, *rest)):
-                    return base + (field, *rest)
         return cpath
 
     raw_vars = deep_merge(spec.vars, tspec.vars, comp.fields.get("vars"), override.get("vars"))
     raw_env = deep_merge(spec.env, tspec.env, comp.fields.get("env"), override.get("env"))
     interp = _Interpolator(spec, target, comp.id, raw_vars, enabled, where)
     vars_ = interp.all_vars()
-    env = {k: _env_string(interp.value(v, ("env", k))) for k, v in raw_env.items()}
+    env = {k: as_text(interp.value(v, ("env", k))) for k, v in raw_env.items()}
 
     run = fields.get("run")
     if isinstance(run, list):
-        run = tuple(_env_string(interp.value(a, ("run", i))) for i, a in enumerate(run))
+        run = tuple(as_text(interp.value(a, ("run", i))) for i, a in enumerate(run))
     elif isinstance(run, str):
         run = interp.value(run, ("run",), quote=True)
     if run is None and comp.type == "command":
@@ -142,16 +148,6 @@ def _root_relative(spec, path: str, where: tuple, what: str) -> str:
     if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
         raise spec.fail(where, f"{what} '{path}' resolves outside the workspace root")
     return norm
-
-
-def _env_string(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return str(value)
 
 
 class _Interpolator:
@@ -214,12 +210,12 @@ class _Interpolator:
             elif expr == "deployment":
                 piece = self.spec.name
             elif expr.startswith("var."):
-                piece = _env_string(self._lookup_var(expr, path))
+                piece = as_text(self._lookup_var(expr, path))
             else:
                 raise self.spec.fail(self.where(*path), f"unknown reference '${{{expr}}}' in "
                                      f"{self.cid}; use ${{target}}, ${{deployment}}, ${{var.NAME}} "
                                      "or ${outputs.TYPE/NAME.KEY} (write $${ for a literal ${)")
-            out.append(shlex.quote(piece) if quote else piece)
+            out.append(_shell_quote(piece) if quote else piece)
         out.append(text[pos:])
         return "".join(out)
 
@@ -252,6 +248,26 @@ class _Interpolator:
         found: set[tuple[str, str]] = set()
         _walk_refs(value, self.spec.components, found)
         return found
+
+
+def _shell_quote(piece: str) -> str:
+    """shlex.quote for a value going into a string-form `run`. A value can
+    still hold `${outputs...}` references (a var set from an upstream output):
+    those stay bare, because render() shell-quotes what they become, and
+    quoting them twice would leave the output unquoted in the shell."""
+    if "${outputs." not in piece:
+        return shlex.quote(piece)
+    out, pos = [], 0
+    for m in _REF.finditer(piece):
+        if m.group(1) is None or not m.group(1).strip().startswith("outputs."):
+            continue  # `$${` and anything else stay inside the quoted text
+        if m.start() > pos:
+            out.append(shlex.quote(piece[pos:m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    if pos < len(piece):
+        out.append(shlex.quote(piece[pos:]))
+    return "".join(out)
 
 
 def parse_outputs_ref(expr: str, component_ids) -> tuple[str, str] | None:
@@ -300,7 +316,7 @@ def render(value, outputs: Mapping[str, Mapping[str, Any]], component_ids, quote
             if m.group(1) is None:
                 out.append("${")
                 continue
-            piece = _env_string(_output_value(m.group(1).strip(), outputs, component_ids))
+            piece = as_text(_output_value(m.group(1).strip(), outputs, component_ids))
             out.append(shlex.quote(piece) if quote else piece)
         out.append(value[pos:])
         return "".join(out)

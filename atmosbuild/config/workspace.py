@@ -22,6 +22,7 @@ SKIP_DIRS = frozenset({
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
 SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir")
+TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,10 @@ def load_settings(root: str) -> Settings:
     from .yaml import parse_yaml
 
     with open(path, encoding="utf-8") as fh:
-        doc = parse_yaml(fh.read(), SETTINGS_FILE)
+        doc = parse_yaml(fh.read(), shown_path(path))
     data = doc.data or {}
     if not isinstance(data, dict):
-        raise ConfigError("atmos.yaml must hold a map of settings", file=SETTINGS_FILE)
+        raise ConfigError("atmos.yaml must hold a map of settings", file=shown_path(path))
 
     def fail(key, message):
         return config_error(doc, (key,), message)
@@ -80,9 +81,15 @@ def load_settings(root: str) -> Settings:
     if kg is not None and not isinstance(kg, bool):
         raise fail("keep_going", "keep_going must be true or false")
     tc = data.get("toolchain") or {}
-    if not isinstance(tc, dict) or any(k not in ("terraform", "nixpacks") or not isinstance(v, str)
-                                       for k, v in tc.items()):
+    if not isinstance(tc, dict):
         raise fail("toolchain", "toolchain must map 'terraform'/'nixpacks' to a binary name")
+    for key, binary in tc.items():
+        if key not in TOOLCHAIN_KEYS:
+            raise config_error(doc, ("toolchain", key), f"unknown toolchain '{key}'"
+                               + did_you_mean(str(key), TOOLCHAIN_KEYS)
+                               + f"; known: {', '.join(TOOLCHAIN_KEYS)}")
+        if not isinstance(binary, str) or not binary:
+            raise config_error(doc, ("toolchain", key), f"toolchain.{key} must be a binary name")
     state_dir = data.get("state_dir", ".atmos")
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
@@ -100,9 +107,8 @@ def package_file(root: str, package: str) -> str | None:
     yml = os.path.join(base, YAML_FILE)
     has_dsl, has_yml = os.path.isfile(dsl), os.path.isfile(yml)
     if has_dsl and has_yml:
-        shown = f"{package}/" if package else ""
         raise ConfigError(f"package //{package} has both {DSL_FILE} and {YAML_FILE}; "
-                          "keep exactly one", file=f"{shown}{DSL_FILE}")
+                          "keep exactly one", file=shown_path(dsl))
     return dsl if has_dsl else yml if has_yml else None
 
 
@@ -132,7 +138,7 @@ def load_document(root: str, package: str) -> Document:
     path = package_file(root, package)
     if path is None:
         raise unknown_package(root, package)
-    shown = os.path.relpath(path, os.getcwd()) if _under(path, os.getcwd()) else path
+    shown = shown_path(path)
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     if path.endswith(DSL_FILE):
@@ -176,6 +182,13 @@ def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
             if label not in out:
                 out.append(label)
     return out
+
+
+def shown_path(path: str) -> str:
+    """A file as messages name it: relative to where the user stands when
+    it is below there, else absolute, so `file:line:col` can be opened."""
+    cwd = os.getcwd()
+    return os.path.relpath(path, cwd) if _under(path, cwd) else os.path.abspath(path)
 
 
 def _under(path: str, base: str) -> bool:

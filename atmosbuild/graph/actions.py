@@ -12,10 +12,10 @@ from ..config.labels import Label
 from ..config.model import DeploymentSpec
 from ..config.resolve import ResolvedComponent, resolve_target
 from ..config.workspace import load_package
-from ..errors import UsageError, did_you_mean
+from ..errors import CycleError, UsageError, did_you_mean
 from ..state.files import FileDigester
 from .dag import Dag, build_dag
-from .keys import canonical, local_ingredients
+from .keys import InputOutsideRoot, canonical, local_ingredients
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ def node_id(label: Label, cid: str, multi: bool) -> str:
     return f"{label} {cid}" if multi else cid
 
 
-def load_specs(root: str, labels: list[Label]) -> dict[Label, DeploymentSpec]:
+def load_specs(root: str, labels: list[Label],
+               loaded: Mapping[str, DeploymentSpec] | None = None) -> dict[Label, DeploymentSpec]:
     specs: dict[Label, DeploymentSpec] = {}
-    by_package: dict[str, DeploymentSpec] = {}
+    by_package: dict[str, DeploymentSpec] = dict(loaded or {})
     for label in labels:
         spec = by_package.get(label.package) or load_package(root, label.package)
         by_package[label.package] = spec
@@ -62,10 +63,19 @@ def load_specs(root: str, labels: list[Label]) -> dict[Label, DeploymentSpec]:
     return specs
 
 
-def compile_graph(root: str, labels: list[Label], digester: FileDigester,
-                  only: list[str] | None = None,
-                  specs: Mapping[Label, DeploymentSpec] | None = None) -> ActionGraph:
-    specs = dict(specs) if specs is not None else load_specs(root, labels)
+@dataclass(frozen=True)
+class Structure:
+    """The resolved components of some labels and the DAG between them:
+    everything but file digests (what `validate` checks)."""
+
+    specs: Mapping[Label, DeploymentSpec]
+    resolved: Mapping[Label, Mapping[str, ResolvedComponent]]
+    where: Mapping[str, tuple[Label, str]]  # node id -> (label, component id)
+    dag: Dag
+
+
+def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
+                    only: list[str] | None = None) -> Structure:
     multi = len(labels) > 1
     resolved: dict[Label, dict[str, ResolvedComponent]] = {
         label: resolve_target(specs[label], label.target) for label in labels}
@@ -77,9 +87,11 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
             nid = node_id(label, cid, multi)
             deps[nid] = [node_id(label, d, multi) for d in comp.depends_on]
             where[nid] = (label, cid)
-    dag = build_dag(deps)
+    try:
+        dag = build_dag(deps)
+    except CycleError as exc:
+        raise _located_cycle(exc, specs, where) from None
 
-    selected = set(deps)
     if only:
         wanted = set()
         for item in only:
@@ -88,8 +100,16 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
                 raise UsageError(f"--only {item}: no such component"
                                  + did_you_mean(item, {cid for _, cid in where.values()}))
             wanted.update(hits)
-        selected = set(dag.closure(wanted))
-        dag = dag.subgraph(selected)
+        dag = dag.subgraph(dag.closure(wanted))
+    return Structure(specs, resolved, where, dag)
+
+
+def compile_graph(root: str, labels: list[Label], digester: FileDigester,
+                  only: list[str] | None = None,
+                  specs: Mapping[Label, DeploymentSpec] | None = None) -> ActionGraph:
+    specs = dict(specs) if specs is not None else load_specs(root, labels)
+    st = build_structure(specs, labels, only)
+    dag, where, resolved = st.dag, st.where, st.resolved
 
     nodes: dict[str, ActionNode] = {}
     sources = SourceChecker(root)
@@ -99,10 +119,42 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         spec = specs[label]
         sources.check(spec, comp, label)
         ctype = TYPES[comp.type]
-        local = local_ingredients(comp, ctype.version, digester)
+        try:
+            local = local_ingredients(comp, ctype.version, digester)
+        except InputOutsideRoot as exc:
+            raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
         nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, ctype, local,
                                 canonical(local), dag.deps[nid])
     return ActionGraph(tuple(labels), specs, nodes, dag)
+
+
+def _field_path(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, field: str) -> tuple:
+    """Where `field` of `comp` is written: its per-target override, else the component."""
+    override = spec.targets[label.target].overrides.get(comp.id, {})
+    if field in override:
+        return ("deployment", "targets", label.target, "components", comp.type, comp.name, field)
+    return ("deployment", "components", comp.type, comp.name, field)
+
+
+def _located_cycle(exc: CycleError, specs, where) -> CycleError:
+    """The cycle error, positioned at the first edge of the cycle: the
+    `depends_on` entry when the edge is written there, else the component."""
+    label, cid = where[exc.cycle[0]]
+    _, dep = where[exc.cycle[1]]
+    spec = specs[label]
+    comp = spec.components[cid]
+    override = spec.targets[label.target].overrides.get(cid, {})
+    path: tuple = ("deployment", "components", comp.type, comp.name)
+    for base, fields in ((("deployment", "targets", label.target, "components", comp.type, comp.name),
+                          override), (path, comp.fields)):
+        if "metadata" in fields:  # an override's metadata replaces the component's
+            deps = (fields["metadata"] or {}).get("depends_on") or []
+            if dep in deps:
+                path = base + ("metadata", "depends_on", deps.index(dep))
+            break
+    located = spec.fail(path, exc.message)
+    return CycleError(exc.cycle, file=located.file, line=located.line, col=located.col,
+                      context=located.context)
 
 
 class SourceChecker:
@@ -130,7 +182,7 @@ class SourceChecker:
             return
         path = os.path.join(self.root, *comp.source.split("/"))
         real = self._realpath(path)
-        cpath = ("deployment", "components", comp.type, comp.name, "source")
+        cpath = _field_path(spec, label, comp, "source")
         if real != self.real_root and not real.startswith(self.real_root + os.sep):
             raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
         if not os.path.isdir(path):

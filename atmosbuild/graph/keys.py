@@ -66,13 +66,38 @@ def local_ingredients(comp: ResolvedComponent, type_version: str,
     }
 
 
+class InputOutsideRoot(ValueError):
+    """An `inputs` glob matched a file that is outside the root once
+    symlinks are followed (`**` descends into symlinked directories)."""
+
+    def __init__(self, index: int, pattern: str, rel: str) -> None:
+        super().__init__(f"inputs '{pattern}' matches '{rel}', which resolves outside "
+                         "the workspace root")
+        self.index, self.pattern, self.rel = index, pattern, rel
+
+
 def expand_inputs(root: str, patterns) -> list[str]:
-    """Root-relative regular files matched by `inputs` globs (`**` recurses)."""
+    """Root-relative regular files matched by `inputs` globs (`**` recurses).
+
+    The globs run relative to `root` (`root_dir`), so glob characters in the
+    root's own path are not taken for patterns. Raises InputOutsideRoot for a
+    match that a symlinked directory leads outside the root.
+    """
+    real_root = os.path.realpath(root)
+    real_dirs: dict[str, str] = {}
     out = set()
-    for pattern in patterns:
-        for path in glob.iglob(os.path.join(root, pattern), recursive=True):
-            if os.path.isfile(path) and not os.path.islink(path):
-                out.add(os.path.relpath(path, root).replace(os.sep, "/"))
+    for index, pattern in enumerate(patterns):
+        for rel in glob.iglob(pattern, root_dir=root, recursive=True):
+            path = os.path.join(root, rel)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
+            parent = os.path.dirname(path)
+            real_parent = real_dirs.get(parent)
+            if real_parent is None:
+                real_parent = real_dirs[parent] = os.path.realpath(parent)
+            if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
+                raise InputOutsideRoot(index, pattern, rel.replace(os.sep, "/"))
+            out.add(os.path.normpath(rel).replace(os.sep, "/"))
     return sorted(out)
 
 

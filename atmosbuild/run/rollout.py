@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..components.base import ActionContext
-from ..config.resolve import RenderError, render
+from ..config.resolve import RenderError, as_text, render
 from ..graph.actions import ActionGraph, ActionNode
 from ..graph.dag import critical_path
 from ..graph.keys import result_digest
-from ..state.rebuild import Decision, Rebuilder
+from ..state.rebuild import Decision, Rebuilder, secret_values, storable_ingredients
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
@@ -30,7 +30,6 @@ from .ui import Console
 from .workspace import SourceChanged, materialize, new_workspace, remove_tree, sync_vendor, vendor_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
-MIN_SECRET_LEN = 3  # shorter values would mask ordinary output ("1", "on")
 
 
 @dataclass
@@ -187,7 +186,8 @@ class Rollout(ScheduleHooks):
     # -- one action --------------------------------------------------------------
 
     def _ingredients(self, node: ActionNode, upstream) -> dict:
-        return {**node.local, "upstream": dict(upstream)}
+        # Stored in the clear database: no secret values (storable_ingredients).
+        return {**storable_ingredients(node), "upstream": dict(upstream)}
 
     def _log_path(self, node: ActionNode) -> str:
         parts = [self.log_dir]
@@ -240,7 +240,7 @@ class Rollout(ScheduleHooks):
             node.ctype.prepare(action_ctx)
             state["ctx"] = action_ctx
             full_env = dict(os.environ)
-            full_env.update({k: str(v) for k, v in env.items()})
+            full_env.update({k: as_text(v) for k, v in env.items()})
             full_env.update(node.ctype.extra_env(action_ctx))
             full_env.update({
                 "ATMOS_ROOT": self.root, "ATMOS_DEPLOYMENT": node.deployment,
@@ -260,15 +260,7 @@ class Rollout(ScheduleHooks):
         return spec
 
     def _secrets(self, comp) -> list[str]:
-        out = []
-        for name in comp.sensitive:
-            for source in (comp.vars, comp.env):
-                if name in source:
-                    value = source[name]
-                    text = value if isinstance(value, str) else json.dumps(value)
-                    if len(text) >= MIN_SECRET_LEN:
-                        out.append(text)
-        return out
+        return secret_values(comp)
 
     # -- the end ------------------------------------------------------------------
 
@@ -289,9 +281,13 @@ class Rollout(ScheduleHooks):
                 fin = outcome.nodes[nid].finished
                 decision = self.decisions.get(nid)
                 status = outcome.nodes[nid].status
-                reason = outcome.nodes[nid].reason or (decision.reason if decision else "")
-                if fin is not None and fin.message and status in ("failed", "cancelled"):
+                # The schedule's reason says why a node was cancelled ("stopped:
+                # X failed", "interrupted"); the runner's only that it was.
+                reason = outcome.nodes[nid].reason
+                if not reason and fin is not None and status in ("failed", "cancelled"):
                     reason = fin.message
+                if not reason:
+                    reason = decision.reason if decision else ""
                 ran = fin is not None
                 nodes.append({
                     "id": nid, "wave": self.graph.dag.wave_of[nid], "status": status,
