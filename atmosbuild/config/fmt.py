@@ -10,8 +10,9 @@ COMPONENT_KEYS) and everything else -- targets, component types, components,
 user maps such as `vars` -- in document order, so YAML -> DSL -> YAML gives
 back the same text.
 
-DSL layout: 2-space indent; a blank line before each target and component
-block; a map at statement level is a block (`vars {` ... `}`), anywhere else
+DSL layout (that of the SPEC's example): 2-space indent; attributes, then
+target blocks, then component blocks, a blank line between those three
+groups; a map at statement level is a block (`vars {` ... `}`), anywhere else
 inline (`{ k = v, ... }`); lists always inline; keys bare when they are
 identifiers, quoted otherwise. Anything the block forms cannot express
 (an empty `components`, a target that is not a map, ...) is written as a
@@ -130,14 +131,14 @@ def _is_map_of_maps(value, depth: int) -> bool:
 
 def _component_blocks(components: dict, path: tuple, spaced: bool) -> list:
     """`TYPE "NAME" { ... }` blocks; a type named target is quoted so it does
-    not read as a target block."""
+    not read as a target block. `spaced`: a blank line before the first."""
     out = []
     for type_, of_type in components.items():
         head = quote(type_) if type_ == "target" else _key(type_)
         for name, body in of_type.items():
             p = path + (type_, name)
             out.append(Statement(p, f"{head} {quote(_str_key(name))}", body,
-                                 _component_body(body, p), spaced))
+                                 _component_body(body, p), spaced and not out))
     return out
 
 
@@ -153,7 +154,8 @@ def _component_body(component: dict, path: tuple) -> list:
         v = component[k]
         if k == "metadata" and isinstance(v, dict) and list(v) == ["depends_on"]:
             deps = v["depends_on"]
-            out.append(Statement(path + ("metadata", "depends_on"), f"depends_on = {inline(deps)}", value=deps))
+            out.append(Statement(path + ("metadata", "depends_on"), f"depends_on = {inline(deps)}",
+                                 value=deps))
         else:  # a literal "depends_on" key is quoted so it does not become metadata
             out.append(_generic(k, v, path, quoted=(k == "depends_on")))
     return out
@@ -184,10 +186,10 @@ def layout(data: dict) -> Statement:
         if k == "name" and isinstance(v, str):
             continue
         if k == "targets" and _is_map_of_maps(v, 1):
-            for tname, target in v.items():
+            for i, (tname, target) in enumerate(v.items()):
                 p = path + (k, tname)
                 children.append(Statement(p, f"target {quote(_str_key(tname))}", target,
-                                          _target_body(target, p), spaced=True))
+                                          _target_body(target, p), spaced=(i == 0)))
         elif k == "components" and _is_map_of_maps(v, 2):
             children += _component_blocks(v, path + (k,), spaced=True)
         else:
@@ -276,7 +278,8 @@ def _ordered_target(target):
 def _ordered_components(components):
     if not isinstance(components, dict):
         return components
-    return {t: ({n: _ordered_component(c) for n, c in of_type.items()} if isinstance(of_type, dict) else of_type)
+    return {t: ({n: _ordered_component(c) for n, c in of_type.items()}
+                if isinstance(of_type, dict) else of_type)
             for t, of_type in components.items()}
 
 
