@@ -141,13 +141,19 @@ def load_document(root: str, package: str) -> Document:
     shown = shown_path(path)
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    if path.endswith(DSL_FILE):
-        from .dsl import parse_dsl  # lark is imported only when a DSL file is read
+    from . import doccache
 
-        return parse_dsl(text, shown)
+    if path.endswith(DSL_FILE):
+        return doccache.load(text, shown, "dsl", _parse_dsl)
     from .yaml import parse_yaml
 
-    return parse_yaml(text, shown)
+    return doccache.load(text, shown, "yaml", parse_yaml)
+
+
+def _parse_dsl(text: str, file: str) -> Document:
+    from .dsl import parse_dsl  # lark is imported only when a DSL file must be parsed
+
+    return parse_dsl(text, file)
 
 
 def load_package(root: str, package: str) -> DeploymentSpec:

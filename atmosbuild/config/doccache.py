@@ -1,0 +1,78 @@
+"""A content-addressed cache of parsed deployment files.
+
+Parsing is the slowest part of loading a big deployment (libyaml or lark on
+every run); the data it yields is a pure function of the file's bytes. So the
+data is kept, keyed by a digest of (atmosbuild version, syntax, text), in the
+per-user cache directory (like lark's grammar cache; never in the project's
+state). A hit costs one read, one xxh3 and one `marshal.loads`. An edited file
+has a new digest, so a stale entry can never be used. Errors are never cached:
+bad input is parsed, and reported, every time.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from pathlib import Path
+from typing import Callable
+
+import xxhash
+
+from .. import __version__
+from .document import Document
+
+MAX_ENTRIES = 256
+
+
+def cache_dir() -> Path | None:
+    if os.environ.get("ATMOS_NO_CACHE"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "atmosbuild" / "documents"
+
+
+class _LazyLocate:
+    """Positions for a cached document: parse again only when an error needs one."""
+
+    def __init__(self, parse: Callable[[str, str], Document], text: str, file: str) -> None:
+        self.parse, self.text, self.file = parse, text, file
+        self.doc: Document | None = None
+
+    def __call__(self, path):
+        if self.doc is None:
+            self.doc = self.parse(self.text, self.file)
+        return self.doc.locate(path)
+
+
+def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document]) -> Document:
+    directory = cache_dir()
+    if directory is None:
+        return parse(text, file)
+    digest = xxhash.xxh3_128_hexdigest(f"{__version__}\0{kind}\0{text}".encode("utf-8", "surrogatepass"))
+    entry = directory / f"{digest}.marshal"
+    try:
+        data = marshal.loads(entry.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        data = None
+    if data is not None:
+        return Document(data=data, file=file, text=text, locate=_LazyLocate(parse, text, file),
+                        kind=kind)
+    doc = parse(text, file)
+    _store(directory, entry, doc.data)
+    return doc
+
+
+def _store(directory: Path, entry: Path, data) -> None:
+    try:
+        blob = marshal.dumps(data)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(blob)
+        os.replace(tmp, entry)
+        entries = list(directory.glob("*.marshal"))
+        if len(entries) > MAX_ENTRIES:
+            entries.sort(key=lambda p: p.stat().st_mtime)
+            for old in entries[: len(entries) - MAX_ENTRIES]:
+                old.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass  # an unwritable or full cache only costs speed
