@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -77,3 +78,15 @@ def read_outputs_file(path: str) -> dict:
         raise ValueError(
             f"outputs file $ATMOS_OUTPUTS must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def require_binary(binary: str, setting: str) -> None:
+    """Fail the action up front, naming the setting, when its tool is missing:
+    `command not found: terraform` alone does not tell the user what to change."""
+    if os.sep in binary and not os.path.isabs(binary):
+        return  # relative to the action's workdir: let the process report it
+    if shutil.which(binary) is None:
+        where = "is not executable" if os.path.isabs(binary) and os.path.exists(binary) else \
+            "was not found" + ("" if os.path.isabs(binary) else " on PATH")
+        raise ValueError(f"{binary!r} {where}: install it or set `{setting}` in atmos.yaml "
+                         "to the binary to use")

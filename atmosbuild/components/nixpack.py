@@ -3,7 +3,7 @@ function of its inputs, so any earlier build with the same key is reused."""
 
 from __future__ import annotations
 
-from .base import BUILD, ActionContext, ComponentType, Invocation
+from .base import BUILD, ActionContext, ComponentType, Invocation, require_binary
 
 
 class Nixpack(ComponentType):
@@ -17,9 +17,14 @@ class Nixpack(ComponentType):
         name = image.get("name") if isinstance(image, dict) else None
         return f"{name or ctx.name}:{ctx.key[:12]}"
 
+    def _binary(self, ctx: ActionContext) -> str:
+        return ctx.toolchain.get("nixpacks") or "nixpacks"
+
+    def prepare(self, ctx: ActionContext) -> None:
+        require_binary(self._binary(ctx), "toolchain.nixpacks")
+
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
-        binary = ctx.toolchain.get("nixpacks") or "nixpacks"
-        return [Invocation((binary, "build", ".", "--name", self.image(ctx)))]
+        return [Invocation((self._binary(ctx), "build", ".", "--name", self.image(ctx)))]
 
     def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
         return {"image": self.image(ctx), "tag": ctx.key[:12]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .base import APPLY, ActionContext, ComponentType, Invocation
+from .base import APPLY, ActionContext, ComponentType, Invocation, require_binary
 
 
 class Terraform(ComponentType):
@@ -25,6 +25,7 @@ class Terraform(ComponentType):
         return os.path.join(ctx.workdir, ".atmos", "vars.tfvars.json")
 
     def prepare(self, ctx: ActionContext) -> None:
+        require_binary(self._binary(ctx), "toolchain.terraform")
         path = self.tfvars_path(ctx)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:

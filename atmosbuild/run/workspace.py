@@ -103,9 +103,7 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
             continue
         changed = True
         dst = os.path.join(vendor, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.lexists(dst):
-            os.unlink(dst)
+        _make_room(vendor, rel)
         src = os.path.join(root, source, rel)
         if kind == "l":
             target = os.readlink(src)
@@ -127,6 +125,23 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
         os.replace(tmp, manifest_path)
+
+
+def _make_room(vendor: str, rel: str) -> None:
+    """Clear the way for VENDOR/REL: a directory where the file goes, or a
+    file where one of its parent directories goes, is what the source held
+    before (`x/y` became `x`, or the other way round)."""
+    path = vendor
+    for part in rel.split("/")[:-1]:
+        path = os.path.join(path, part)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+            os.unlink(path)
+    os.makedirs(os.path.dirname(os.path.join(vendor, rel)), exist_ok=True)
+    dst = os.path.join(vendor, rel)
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        shutil.rmtree(dst)
+    elif os.path.lexists(dst):
+        os.unlink(dst)
 
 
 def materialize(vendor: str | None, workdir: str, files: dict) -> None:

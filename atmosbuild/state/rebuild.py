@@ -12,6 +12,7 @@ all say the same precise thing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -19,6 +20,56 @@ from ..components import BUILD
 from ..graph.actions import ActionGraph, ActionNode
 from ..graph.keys import action_key, canonical
 from .store import Applied, Built, Snapshot, Store
+
+
+# Secret values shorter than this are not redacted or masked: they would
+# mask ordinary text ("1", "on").
+MIN_SECRET_LEN = 3
+_REDACTED = "***"
+# The ingredient sections that hold user text, where a secret can land when
+# it is interpolated (`run: ["deploy", "${var.db_password}"]`).
+_TEXT_SECTIONS = ("vars", "env", "run")
+
+
+def secret_values(comp) -> list[str]:
+    """The clear values of a component's sensitive vars and env, as text."""
+    out = []
+    for name in comp.sensitive:
+        for source in (comp.vars, comp.env):
+            if name in source:
+                value = source[name]
+                text = value if isinstance(value, str) else canonical(value)
+                if len(text) >= MIN_SECRET_LEN:
+                    out.append(text)
+    return out
+
+
+def redact(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret replaced by `***` inside its strings."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, _REDACTED)
+        return value
+    if isinstance(value, Mapping):
+        return {k: redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v, secrets) for v in value]
+    return value
+
+
+def storable_ingredients(node: ActionNode) -> dict:
+    """The node's local ingredients with no secret in clear: what is stored
+    (for explain) and what stored ingredients are compared against. Sensitive
+    vars are already digests; this catches their values interpolated into
+    other vars, env or `run`. The key itself is computed from the clear text."""
+    secrets = secret_values(node.component)
+    local = dict(node.local)
+    for section in _TEXT_SECTIONS:
+        if section in local:
+            local[section] = redact(local[section], secrets)
+    return local
 
 
 @dataclass(frozen=True)
@@ -79,7 +130,7 @@ class Rebuilder:
         if last is None:
             out.append("never applied" if node.mode != BUILD else "never built")
             return tuple(out)
-        changes = describe_changes(last.ingredients, node.local, upstream)
+        changes = describe_changes(last.ingredients, storable_ingredients(node), upstream)
         if node.mode == BUILD and not changes:
             changes = ["no earlier build with this key"]
         return tuple(out + (changes or ["key changed"]))
@@ -97,9 +148,9 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
                 out.append(f"{word} `{name}` added")
             elif name not in after:
                 out.append(f"{word} `{name}` removed")
-            elif canonical(before[name]) != canonical(after[name]):
+            elif _differs(before[name], after[name]):
                 out.append(f"{word} `{name}` changed" + _values(before[name], after[name]))
-    if canonical(old.get("run")) != canonical(new_local.get("run")):
+    if _differs(old.get("run"), new_local.get("run")):
         out.append("run changed" + _values(old.get("run"), new_local.get("run")))
     if old.get("source") != new_local.get("source"):
         out.append(f"source moved {old.get('source')} → {new_local.get('source')}")
@@ -131,10 +182,33 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
     return out
 
 
+def _differs(before, after) -> bool:
+    """Stored text is redacted (`***` for each secret value): compare it as a
+    pattern, so a caller holding the clear text sees no phantom change."""
+    if canonical(before) == canonical(after):
+        return False
+    return not (_REDACTED in canonical(before) and _matches_redacted(before, after))
+
+
+def _matches_redacted(before, after) -> bool:
+    if isinstance(before, str) and isinstance(after, str):
+        pattern = "(?s)" + ".+?".join(re.escape(part) for part in before.split(_REDACTED))
+        return re.fullmatch(pattern, after) is not None
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        return before.keys() == after.keys() and all(
+            _matches_redacted(before[k], after[k]) for k in before)
+    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
+        return len(before) == len(after) and all(
+            _matches_redacted(b, a) for b, a in zip(before, after))
+    return canonical(before) == canonical(after)
+
+
 def _values(before, after) -> str:
     if isinstance(before, dict) and "sha" in before and len(before) == 1:
         return " (sensitive, values hidden)"
     a, b = canonical(before), canonical(after)
+    if _REDACTED in a or _REDACTED in b:
+        return " (values hidden: they hold a sensitive value)"
     if len(a) + len(b) > 120:
         return ""
     return f" {a} → {b}"

@@ -9,9 +9,13 @@ application id so a foreign or corrupt file is refused with a clear error.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
+import time
+import urllib.parse
+import uuid
 from typing import Mapping
 
 from ..errors import StateError
@@ -49,45 +53,120 @@ def db_path(state_dir: str) -> str:
     return os.path.join(state_dir, "state.db")
 
 
+def _connect(path: str, mode: str) -> sqlite3.Connection:
+    """Open an existing database (`mode` rw or ro: never create it)."""
+    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
+    db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
+
+
+def _write_schema(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _create(path: str) -> None:
+    """Create the database whole (schema, application id, WAL) under a
+    private name, then link it into place: rollouts starting together never
+    see a half-made database. The first link wins; the others use it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN")
+        _write_schema(db)
+        db.execute("COMMIT")
+    finally:
+        db.close()  # the only connection: its -wal is folded in and removed
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here: a rename, which can only lose a race
+        if not os.path.exists(path):
+            os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+def _unreadable(path: str, exc: Exception) -> StateError:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return StateError(f"state database {path} is locked by another process ({exc}); "
+                          "try again")
+    return StateError(f"state database {path} is unreadable ({exc}); it is corrupt or not an "
+                      "atmosbuild database: move it away or run `atmosbuild clean --cache`")
+
+
+def _guarded(method):
+    """A corrupt page may only show when a query touches it, long after the
+    header checks in __init__ passed: every query must fail as cleanly."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(self.path, exc) from None
+
+    return wrapper
+
+
 class SqliteStore:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self.uninitialized = False  # read-only, and the file holds no schema yet
         try:
             if readonly:
-                uri = "file:" + os.path.abspath(path) + "?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                          isolation_level=None)
+                self.db = self._connect_readonly(path)
             else:
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                          isolation_level=None)
-            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                if not os.path.exists(path):
+                    _create(path)
+                self.db = _connect(path, "rw")
             self._check_or_init()
         except sqlite3.DatabaseError as exc:
-            raise StateError(f"state database {path} is unreadable ({exc}); it is corrupt or not "
-                             "an atmosbuild database: move it away or run `atmosbuild clean "
-                             "--cache`") from None
+            raise _unreadable(path, exc) from None
+
+    @staticmethod
+    def _connect_readonly(path: str) -> sqlite3.Connection:
+        """A connection that never writes (query_only) and never creates the
+        file (mode=rw). Not mode=ro where avoidable: a read-only connection
+        to a WAL database leaves `-wal` and `-shm` files behind, and plan,
+        status or a refused rollout must leave the state directory as it was.
+        mode=ro remains the fallback for a database the user cannot write."""
+        try:
+            db = _connect(path, "rw")
+            db.execute("PRAGMA query_only=ON")
+            db.execute("PRAGMA application_id").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            return _connect(path, "ro")
 
     def _check_or_init(self) -> None:
-        app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if app_id == 0 and tables == 0 and not self.readonly:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have initialised it while we waited.
-                if self.db.execute("PRAGMA application_id").fetchone()[0] == 0:
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
-                    self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-                    self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        # One read transaction: three autocommit reads could straddle another
+        # process's initialisation (application id 0, yet tables).
+        self.db.execute("BEGIN")
+        try:
+            app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            self.db.execute("COMMIT")
+        if app_id == 0 and tables == 0 and self.readonly:
+            # An empty file: no state yet (an older atmosbuild made it empty).
+            self.uninitialized = True
+            return
+        if app_id == 0 and tables == 0:
+            self._init_in_place()
             app_id, version = APPLICATION_ID, SCHEMA_VERSION
         if app_id != APPLICATION_ID:
             raise StateError(f"{self.path} is not an atmosbuild state database (application id "
@@ -98,8 +177,32 @@ class SqliteStore:
         if not self.readonly:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
+    def _init_in_place(self) -> None:
+        """Give an existing empty file the schema (new files get it in _create)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have initialised it while we waited.
+            if self.db.execute("PRAGMA application_id").fetchone()[0] == 0:
+                _write_schema(self.db)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        # Switching to WAL needs the file to itself, and SQLite answers "locked"
+        # at once rather than wait while another process reads it: retry.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     # -- reads ---------------------------------------------------------------
 
+    @_guarded
     def snapshot(self, deployment: str, target: str) -> Snapshot:
         snap = Snapshot()
         for row in self.db.execute(
@@ -113,6 +216,7 @@ class SqliteStore:
             snap.attempts[row[0]] = Attempt(*row[1:])
         return snap
 
+    @_guarded
     def builds(self, keys: list[str]) -> dict[str, Built]:
         out: dict[str, Built] = {}
         keys = list(keys)
@@ -125,10 +229,12 @@ class SqliteStore:
                 out[row[0]] = Built(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
         return out
 
+    @_guarded
     def file_cache(self) -> dict[str, tuple]:
         return {row[0]: row[1:] for row in self.db.execute(
             "SELECT path, size, mtime_ns, ctime_ns, inode, digest FROM files")}
 
+    @_guarded
     def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[tuple]:
         return self.db.execute(
             "SELECT run_id, key, status, finished, duration FROM history WHERE deployment=? AND "
@@ -147,6 +253,7 @@ class SqliteStore:
             self.db.execute("ROLLBACK")
             raise
 
+    @_guarded
     def record_success(self, deployment, target, component, applied: Applied, run_id: str,
                        build: bool) -> None:
         outputs = json.dumps(applied.outputs, sort_keys=True)
@@ -163,6 +270,7 @@ class SqliteStore:
         stmts += self._attempt_statements(deployment, target, component, attempt)
         self._write(stmts)
 
+    @_guarded
     def record_attempt(self, deployment, target, component, attempt: Attempt) -> None:
         self._write(self._attempt_statements(deployment, target, component, attempt))
 
@@ -175,6 +283,7 @@ class SqliteStore:
              (a.run_id, deployment, target, component, a.key, a.status, a.finished, a.duration)),
         ]
 
+    @_guarded
     def save_file_cache(self, entries: Mapping[str, tuple]) -> None:
         if not entries:
             return
@@ -195,9 +304,13 @@ def open_store(state_dir: str, *, readonly: bool = False):
     """The store for a workspace. Read-only callers (plan, graph, status,
     explain, dry runs) never create the database: with none yet they get an
     empty in-memory store."""
+    from .store import MemoryStore
+
     path = db_path(state_dir)
     if readonly and not os.path.exists(path):
-        from .store import MemoryStore
-
         return MemoryStore()
-    return SqliteStore(path, readonly=readonly)
+    store = SqliteStore(path, readonly=readonly)
+    if store.uninitialized:  # another rollout is creating it: nothing stored yet
+        store.close()
+        return MemoryStore()
+    return store
