@@ -179,14 +179,16 @@ def test_build_mode_prod_after_dev_with_the_same_inputs_builds_nothing_and_reuse
     ws.write("services/api/app.py", "print('api')\n")
     ws.write("app/deployment.yaml", f"""\
         deployment:
+          vars: {{region: us-east-1}}
           targets:
-            dev:
-              components: {{command: {{deploy: {{vars: {{replicas: 1}}}}}}}}
-            prod:
-              components: {{command: {{deploy: {{vars: {{replicas: 4}}}}}}}}
+            # Target-wide vars, as in the SPEC's example: they reach every
+            # component, but nixpacks reads only `image` from its vars, so
+            # they must not split the build cache between targets.
+            dev: {{vars: {{replicas: 1}}}}
+            prod: {{vars: {{replicas: 4}}}}
           components:
             nixpack:
-              api: {{source: services/api}}
+              api: {{source: services/api, vars: {{image: {{name: api}}}}}}
             command:
               deploy:
                 run: ["sh", "-c", '{RECORD}; echo "$ATMOS_TARGET $1" >> "$ATMOS_ROOT/deployed"', "sh",

@@ -377,3 +377,21 @@ def test_a_replaced_file_with_everything_else_equal_is_detected(repo):
     os.replace(tmp, path)
     second = FileDigester(str(repo.root), cache=dict(first.cache))
     assert keys_of(repo.root, digester=second)["command/build"] != before["command/build"]
+
+
+def _nixpack_key(deployment_vars: dict, image_name: str) -> str:
+    from atmosbuild.components import TYPES
+
+    doc = {"deployment": {"vars": deployment_vars, "targets": {"dev": {}},
+                          "components": {"nixpack": {"api": {"vars": {"image": {"name": image_name}}}}}}}
+    spec = compile_document(parse_yaml(yaml.safe_dump(doc), "deployment.yaml"), "p", "p")
+    comp = resolve_target(spec, "dev")["nixpack/api"]
+    nixpack = TYPES["nixpack"]
+    return action_key(canonical(local_ingredients(comp, nixpack.version, FileDigester("/nonexistent"),
+                                                  nixpack.key_vars)), {})
+
+
+def test_a_build_key_ignores_vars_the_build_never_reads_but_not_the_image_name():
+    base = _nixpack_key({"replicas": 1}, "api")
+    assert _nixpack_key({"replicas": 4, "cpu": 1024}, "api") == base
+    assert _nixpack_key({"replicas": 1}, "api-v2") != base

@@ -47,6 +47,8 @@ class ComponentType:
     #: component keys this type accepts besides the common ones
     required: Sequence[str] = ()
     forbidden: Sequence[str] = ()
+    #: the vars that enter this type's action key; None = all of them
+    key_vars: Sequence[str] | None = None
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         raise NotImplementedError

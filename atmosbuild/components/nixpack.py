@@ -11,6 +11,10 @@ class Nixpack(ComponentType):
     mode = BUILD
     version = "1"
     forbidden = ("run",)
+    # nixpacks reads only the image name from vars, so deployment- and
+    # target-wide vars (replicas, cpu) must not split the build cache between
+    # targets: prod reuses the image built for dev when the source is the same.
+    key_vars = ("image",)
 
     def image(self, ctx: ActionContext) -> str:
         image = ctx.vars.get("image")

@@ -120,7 +120,7 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         sources.check(spec, comp, label)
         ctype = TYPES[comp.type]
         try:
-            local = local_ingredients(comp, ctype.version, digester)
+            local = local_ingredients(comp, ctype.version, digester, ctype.key_vars)
         except InputOutsideRoot as exc:
             raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
         nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, ctype, local,

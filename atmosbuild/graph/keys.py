@@ -46,9 +46,15 @@ def secret_digest(value: Any) -> dict:
 
 
 def local_ingredients(comp: ResolvedComponent, type_version: str,
-                      digester: FileDigester) -> dict:
-    """Everything but the upstream results, as canonical-encodable data."""
+                      digester: FileDigester, key_vars=None) -> dict:
+    """Everything but the upstream results, as canonical-encodable data.
+
+    `key_vars`: the only vars that can change what the type does (None: all).
+    A build-mode type that reads none of the deployment's vars must not get
+    a new key because `replicas` differs between dev and prod.
+    """
     hidden = set(comp.sensitive)
+    vars_ = comp.vars if key_vars is None else {k: v for k, v in comp.vars.items() if k in key_vars}
     files: dict[str, list] = {}
     if comp.source is not None:
         for rel, kind, dig, exe in digester.tree(comp.source):
@@ -57,7 +63,7 @@ def local_ingredients(comp: ResolvedComponent, type_version: str,
         files[f"inputs:{rel}"] = [kind, dig, exe]
     return {
         "type": f"{comp.type}/{type_version}",
-        "vars": {k: secret_digest(v) if k in hidden else v for k, v in comp.vars.items()},
+        "vars": {k: secret_digest(v) if k in hidden else v for k, v in vars_.items()},
         "env": {k: secret_digest(v) if k in hidden else v for k, v in comp.env.items()},
         "run": list(comp.run) if isinstance(comp.run, tuple) else comp.run,
         "source": comp.source,
