@@ -30,6 +30,7 @@ from .ui import Console
 from .workspace import SourceChanged, materialize, new_workspace, remove_tree, sync_vendor, vendor_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+WAVE_NAMES_SHOWN = 8  # a wave line names this many components, then counts the rest
 
 
 @dataclass
@@ -147,7 +148,10 @@ class Rollout(ScheduleHooks):
     def wave_started(self, index: int, total: int, nodes) -> None:
         nodes = list(nodes)
         word = "component" if len(nodes) == 1 else "components"
-        self.console.info(f"Wave {index}/{total} ({len(nodes)} {word}): {', '.join(nodes)}")
+        shown = ", ".join(nodes[:WAVE_NAMES_SHOWN])
+        if len(nodes) > WAVE_NAMES_SHOWN:
+            shown += f", … and {len(nodes) - WAVE_NAMES_SHOWN} more"
+        self.console.info(f"Wave {index}/{total} ({len(nodes)} {word}): {shown}")
 
     def node_started(self, node: str) -> None:
         self.running.append(node)

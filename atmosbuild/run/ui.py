@@ -72,7 +72,9 @@ class Console:
             self._write(self.stream, f"[{node}] started")
 
     def finished(self, node: str, status: str, duration: float, message: str = "") -> None:
-        line = f"[{node}] {self._paint(status)} in {duration:.1f} s"
+        line = f"[{node}] {self._paint(status)}"
+        if status not in ("cached", "skipped"):  # those took no time of their own
+            line += f" in {duration:.1f} s"
         self._write(self.stream, f"{line}: {message}" if message else line)
 
     def failure(self, node: str, message: str, log_path: str, tail_lines: Sequence[str]) -> None:
