@@ -33,14 +33,16 @@ class _Root:
         parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
         return expand(self.root, parsed)
 
-    def graph(self, labels, *, only=None, readonly=True):
+    def graph(self, labels, *, only=None, readonly=True, write_cache=False):
         from .graph.actions import compile_graph
+        from .graph.cache import StructureCache
         from .state.files import FileDigester
         from .state.sqlite import open_store
 
         store = open_store(self.state_dir, readonly=readonly)
         digester = FileDigester(self.root, store.file_cache())
-        graph = compile_graph(self.root, labels, digester, only=only)
+        graph = compile_graph(self.root, labels, digester, only=only,
+                              cache=StructureCache(self.state_dir), write_cache=write_cache)
         return graph, store, digester
 
 
@@ -97,7 +99,7 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     from .run.ui import Console
 
     # Compile against a read-only view first: bad input must leave no state behind.
-    graph, store, digester = r.graph(resolved, only=list(only), readonly=True)
+    graph, store, digester = r.graph(resolved, only=list(only), readonly=True, write_cache=True)
     store.close()
     from .state.sqlite import open_store
 

@@ -441,3 +441,26 @@ def test_clean_workspaces_cache_and_all(diamond):
     assert not ws.state.exists()
     assert (ws.root / "app/deployment.yaml").exists() and (ws.root / "src/a/main.txt").exists()
     assert "never applied" in ws.run("status", "//app:dev").stdout
+
+
+def test_the_compiled_structure_cache_follows_every_edit_and_survives_damage(diamond):
+    """A no-op rollout reads the compiled deployment from .atmos/cache; an
+    edit of the deployment file must never be answered from a stale entry,
+    and a damaged entry is rebuilt, not trusted."""
+    ws = diamond
+    cache = ws.state / "cache"
+    entries = list(cache.glob("structure-*.pickle"))
+    assert len(entries) == 1  # written by the first rollout
+
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == []
+
+    edit(ws, "app/deployment.yaml", "a: {source: src/a, run:", "a: {source: src/a, vars: {x: 2}, run:")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    # a's key changed; with no outputs its key is its result, so b, c, d follow.
+    assert ran(ws) == ["command/a", "command/b", "command/c", "command/d"]
+    for entry in cache.glob("structure-*.pickle"):
+        entry.write_bytes(b"not a pickle")
+    proc = ws.run("plan", "//app:dev")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "cached" in proc.stdout and " run " not in proc.stdout

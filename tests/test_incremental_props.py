@@ -101,7 +101,9 @@ class World:
     def write_deployment(self) -> None:
         comps: dict[str, dict] = {"command": {}, "nixpack": {}}
         for i, kind in enumerate(self.sc.kinds):
-            comp = {"source": f"src/c{i}", "vars": {"v": self.vars[i]},
+            # nixpack keys read only `image` from vars: edit what the type reads.
+            edited = {"v": self.vars[i]} if kind == "command" else {"image": {"name": f"i{self.vars[i]}"}}
+            comp = {"source": f"src/c{i}", "vars": edited,
                     "metadata": {"depends_on": [self.sc.nid(d) for d in self.sc.deps[i]]}}
             if kind == "command":
                 comp["run"] = ["true"]

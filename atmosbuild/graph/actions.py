@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ..components import TYPES, ComponentType
 from ..config.labels import Label
@@ -15,7 +15,11 @@ from ..config.workspace import load_package
 from ..errors import CycleError, UsageError, did_you_mean
 from ..state.files import FileDigester
 from .dag import Dag, build_dag
-from .keys import InputOutsideRoot, canonical, local_ingredients
+from .keys import (InputOutsideRoot, canonical, config_ingredients, file_ingredients,
+                   local_canonical)
+
+if TYPE_CHECKING:
+    from .cache import StructureCache
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,23 @@ def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
 
 def compile_graph(root: str, labels: list[Label], digester: FileDigester,
                   only: list[str] | None = None,
-                  specs: Mapping[Label, DeploymentSpec] | None = None) -> ActionGraph:
-    specs = dict(specs) if specs is not None else load_specs(root, labels)
-    st = build_structure(specs, labels, only)
-    dag, where, resolved = st.dag, st.where, st.resolved
+                  specs: Mapping[Label, DeploymentSpec] | None = None,
+                  cache: "StructureCache | None" = None, write_cache: bool = False) -> ActionGraph:
+    key = cache.key(root, labels, only) if cache is not None and specs is None else None
+    cached = cache.load(key) if key else None
+    if cached is not None:
+        st, configs = cached
+    else:
+        specs = dict(specs) if specs is not None else load_specs(root, labels)
+        st = build_structure(specs, labels, only)
+        configs = {}
+        for nid in st.dag.order:
+            label, cid = st.where[nid]
+            comp = st.resolved[label][cid]
+            ctype = TYPES[comp.type]
+            config = config_ingredients(comp, ctype.version, ctype.key_vars)
+            configs[nid] = (config, canonical(config))
+    dag, where, resolved, specs = st.dag, st.where, st.resolved, st.specs
 
     nodes: dict[str, ActionNode] = {}
     sources = SourceChecker(root)
@@ -117,15 +134,32 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         label, cid = where[nid]
         comp = resolved[label][cid]
         spec = specs[label]
-        sources.check(spec, comp, label)
-        ctype = TYPES[comp.type]
+        sources.check(spec, comp, label, require_dir=False)
         try:
-            local = local_ingredients(comp, ctype.version, digester, ctype.key_vars)
+            files = file_ingredients(comp, digester)
         except InputOutsideRoot as exc:
             raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
-        nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, ctype, local,
-                                canonical(local), dag.deps[nid])
+        except (FileNotFoundError, NotADirectoryError):
+            if comp.source is not None and not os.path.isdir(f"{root}/{comp.source}"):
+                raise sources.not_a_directory(spec, comp, label) from None
+            raise
+        config, config_text = configs[nid]
+        nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, TYPES[comp.type],
+                                {**config, "files": files}, local_canonical(config_text, files),
+                                dag.deps[nid])
+    if cached is None and write_cache and key:  # only once everything checked out
+        cache.save(key, _picklable(st, configs))
     return ActionGraph(tuple(labels), specs, nodes, dag)
+
+
+def _picklable(st: Structure, configs):
+    from dataclasses import replace
+
+    from .cache import picklable_document
+
+    specs = {label: replace(spec, document=picklable_document(spec.document))
+             for label, spec in st.specs.items()}
+    return replace(st, specs=specs), configs
 
 
 def _field_path(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, field: str) -> tuple:
@@ -169,22 +203,30 @@ class SourceChecker:
     def _realpath(self, path: str) -> str:
         hit = self._real.get(path)
         if hit is None:
-            parent = os.path.dirname(path)
-            if os.path.islink(path) or parent == path:
+            parent, _, name = path.rpartition("/")
+            if not parent or os.path.islink(path):
                 hit = os.path.realpath(path)
             else:
-                hit = os.path.join(self._realpath(parent), os.path.basename(path))
+                hit = f"{self._realpath(parent)}/{name}"
             self._real[path] = hit
         return hit
 
-    def check(self, spec: DeploymentSpec, comp: ResolvedComponent, label: Label) -> None:
+    def check(self, spec: DeploymentSpec, comp: ResolvedComponent, label: Label, *,
+              require_dir: bool = True) -> None:
+        """`require_dir=False` when the caller walks the tree anyway and
+        reports a missing directory itself (`not_a_directory`)."""
         if comp.source is None:
             return
-        path = os.path.join(self.root, *comp.source.split("/"))
+        path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)
-        cpath = _field_path(spec, label, comp, "source")
         if real != self.real_root and not real.startswith(self.real_root + os.sep):
-            raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
-        if not os.path.isdir(path):
-            raise spec.fail(cpath, f"source '{comp.source}' of {comp.id} is not a directory "
-                            f"(at target '{label.target}')")
+            raise spec.fail(_field_path(spec, label, comp, "source"),
+                            f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
+        if require_dir and not os.path.isdir(path):
+            raise self.not_a_directory(spec, comp, label)
+
+    @staticmethod
+    def not_a_directory(spec: DeploymentSpec, comp: ResolvedComponent, label: Label):
+        return spec.fail(_field_path(spec, label, comp, "source"),
+                         f"source '{comp.source}' of {comp.id} is not a directory "
+                         f"(at target '{label.target}')")

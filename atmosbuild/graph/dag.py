@@ -48,6 +48,10 @@ class Dag:
     def __contains__(self, node: object) -> bool:
         return node in self.deps
 
+    def __reduce__(self):  # read-only views do not pickle; their contents do
+        return (_restore, (dict(self.deps), dict(self.dependents), self.waves,
+                           dict(self.wave_of), self.order))
+
     def __repr__(self) -> str:  # the full maps are unreadable at 50,000 nodes
         return f"Dag(nodes={len(self.order)}, waves={len(self.waves)})"
 
@@ -117,6 +121,11 @@ def build_dag(deps: Mapping[str, Iterable[str]]) -> Dag:
         wave_of=MappingProxyType(wave_of),
         order=tuple(n for wave in waves for n in wave),
     )
+
+
+def _restore(deps, dependents, waves, wave_of, order) -> Dag:
+    return Dag(MappingProxyType(deps), MappingProxyType(dependents), waves,
+               MappingProxyType(wave_of), order)
 
 
 def critical_path(dag: Dag, weights: Mapping[str, float] | None = None) -> dict[str, float]:

@@ -45,9 +45,8 @@ def secret_digest(value: Any) -> dict:
     return {"sha": digest(["secret", value])}
 
 
-def local_ingredients(comp: ResolvedComponent, type_version: str,
-                      digester: FileDigester, key_vars=None) -> dict:
-    """Everything but the upstream results, as canonical-encodable data.
+def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None) -> dict:
+    """The configuration half of the local ingredients (no files).
 
     `key_vars`: the only vars that can change what the type does (None: all).
     A build-mode type that reads none of the deployment's vars must not get
@@ -55,12 +54,6 @@ def local_ingredients(comp: ResolvedComponent, type_version: str,
     """
     hidden = set(comp.sensitive)
     vars_ = comp.vars if key_vars is None else {k: v for k, v in comp.vars.items() if k in key_vars}
-    files: dict[str, list] = {}
-    if comp.source is not None:
-        for rel, kind, dig, exe in digester.tree(comp.source):
-            files[f"source:{rel}"] = [kind, dig, exe]
-    for rel, kind, dig, exe in digester.files(expand_inputs(digester.root, comp.inputs)):
-        files[f"inputs:{rel}"] = [kind, dig, exe]
     return {
         "type": f"{comp.type}/{type_version}",
         "vars": {k: secret_digest(v) if k in hidden else v for k, v in vars_.items()},
@@ -68,8 +61,38 @@ def local_ingredients(comp: ResolvedComponent, type_version: str,
         "run": list(comp.run) if isinstance(comp.run, tuple) else comp.run,
         "source": comp.source,
         "timeout": comp.timeout,
-        "files": files,
     }
+
+
+def file_ingredients(comp: ResolvedComponent, digester: FileDigester) -> dict:
+    """The files half: source tree and `inputs`, path -> [kind, digest, exec]."""
+    files: dict[str, list] = {}
+    if comp.source is not None:
+        for rel, kind, dig, exe in digester.tree(comp.source):
+            files[f"source:{rel}"] = [kind, dig, exe]
+    for rel, kind, dig, exe in digester.files(expand_inputs(digester.root, comp.inputs)):
+        files[f"inputs:{rel}"] = [kind, dig, exe]
+    return files
+
+
+def local_ingredients(comp: ResolvedComponent, type_version: str,
+                      digester: FileDigester, key_vars=None) -> dict:
+    """Everything but the upstream results, as canonical-encodable data."""
+    return {**config_ingredients(comp, type_version, key_vars),
+            "files": file_ingredients(comp, digester)}
+
+
+def local_canonical(config_canonical: str, files: Mapping) -> str:
+    """The canonical text of the local ingredients, from the (cacheable)
+    canonical text of the configuration half and the files half."""
+    # One record per file, sorted by name: name, kind, digest, exec bit. Names
+    # hold no control characters and digests are hex; a symlink's target can
+    # hold anything, so it is JSON-quoted.
+    parts = [config_canonical, "\x1dfiles"]
+    for name in sorted(files):
+        kind, dig, exe = files[name]
+        parts.append(f"{name}\x1f{kind}\x1f{dig if kind == 'f' else canonical(dig)}\x1f{exe:d}")
+    return "\x1e".join(parts)
 
 
 class InputOutsideRoot(ValueError):
@@ -89,6 +112,8 @@ def expand_inputs(root: str, patterns) -> list[str]:
     root's own path are not taken for patterns. Raises InputOutsideRoot for a
     match that a symlinked directory leads outside the root.
     """
+    if not patterns:
+        return []
     real_root = os.path.realpath(root)
     real_dirs: dict[str, str] = {}
     out = set()
@@ -111,7 +136,9 @@ def action_key(local_canonical: str, upstream: Mapping[str, str]) -> str:
     """The key: local ingredients (already canonical text) + upstream results."""
     h = xxhash.xxh3_128(local_canonical.encode())
     h.update(b"\0upstream\0")
-    h.update(canonical(dict(upstream)).encode())
+    # Sorted id/digest pairs; ids hold no control characters, digests are hex,
+    # so \x1f and \x1e separate unambiguously (cheaper than JSON per node).
+    h.update("\x1e".join(f"{dep}\x1f{upstream[dep]}" for dep in sorted(upstream)).encode())
     return h.hexdigest()
 
 

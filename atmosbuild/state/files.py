@@ -34,10 +34,11 @@ class FileDigester:
         self.reads = 0  # how many files were actually read (for tests and benchmarks)
 
     def digest(self, rel: str, st: os.stat_result) -> str:
-        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         hit = self.cache.get(rel)
-        if hit is not None and tuple(hit[:4]) == sig:
+        if (hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns
+                and hit[2] == st.st_ctime_ns and hit[3] == st.st_ino):
             return hit[4]
+        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         h = xxhash.xxh3_128()
         with open(os.path.join(self.root, rel), "rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -53,7 +54,7 @@ class FileDigester:
         """Every file under `rel_dir` (root-relative), sorted by path, with
         paths relative to `rel_dir`. Symlinks are recorded, not followed."""
         out: list[FileEntry] = []
-        base = os.path.join(self.root, rel_dir)
+        base = f"{self.root}/{rel_dir}" if rel_dir != "." else self.root
         stack = [("", base)]
         while stack:
             prefix, path = stack.pop()

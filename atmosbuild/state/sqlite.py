@@ -208,7 +208,7 @@ class SqliteStore:
         for row in self.db.execute(
                 "SELECT component, key, result, outputs, ingredients, finished, duration "
                 "FROM applied WHERE deployment=? AND target=?", (deployment, target)):
-            snap.applied[row[0]] = Applied(row[1], row[2], json.loads(row[3]), json.loads(row[4]),
+            snap.applied[row[0]] = Applied(row[1], row[2], row[3], row[4],
                                            row[5], row[6])
         for row in self.db.execute(
                 "SELECT component, key, status, run_id, finished, duration FROM attempts "

@@ -7,20 +7,49 @@ one (sqlite.py) and the in-memory one used by tests.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 
-@dataclass(frozen=True)
 class Applied:
-    """The last successful apply of a component at a deployment+target."""
+    """The last successful apply of a component at a deployment+target.
 
-    key: str
-    result: str  # result digest
-    outputs: Mapping[str, Any]
-    ingredients: Mapping[str, Any]  # local ingredients + "upstream" (for explain)
-    finished: float  # unix time
-    duration: float
+    `outputs` and `ingredients` may be given as JSON text: a no-op rollout
+    reads thousands of these and needs only `key` and `result`, so the text is
+    decoded on first use.
+    """
+
+    __slots__ = ("key", "result", "_outputs", "_ingredients", "finished", "duration")
+
+    def __init__(self, key: str, result: str, outputs: Mapping[str, Any] | str,
+                 ingredients: Mapping[str, Any] | str, finished: float, duration: float) -> None:
+        self.key, self.result = key, result  # result: the result digest
+        self._outputs, self._ingredients = outputs, ingredients
+        self.finished, self.duration = finished, duration  # unix time, seconds
+
+    @property
+    def outputs(self) -> Mapping[str, Any]:
+        if isinstance(self._outputs, str):
+            self._outputs = json.loads(self._outputs)
+        return self._outputs
+
+    @property
+    def ingredients(self) -> Mapping[str, Any]:
+        """Local ingredients + "upstream" (what `explain` compares)."""
+        if isinstance(self._ingredients, str):
+            self._ingredients = json.loads(self._ingredients)
+        return self._ingredients
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Applied) and (
+            (self.key, self.result, self.outputs, self.ingredients, self.finished, self.duration)
+            == (other.key, other.result, other.outputs, other.ingredients, other.finished,
+                other.duration))
+
+    def __repr__(self) -> str:
+        return f"Applied(key={self.key!r}, result={self.result!r}, finished={self.finished!r})"
 
 
 @dataclass(frozen=True)
