@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from . import __version__
 from .errors import AtmosError, UsageError
 
 SCHEDULES = ("waves", "eager")
@@ -48,7 +49,7 @@ class _Root:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-C", "--root", "root", metavar="DIR", help="Workspace root (default: nearest atmos.yaml).")
-@click.version_option(package_name="atmosbuild", message="atmosbuild %(version)s")
+@click.version_option(version=__version__, prog_name="atmosbuild", message="atmosbuild %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None) -> None:
     """atmosbuild: declarative, incremental, parallel deployments."""
