@@ -232,6 +232,73 @@ def test_leftovers_of_a_finished_step_are_killed(rig, tmp_path):
     assert eventually(lambda: not alive(read_pid(pidfile)))
 
 
+def test_the_leaders_exit_ends_the_step_not_a_background_child_holding_the_pipe(rig, tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    rig.add("command/x", sh(f"sleep 30 & echo $! > {pidfile}; echo hi"), sh("echo next"))
+    began = time.monotonic()
+    result = rig.run("command/x")["command/x"]
+    assert time.monotonic() - began < 2.5
+    assert result.ok, result
+    assert rig.log("command/x").splitlines()[1:] == ["hi", "$ sh -c 'echo next'", "next"]
+    assert "[command/x] hi" in rig.out.getvalue()
+    assert eventually(lambda: not alive(read_pid(pidfile)), timeout=1)
+
+
+def test_stop_does_not_wait_the_grace_period_for_a_child_left_holding_the_pipe(rig, tmp_path):
+    ready, pidfile = tmp_path / "ready", tmp_path / "bg.pid"
+    rig.add("command/x", sh(f"trap 'echo bye; exit 0' TERM; (trap '' TERM; sleep 30; :) & "
+                            f"echo $! > {pidfile}; touch {ready}; wait"))
+    rig.runner.start("command/x")
+    assert eventually(ready.exists)
+    began = time.monotonic()
+    rig.runner.stop(["command/x"])
+    result = rig.collect(1)["command/x"]
+    assert time.monotonic() - began < 2.5  # the grace period is 5 s
+    assert result.status == CANCELLED
+    assert "bye" in rig.log("command/x")
+    assert eventually(lambda: not alive(read_pid(pidfile)), timeout=1)
+
+
+def test_a_child_that_left_the_group_holding_the_pipe_is_not_waited_for(rig, tmp_path):
+    pidfile = tmp_path / "escaped.pid"
+    escape = f"import os, time; os.setsid(); print(os.getpid(), file=open({str(pidfile)!r}, 'w')); time.sleep(30)"
+    rig.add("command/x", sh(f"{sys.executable} -c \"{escape}\" & "
+                            f"while [ ! -s {pidfile} ]; do sleep 0.01; done; printf 'last words'"))
+    began = time.monotonic()
+    try:
+        result = rig.run("command/x")["command/x"]
+        assert time.monotonic() - began < 4
+        assert result.ok, result
+        log = rig.log("command/x").splitlines()
+        assert log[1] == "last words"
+        assert log[2].startswith("--- the output pipe was still held open 1 s after the step exited")
+    finally:
+        os.kill(read_pid(pidfile), signal.SIGKILL)
+
+
+def test_without_pidfds_the_leaders_exit_still_ends_the_step(rig, tmp_path, monkeypatch):
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    pidfile = tmp_path / "bg.pid"
+    rig.add("command/x", sh(f"sleep 30 & echo $! > {pidfile}; echo hi"))
+    began = time.monotonic()
+    assert rig.run("command/x")["command/x"].ok
+    assert time.monotonic() - began < 2.5
+    assert "hi" in rig.log("command/x").splitlines()
+    assert eventually(lambda: not alive(read_pid(pidfile)), timeout=1)
+
+
+def test_long_lines_and_lines_split_across_reads_stay_whole(rig):
+    program = ("import sys, time; out = sys.stdout.buffer; out.write(b'a' * 200000 + b'\\nhal');"
+               " out.flush(); time.sleep(0.05); out.write(b'f\\r\\nend'); out.flush()")
+    rig.add("command/x", Step((sys.executable, "-c", program)),
+            Step((sys.executable, "-c", program), capture=True), collect=len)
+    result = rig.run("command/x")["command/x"]
+    assert result.value == 200000 + len("\nhalf\r\nend")
+    lines = rig.log("command/x").splitlines()
+    assert [lines[1], *lines[2:4]] == ["a" * 200000, "half", "end"]
+    assert lines[5:] == ["a" * 200000, "half", "end"]
+
+
 def test_stop_of_an_unknown_or_finished_node_is_ignored(rig):
     rig.add("command/x", sh("true"))
     rig.run("command/x")

@@ -11,7 +11,13 @@ Every step runs in its own session, hence its own process group, so that
 The leader is waited for with `waitid(WNOWAIT)` before the group is swept, so
 the group id cannot be recycled under our `killpg` (a zombie leader keeps it).
 
-Output is read line by line in binary, decoded with errors="replace", masked
+The leader's exit, not the EOF of its output pipe, ends a step: a background
+child may hold the pipe as long as it lives. The pipe and a pidfd of the
+leader are polled together; once the leader has exited and its group is swept,
+what is left in the pipe is read for at most DRAIN_SECONDS (a process that left
+the group with setsid may still hold it; the log says so).
+
+Output is read in binary, split into lines, decoded with errors="replace", masked
 (secrets -> `***`) and written to the action's log and the console. Steps
 marked `capture` keep their raw stdout for `collect` (e.g. `terraform output
 -json`); that stdout goes to the log only and their stderr is kept apart, so
@@ -24,6 +30,7 @@ import heapq
 import itertools
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -40,6 +47,10 @@ from .ui import Console
 
 TAIL_LINES = 20
 IDLE_WORKER_SECONDS = 2.0  # an idle worker thread waits this long for the next action
+DRAIN_SECONDS = 1.0  # after a step's group was swept, wait this long at most for its output's EOF
+_CHUNK = 65536
+_QUICK_SECONDS = 0.01  # a step still running after this gets its leader watched with a pidfd
+_EXIT_POLL_MS = 50  # without pidfds: how often to check whether the leader has exited
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,132 @@ class _Alarms:
 
 
 _ALARMS = _Alarms()
+
+
+class _Lines:
+    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
+
+    __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending")
+
+    def __init__(self, node: str, mask: Callable[[str], str], log: IO[str], console: Console, capture: bool) -> None:
+        self._node, self._mask, self._log, self._console = node, mask, log, console
+        self._kept: list[bytes] | None = [] if capture else None
+        self._pending: list[bytes] = []  # the start of an unfinished line
+
+    def feed(self, data: bytes) -> None:
+        if self._kept is not None:
+            self._kept.append(data)
+        *lines, rest = data.split(b"\n")
+        if lines:
+            if self._pending:
+                self._pending.append(lines[0])
+                lines[0] = b"".join(self._pending)
+                self._pending.clear()
+            for raw in lines:
+                self._emit(raw)
+        if rest:
+            self._pending.append(rest)
+
+    def end(self) -> None:
+        """The output ended: a last line without a newline is still a line."""
+        if self._pending:
+            raw = b"".join(self._pending)
+            self._pending.clear()
+            self._emit(raw)
+
+    def captured(self) -> bytes | None:
+        return None if self._kept is None else b"".join(self._kept)
+
+    def _emit(self, raw: bytes) -> None:
+        line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        self._log.write(line + "\n")
+        if self._kept is None:
+            self._console.component_line(self._node, line)
+
+
+class _Output:
+    """A step's stdout pipe, read until the step's leader exits, then drained.
+
+    The leader's exit, not the pipe's EOF, ends a step: a background child
+    holds the pipe for as long as it lives. One `poll` in the worker's own
+    thread (no thread per step) watches the pipe and, once the step has run
+    for `_QUICK_SECONDS`, a pidfd of the leader: most steps of a big graph end
+    sooner, and so never pay for the pidfd. Without pidfds the leader is
+    checked every `_EXIT_POLL_MS` instead.
+    """
+
+    __slots__ = ("_proc", "_lines", "_fd", "_pidfd", "_poll", "_eof")
+
+    def __init__(self, proc: subprocess.Popen, lines: _Lines) -> None:
+        self._proc, self._lines = proc, lines
+        self._fd = proc.stdout.fileno()
+        self._pidfd = -1
+        self._eof = False
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+
+    def until_exit(self) -> None:
+        """Copy output until the leader has exited or everyone closed the pipe."""
+        pipe, pid = self._fd, self._proc.pid
+        watch_from = time.monotonic() + _QUICK_SECONDS
+        timeout: float | None = _QUICK_SECONDS * 1000
+        watching = False
+        while not self._eof:
+            ready = self._poll.poll(timeout)
+            for fd, _ in ready:
+                if fd != pipe:
+                    return  # the pidfd: the leader has exited
+                self._read()
+            if not watching and (not ready or time.monotonic() >= watch_from):
+                watching = True
+                timeout = self._watch_leader()
+            if watching and self._pidfd < 0 and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                return
+
+    def _watch_leader(self) -> float | None:
+        """Poll a pidfd of the leader from now on; the poll timeout to use."""
+        try:
+            self._pidfd = os.pidfd_open(self._proc.pid)  # also works on a zombie: no race
+        except (AttributeError, OSError):  # not Linux >= 5.3: check on a timeout
+            return _EXIT_POLL_MS
+        self._poll.register(self._pidfd, select.POLLIN)
+        return None
+
+    def drain(self, seconds: float) -> bool:
+        """After the sweep: copy the rest until EOF, waiting `seconds` at most.
+
+        False if the pipe is still open then: something that left the group
+        (setsid) holds it. What was already in the pipe is copied regardless.
+        """
+        if self._pidfd >= 0:
+            self._poll.unregister(self._pidfd)
+        deadline = time.monotonic() + seconds
+        late_reads = 16  # past the deadline, a writer that escaped must not keep us
+        while not self._eof:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late_reads -= 1
+                if late_reads < 0:
+                    break
+            if not self._poll.poll(max(left, 0) * 1000):
+                break
+            self._read()
+        self._lines.end()
+        return self._eof
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._proc.stdout.close()
+
+    def _read(self) -> None:
+        data = os.read(self._fd, _CHUNK)
+        if data:
+            self._lines.feed(data)
+        else:
+            self._eof = True
+            self._poll.unregister(self._fd)
 
 
 class ProcessRunner:
@@ -399,43 +536,44 @@ class ProcessRunner:
             action.proc = proc
             if action.stop_signal is not None:  # stop() came while we were spawning
                 _killpg(proc.pid, action.stop_signal)
+        lines = _Lines(spec.node, mask, log, self._console, step.capture)
+        output = _Output(proc, lines)
         try:
-            out = self._pump(proc.stdout, spec.node, mask, log, step.capture)
-        except BaseException:
-            _killpg(proc.pid, signal.SIGKILL)
-            raise
-        finally:
-            # The leader is done but stays a zombie (WNOWAIT), so its group id
-            # cannot be reused while we sweep up what it left in the group.
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            with self._lock:
+            try:
+                output.until_exit()
+            except BaseException:
                 _killpg(proc.pid, signal.SIGKILL)
-                code = proc.wait()
-                action.proc = None
+                raise
+            finally:
+                # The leader is done but stays a zombie (WNOWAIT), so its group id
+                # cannot be reused while we sweep up what it left in the group.
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                with self._lock:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    code = proc.wait()
+                    action.proc = None
+            if not output.drain(DRAIN_SECONDS):
+                log.write(f"--- the output pipe was still held open {_seconds(DRAIN_SECONDS)} s after the step "
+                          "exited (by a process outside its process group): stopped reading it\n")
+        finally:
+            output.close()
+        out = lines.captured()
         if errors is not None:
             with errors:
                 errors.seek(0)
-                self._pump(errors, spec.node, mask, log, False)
+                self._pump(errors, spec.node, mask, log)
         if code == 0:
             return 0, "", out
         if code < 0:
             return code, f"killed by signal {signal.Signals(-code).name}", out
         return code, f"exit code {code}", out
 
-    def _pump(
-        self, stream: IO[bytes], node: str, mask: Callable[[str], str], log: IO[str], capture: bool
-    ) -> bytes | None:
-        """Copy lines to log and console; with `capture`, to the log only and return them raw."""
-        kept: list[bytes] = []
-        with stream:
-            for raw in iter(stream.readline, b""):
-                line = mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
-                log.write(line + "\n")
-                if capture:
-                    kept.append(raw)
-                else:
-                    self._console.component_line(node, line)
-        return b"".join(kept) if capture else None
+    def _pump(self, stream: IO[bytes], node: str, mask: Callable[[str], str], log: IO[str]) -> None:
+        """Copy the lines of a file to log and console."""
+        lines = _Lines(node, mask, log, self._console, False)
+        for raw in iter(lambda: stream.read(_CHUNK), b""):
+            lines.feed(raw)
+        lines.end()
 
     @staticmethod
     def _spawn_error(exc: OSError, step: Step, cwd: str) -> str:
