@@ -225,14 +225,14 @@ class Rollout(ScheduleHooks):
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
             files = node.local["files"]
-            vendor = None
+            vendor, copied = None, None
             if comp.source is not None:
                 vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
                 try:
-                    sync_vendor(self.root, comp.source, vendor, files)
+                    copied = sync_vendor(self.root, comp.source, vendor, files)
                 except SourceChanged as exc:
                     raise ValueError(str(exc)) from None
-            materialize(vendor, workdir, files)
+            materialize(vendor, workdir, files, copied)
             os.makedirs(meta, exist_ok=True)
             action_ctx = ActionContext(
                 component_id=node.cid, name=comp.name, target=node.target,

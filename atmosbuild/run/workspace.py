@@ -48,6 +48,58 @@ def vendor_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
                         *cid.split("/"))
 
 
+_reflink = True  # cleared the first time the filesystem says it cannot
+SMALL = 1 << 20  # files up to this size are copied through memory, once read
+
+
+def clone_file(src: str, dst: str, mode: int = 0o644) -> None:
+    """Copy src to dst as an independent file: reflink if possible, else bytes."""
+    global _reflink
+    with open(src, "rb") as fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            if _reflink:
+                try:
+                    fcntl.ioctl(fd, FICLONE, fin.fileno())
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
+                                         errno.ENOSYS, errno.EBADF, errno.EPERM):
+                        raise
+                    _reflink = False  # not on this filesystem: stop asking
+            size = os.fstat(fin.fileno()).st_size
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(fd, fin.fileno(), offset, size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+        finally:
+            os.close(fd)
+
+
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _read_verified(src: str, digest: str, shown: str) -> bytes | None:
+    """The bytes of a small source file whose digest is the planned one, or
+    None for a big one (copied and verified on disk instead)."""
+    with open(src, "rb") as fh:
+        data = fh.read(SMALL + 1)
+    if len(data) > SMALL:
+        return None
+    if xxhash.xxh3_128_hexdigest(data) != digest:
+        raise SourceChanged(f"{shown} changed during the rollout; re-run to pick it up")
+    return data
+
+
 def _file_digest(path: str) -> str:
     h = xxhash.xxh3_128()
     with open(path, "rb") as fh:
@@ -56,33 +108,13 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def clone_file(src: str, dst: str) -> None:
-    """Copy src to dst as an independent file: reflink if possible, else bytes."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
-                                 errno.ENOSYS, errno.EBADF, errno.EPERM):
-                raise
-            _copy_range(fin, fout)
-
-
-def _copy_range(fin, fout) -> None:
-    size = os.fstat(fin.fileno()).st_size
-    offset = 0
-    while offset < size:
-        sent = os.sendfile(fout.fileno(), fin.fileno(), offset, size - offset)
-        if sent == 0:
-            break
-        offset += sent
-
-
-def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
+def sync_vendor(root: str, source: str, vendor: str, files: dict) -> dict[str, bytes]:
     """Make `vendor` an exact copy of the planned source tree.
 
     `files` maps "source:REL" -> [kind, digest, executable] (the key's view).
-    Only files whose digest moved are copied; the copies are verified.
+    Only files whose digest moved are copied; each copy is verified against
+    the planned digest. Returns the bytes of the small files it just copied,
+    so `materialize` need not read them back.
     """
     manifest_path = os.path.join(vendor, MANIFEST)
     try:
@@ -90,6 +122,7 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
             manifest = json.load(fh)
     except (OSError, ValueError):
         manifest = {}
+    fresh_dir = not os.path.isdir(vendor)
     os.makedirs(vendor, exist_ok=True)
     wanted = {name[len("source:"):]: entry for name, entry in files.items() if name.startswith("source:")}
     for rel in set(manifest) - set(wanted):
@@ -98,24 +131,39 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
         except FileNotFoundError:
             pass
     changed = False
+    copied: dict[str, bytes] = {}
+    made = {vendor}
     for rel, (kind, digest, exe) in wanted.items():
         if manifest.get(rel) == [kind, digest, exe]:
             continue
         changed = True
         dst = os.path.join(vendor, rel)
-        _make_room(vendor, rel)
+        if fresh_dir:
+            parent = os.path.dirname(dst)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+        else:
+            _make_room(vendor, rel)
         src = os.path.join(root, source, rel)
+        shown = f"{source}/{rel}"
         if kind == "l":
             target = os.readlink(src)
             if target != digest:
-                raise SourceChanged(f"{source}/{rel} changed during the rollout; re-run to pick it up")
+                raise SourceChanged(f"{shown} changed during the rollout; re-run to pick it up")
             os.symlink(target, dst)
         else:
-            clone_file(src, dst)
-            if _file_digest(dst) != digest:
-                os.unlink(dst)
-                raise SourceChanged(f"{source}/{rel} changed during the rollout; re-run to pick it up")
-            os.chmod(dst, 0o755 if exe else 0o644)
+            mode = 0o755 if exe else 0o644
+            data = _read_verified(src, digest, shown)
+            if data is not None:
+                _write_new(dst, data, mode)
+                copied[rel] = data
+            else:
+                clone_file(src, dst, mode)
+                if _file_digest(dst) != digest:
+                    os.unlink(dst)
+                    raise SourceChanged(f"{shown} changed during the rollout; re-run to pick it up")
+            os.chmod(dst, mode)  # an existing file keeps its mode through O_CREAT
         manifest[rel] = [kind, digest, exe]
     for rel in set(manifest) - set(wanted):
         del manifest[rel]
@@ -125,6 +173,7 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
         os.replace(tmp, manifest_path)
+    return copied
 
 
 def _make_room(vendor: str, rel: str) -> None:
@@ -144,19 +193,31 @@ def _make_room(vendor: str, rel: str) -> None:
         os.unlink(dst)
 
 
-def materialize(vendor: str | None, workdir: str, files: dict) -> None:
-    """Populate an action's workdir from the vendor cache with private copies."""
+def materialize(vendor: str | None, workdir: str, files: dict,
+                copied: dict[str, bytes] | None = None) -> None:
+    """Populate an action's workdir from the vendor cache with private
+    copies (`copied`: bytes sync_vendor just wrote, to save reading them)."""
     os.makedirs(workdir, exist_ok=True)
     if vendor is None:
         return
+    copied = copied or {}
+    made = {workdir}
     for name, (kind, digest, exe) in files.items():
         if not name.startswith("source:"):
             continue
         rel = name[len("source:"):]
         dst = os.path.join(workdir, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        parent = os.path.dirname(dst)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         if kind == "l":
             os.symlink(digest, dst)
+            continue
+        mode = 0o755 if exe else 0o644
+        data = copied.get(rel)
+        if data is not None:
+            _write_new(dst, data, mode)
         else:
-            clone_file(os.path.join(vendor, rel), dst)
-            os.chmod(dst, 0o755 if exe else 0o644)
+            clone_file(os.path.join(vendor, rel), dst, mode)
+        os.chmod(dst, mode)  # O_CREAT's mode is filtered by the umask
