@@ -42,7 +42,10 @@ import report  # noqa: E402
 SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
-LOAD_TOOLS = ("ninja", "doit", "atmosbuild-yaml", "atmosbuild-dsl")
+# "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
+# i.e. what the first load of a changed file costs.
+LOAD_TOOLS = ("ninja", "doit", "atmosbuild-yaml", "atmosbuild-dsl",
+              "atmosbuild-yaml-cold", "atmosbuild-dsl-cold")
 MAKESPAN_TOOLS = ("ninja", "make", "doit", "atmosbuild-waves", "atmosbuild-eager")
 SEED = 1
 MAKESPAN_SEED = 2
@@ -188,6 +191,10 @@ class Bench:
             "doit": lambda: t.doit + ["list"],
             "atmosbuild-yaml": lambda: t.atmosbuild + ["-C", ws, "validate", f"//{generate.YAML_PACKAGE}:dev"],
             "atmosbuild-dsl": lambda: t.atmosbuild + ["-C", ws, "validate", f"//{generate.DSL_PACKAGE}:dev"],
+            "atmosbuild-yaml-cold": lambda: ["env", "ATMOS_NO_CACHE=1", *t.atmosbuild, "-C", ws,
+                                             "validate", f"//{generate.YAML_PACKAGE}:dev"],
+            "atmosbuild-dsl-cold": lambda: ["env", "ATMOS_NO_CACHE=1", *t.atmosbuild, "-C", ws,
+                                            "validate", f"//{generate.DSL_PACKAGE}:dev"],
         }
         tools = [name for name in LOAD_TOOLS if not self.unavailable(name)]
         for r in range(self.args.runs):
