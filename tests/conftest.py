@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,46 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
         full_env.update(env)
     return subprocess.run([sys.executable, "-m", "atmosbuild", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input)
+
+
+# A `run` fragment: each component that runs appends its id to ran.log at the
+# root (outside every source tree), so a test can ask what ran.
+RECORD = 'echo "$ATMOS_COMPONENT" >> "$ATMOS_ROOT/ran.log"'
+
+
+def ran(ws) -> list[str]:
+    """What ran since the last call, sorted (and forget it)."""
+    path = ws.root / "ran.log"
+    if not path.exists():
+        return []
+    lines = sorted(path.read_text().split())
+    path.unlink()
+    return lines
+
+
+def rollout_with_report(ws, *args: str):
+    """Roll out with --report; return (process, report dict or None)."""
+    path = ws.root.parent / "report.json"
+    if path.exists():
+        path.unlink()
+    proc = ws.run("rollout", *args, "--report", str(path))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def start_cli(ws, *args: str) -> subprocess.Popen:
+    """The CLI as a background process (so a test can signal or race it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 class Workspace:

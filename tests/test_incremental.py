@@ -13,28 +13,16 @@ import shutil
 
 import pytest
 
-RECORD = 'echo "$ATMOS_COMPONENT" >> "$ATMOS_ROOT/ran.log"'
+from conftest import RECORD, ran, rollout_with_report
 
 
-def ran(ws) -> list[str]:
-    """What ran since the last call, sorted (and forget it)."""
-    path = ws.root / "ran.log"
-    if not path.exists():
-        return []
-    lines = sorted(path.read_text().split())
-    path.unlink()
-    return lines
+
 
 
 def rollout(ws, *args: str):
     """Roll out; return (process, {id: report node})."""
-    path = ws.root.parent / "report.json"
-    if path.exists():
-        path.unlink()
-    proc = ws.run("rollout", *args, "--report", str(path))
-    assert "Traceback" not in proc.stderr, proc.stderr
-    nodes = {n["id"]: n for n in json.loads(path.read_text())["nodes"]} if path.exists() else {}
-    return proc, nodes
+    proc, report = rollout_with_report(ws, *args)
+    return proc, ({n["id"]: n for n in report["nodes"]} if report else {})
 
 
 def edit(ws, rel: str, old: str, new: str) -> None:

@@ -7,41 +7,18 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-
-RECORD = 'echo "$ATMOS_COMPONENT" >> "$ATMOS_ROOT/ran.log"'
+from conftest import RECORD, ran, start_cli, wait_for
 
 
-def ran(ws) -> list[str]:
-    path = ws.root / "ran.log"
-    if not path.exists():
-        return []
-    lines = sorted(path.read_text().split())
-    path.unlink()
-    return lines
 
 
-def start_cli(ws, *args: str) -> subprocess.Popen:
-    """The CLI as a background process (so a test can signal or race it)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.02)
+
 
 
 def kill_pid_file(path: Path) -> None:

@@ -12,14 +12,11 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import REPO
+from conftest import RECORD, ran, rollout_with_report, start_cli, wait_for
 
-RECORD = 'echo "$ATMOS_COMPONENT" >> "$ATMOS_ROOT/ran.log"'
 
 
 def timed(seconds: float, extra: str = "") -> str:
@@ -49,13 +46,6 @@ def max_overlap(spans) -> int:
     return most
 
 
-def ran(ws) -> list[str]:
-    path = ws.root / "ran.log"
-    if not path.exists():
-        return []
-    lines = sorted(path.read_text().split())
-    path.unlink()
-    return lines
 
 
 def deployment(ws, components: dict[str, dict], pkg: str = "app", targets=("dev",)) -> None:
@@ -69,32 +59,17 @@ def after(*names: str) -> dict:
     return {"metadata": {"depends_on": [f"command/{n}" for n in names]}}
 
 
-def rollout(ws, *args: str):
-    path = ws.root.parent / "report.json"
-    if path.exists():
-        path.unlink()
-    proc = ws.run("rollout", *args, "--report", str(path))
-    assert "Traceback" not in proc.stderr, proc.stderr
-    report = json.loads(path.read_text()) if path.exists() else None
-    return proc, report
+
+
+rollout = rollout_with_report
 
 
 def statuses(report) -> dict[str, str]:
     return {n["id"]: n["status"] for n in report["nodes"]}
 
 
-def start_cli(ws, *args: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:

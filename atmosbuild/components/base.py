@@ -72,13 +72,17 @@ def read_outputs_file(path: str) -> dict:
         raw = fh.read()
     if not raw.strip():
         return {}
+    return parse_json_object(raw, "outputs file $ATMOS_OUTPUTS")
+
+
+def parse_json_object(text, what: str) -> dict:
+    """JSON text that must be an object; a clear ValueError naming `what` if not."""
     try:
-        value = json.loads(raw)
+        value = json.loads(text)
     except ValueError as exc:
-        raise ValueError(f"outputs file $ATMOS_OUTPUTS is not valid JSON: {exc}") from None
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError(
-            f"outputs file $ATMOS_OUTPUTS must hold a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{what} must hold a JSON object, got {type(value).__name__}")
     return value
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from .base import APPLY, ActionContext, ComponentType, Invocation, require_binary
+from .base import APPLY, ActionContext, ComponentType, Invocation, parse_json_object, require_binary
 
 
 class Terraform(ComponentType):
@@ -52,11 +52,6 @@ class Terraform(ComponentType):
         text = (captured or "").strip()
         if not text:
             return {}
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"`terraform output -json` did not print JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ValueError("`terraform output -json` did not print a JSON object")
+        raw = parse_json_object(text, "what `terraform output -json` printed")
         return {name: (item.get("value") if isinstance(item, dict) else item)
                 for name, item in raw.items()}

@@ -13,7 +13,6 @@ text an action key hashes is exactly the template the user wrote.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 import shlex

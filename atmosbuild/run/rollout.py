@@ -6,6 +6,7 @@ meet the I/O ones (store, workspace, processes, console).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -104,6 +105,10 @@ class Rollout(ScheduleHooks):
             last = self.rebuilder.applied(node)
             weights[nid] = max(last.duration, 0.001) if last else 1.0
         priority = critical_path(dag, weights)
+        # The CLI loads with the collector off; a rollout can run for hours,
+        # so collect again from here, skipping the graph loaded so far.
+        gc.freeze()
+        gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = time.monotonic()
         real = isinstance(runner, ProcessRunner)
