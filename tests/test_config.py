@@ -350,3 +350,12 @@ def test_settings_are_read_and_checked(tmp_path):
         (tmp_path / "atmos.yaml").write_text(bad + "\n")
         with pytest.raises(ConfigError, match=says):
             load_settings(str(tmp_path))
+
+
+def test_a_directory_with_its_own_atmos_yaml_is_another_workspace(tree):
+    """Like a nested WORKSPACE to Bazel: `//...` does not reach into it."""
+    (tree / "vendor-ws" / "svc").mkdir(parents=True)
+    (tree / "vendor-ws" / "atmos.yaml").write_text("{}\n")
+    (tree / "vendor-ws" / "svc" / "deployment.yaml").write_text("deployment: {targets: {dev: {}}}\n")
+    assert "vendor-ws/svc" not in discover_packages(str(tree))
+    assert Label("vendor-ws/svc", "dev") not in expand(str(tree), [parse_label("//...:dev")])

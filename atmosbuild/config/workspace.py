@@ -113,7 +113,12 @@ def package_file(root: str, package: str) -> str | None:
 
 
 def discover_packages(root: str, prefix: str = "") -> list[str]:
-    """Every package at or under `prefix`, sorted."""
+    """Every package at or under `prefix`, sorted.
+
+    A directory below the root holding its own atmos.yaml is another
+    workspace (as a nested WORKSPACE is another repository to Bazel): its
+    packages are not this workspace's, so discovery does not descend there.
+    """
     found = []
     start = package_dir(root, prefix)
     stack = [(start, prefix)]
@@ -124,6 +129,8 @@ def discover_packages(root: str, prefix: str = "") -> list[str]:
         except OSError:
             continue
         names = {e.name for e in entries}
+        if path != root and SETTINGS_FILE in names:
+            continue
         if DSL_FILE in names or YAML_FILE in names:
             found.append(pkg)
         for e in entries:
