@@ -438,3 +438,18 @@ def test_report_json_and_log_files(ws):
     for node in report["nodes"]:
         assert node["status"] == "cached" and node["reason"] == "up to date"
         assert node["exit_code"] is None and node["log"] is None
+
+
+def test_keep_going_and_schedule_can_come_from_atmos_yaml(ws):
+    """Workspace settings apply when the flags are not given (SPEC 7)."""
+    ws.write("atmos.yaml", "keep_going: true\nschedule: eager\nparallelism: 1\n")
+    deployment(ws, {
+        "bad": {"run": ["sh", "-c", "exit 3"]},
+        "after_bad": {"run": ["sh", "-c", RECORD], **after("bad")},
+        "independent": {"run": ["sh", "-c", RECORD]},
+    })
+    proc, report = rollout(ws, "//app:dev")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert statuses(report) == {"command/bad": "failed", "command/after_bad": "skipped",
+                                "command/independent": "succeeded"}
+    assert ran(ws) == ["command/independent"]
