@@ -24,6 +24,20 @@ from .document import Document
 MAX_ENTRIES = 256
 
 
+def code_stamp(*modules: str) -> str:
+    """Size and mtime of the given modules of this package: a cached entry
+    made by other code (a checkout between releases) is never reused."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = [__version__]
+    for rel in modules:
+        try:
+            st = os.stat(os.path.join(base, rel))
+            parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{rel}:?")
+    return "|".join(parts)
+
+
 def cache_dir() -> Path | None:
     if os.environ.get("ATMOS_NO_CACHE"):
         return None
@@ -48,7 +62,8 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
     directory = cache_dir()
     if directory is None:
         return parse(text, file)
-    digest = xxhash.xxh3_128_hexdigest(f"{__version__}\0{kind}\0{text}".encode("utf-8", "surrogatepass"))
+    stamp = code_stamp("config/yaml.py", "config/dsl.py", "config/document.py")
+    digest = xxhash.xxh3_128_hexdigest(f"{stamp}\0{kind}\0{text}".encode("utf-8", "surrogatepass"))
     entry = directory / f"{digest}.marshal"
     try:
         data = marshal.loads(entry.read_bytes())

@@ -16,14 +16,18 @@ import pickle
 
 import xxhash
 
-from .. import __version__
 from ..config.document import Document
-from ..config.doccache import _LazyLocate
+from ..config.doccache import _LazyLocate, code_stamp
 from ..config.labels import Label
 from ..config.workspace import _parse_dsl, package_file
 from ..config.yaml import parse_yaml
 
 KEEP = 8  # cached structures kept per workspace
+# Modules whose classes or logic shape what is pickled: a change to any of
+# them (a checkout between releases) must not meet an old pickle.
+PICKLED_MODULES = ("config/model.py", "config/resolve.py", "config/document.py",
+                   "config/labels.py", "config/doccache.py", "graph/dag.py",
+                   "graph/actions.py", "graph/keys.py", "components/__init__.py")
 
 
 class StructureCache:
@@ -31,7 +35,8 @@ class StructureCache:
         self.dir = os.path.join(state_dir, "cache")
 
     def key(self, root: str, labels: list[Label], only) -> str | None:
-        h = xxhash.xxh3_128(f"{__version__}\0{root}\0{sorted(only or [])}\0".encode())
+        stamp = code_stamp(*PICKLED_MODULES)
+        h = xxhash.xxh3_128(f"{stamp}\0{root}\0{sorted(only or [])}\0".encode())
         for label in labels:
             h.update(f"{label}\0".encode())
         for package in sorted({label.package for label in labels}):
