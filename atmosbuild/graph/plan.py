@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..state.rebuild import Rebuilder, describe_changes
+from ..state.rebuild import Rebuilder
 from .actions import ActionGraph
 
 RUN, CACHED, BLOCKED = "run", "cached", "blocked"
@@ -39,12 +39,10 @@ def make_plan(graph: ActionGraph, rebuilder: Rebuilder) -> dict[str, PlannedNode
             planned[nid] = PlannedNode(nid, wave, status, decision.reason, decision.key)
             results[nid] = None if decision.run else decision.result
             continue
-        last = rebuilder.applied(node)
-        local_changes = describe_changes(last.ingredients, node.local, None) if last else ["never applied"]
-        if rebuilder.force:
-            status, reason = RUN, "forced (--force)"
-        elif not node.component.cache:
-            status, reason = RUN, "cache: false (always runs)"
+        forced = rebuilder.must_run(node)
+        local_changes = rebuilder.local_changes(node)
+        if forced:
+            status, reason = RUN, forced
         elif local_changes:
             status, reason = RUN, "; ".join(local_changes)
         else:

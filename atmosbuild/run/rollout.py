@@ -214,7 +214,7 @@ class Rollout(ScheduleHooks):
         outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
         quote = isinstance(comp.run, str)
-        secrets = self._secrets(comp)
+        secrets = secret_values(comp)
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -267,9 +267,6 @@ class Rollout(ScheduleHooks):
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
                           prepare=prepare, collect=collect)
         return spec
-
-    def _secrets(self, comp) -> list[str]:
-        return secret_values(comp)
 
     # -- the end ------------------------------------------------------------------
 

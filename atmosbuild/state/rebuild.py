@@ -12,7 +12,6 @@ all say the same precise thing.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -105,13 +104,27 @@ class Rebuilder:
         """`upstream`: dependency component id -> result digest."""
         return action_key(node.local_canonical, upstream)
 
+    def must_run(self, node: ActionNode) -> str | None:
+        """Why `node` runs whatever its key, or None."""
+        if self.force:
+            return "forced (--force)"
+        if not node.component.cache:
+            return "cache: false (always runs)"
+        return None
+
+    def local_changes(self, node: ActionNode) -> list[str]:
+        """What changed in the node's own inputs since its last success."""
+        last = self.applied(node)
+        if last is None:
+            return ["never applied" if node.mode != BUILD else "never built"]
+        return describe_changes(last.ingredients, storable_ingredients(node), None)
+
     def decide(self, node: ActionNode, upstream: Mapping[str, str]) -> Decision:
         key = self.key(node, upstream)
         last = self.applied(node)
-        if self.force:
-            return Decision(True, key, ("forced (--force)",))
-        if not node.component.cache:
-            return Decision(True, key, ("cache: false (always runs)",))
+        forced = self.must_run(node)
+        if forced:
+            return Decision(True, key, (forced,))
         if node.mode == BUILD:
             hit = self.store.builds([key]).get(key)
             if hit is not None:
@@ -183,24 +196,7 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
 
 
 def _differs(before, after) -> bool:
-    """Stored text is redacted (`***` for each secret value): compare it as a
-    pattern, so a caller holding the clear text sees no phantom change."""
-    if canonical(before) == canonical(after):
-        return False
-    return not (_REDACTED in canonical(before) and _matches_redacted(before, after))
-
-
-def _matches_redacted(before, after) -> bool:
-    if isinstance(before, str) and isinstance(after, str):
-        pattern = "(?s)" + ".+?".join(re.escape(part) for part in before.split(_REDACTED))
-        return re.fullmatch(pattern, after) is not None
-    if isinstance(before, Mapping) and isinstance(after, Mapping):
-        return before.keys() == after.keys() and all(
-            _matches_redacted(before[k], after[k]) for k in before)
-    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
-        return len(before) == len(after) and all(
-            _matches_redacted(b, a) for b, a in zip(before, after))
-    return canonical(before) == canonical(after)
+    return canonical(before) != canonical(after)
 
 
 def _values(before, after) -> str:
