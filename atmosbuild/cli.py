@@ -318,21 +318,12 @@ def convert(file, to):
 @click.pass_context
 def clean(ctx, workspaces, cache, all_):
     """Remove state (refused while a rollout holds a lock)."""
-    import fcntl
+    from .run.lock import held_locks
 
     if not (workspaces or cache or all_):
         raise UsageError("say what to clean: --workspaces, --cache or --all")
     r = _root(ctx)
-    locks = os.path.join(r.state_dir, "locks")
-    held = []
-    for name in sorted(os.listdir(locks)) if os.path.isdir(locks) else []:
-        fd = os.open(os.path.join(locks, name), os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            held.append(name[:-len(".lock")])
-        finally:
-            os.close(fd)
+    held = held_locks(r.state_dir)
     if held:
         from .errors import LockedError
 

@@ -19,6 +19,21 @@ def lock_path(state_dir: str, deployment: str, target: str) -> str:
     return os.path.join(state_dir, "locks", f"{safe}@{target}.lock")
 
 
+def held_locks(state_dir: str) -> list[str]:
+    """The deployment+target locks some rollout holds now (`DEPLOYMENT@TARGET`)."""
+    locks = os.path.join(state_dir, "locks")
+    held = []
+    for name in sorted(os.listdir(locks)) if os.path.isdir(locks) else []:
+        fd = os.open(os.path.join(locks, name), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(name[:-len(".lock")])
+        finally:
+            os.close(fd)
+    return held
+
+
 def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)

@@ -25,6 +25,8 @@ import uuid
 
 import xxhash
 
+from ..state.files import file_digest
+
 FICLONE = 0x40049409  # linux/fs.h: share extents copy-on-write (btrfs, xfs, ...)
 MANIFEST = ".atmos-vendor.json"
 
@@ -100,14 +102,6 @@ def _read_verified(src: str, digest: str, shown: str) -> bytes | None:
     return data
 
 
-def _file_digest(path: str) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sync_vendor(root: str, source: str, vendor: str, files: dict) -> dict[str, bytes]:
     """Make `vendor` an exact copy of the planned source tree.
 
@@ -160,7 +154,7 @@ def sync_vendor(root: str, source: str, vendor: str, files: dict) -> dict[str, b
                 copied[rel] = data
             else:
                 clone_file(src, dst, mode)
-                if _file_digest(dst) != digest:
+                if file_digest(dst) != digest:
                     os.unlink(dst)
                     raise SourceChanged(f"{shown} changed during the rollout; re-run to pick it up")
             os.chmod(dst, mode)  # an existing file keeps its mode through O_CREAT

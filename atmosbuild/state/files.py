@@ -20,6 +20,15 @@ EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
 FileEntry = tuple  # (relpath, kind, digest, executable) with kind "f" or "l"
 
 
+def file_digest(path: str) -> str:
+    """xxh3-128 of a file's bytes, read in 1 MiB chunks."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 class FileDigester:
     """Digests files under `root`, with a cache of earlier digests.
 
@@ -39,12 +48,8 @@ class FileDigester:
                 and hit[2] == st.st_ctime_ns and hit[3] == st.st_ino):
             return hit[4]
         sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        h = xxhash.xxh3_128()
-        with open(os.path.join(self.root, rel), "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        digest = file_digest(os.path.join(self.root, rel))
         self.reads += 1
-        digest = h.hexdigest()
         entry = (*sig, digest)
         self.cache[rel] = entry
         self.changed[rel] = entry

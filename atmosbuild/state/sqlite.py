@@ -9,6 +9,7 @@ application id so a foreign or corrupt file is refused with a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -179,15 +180,10 @@ class SqliteStore:
 
     def _init_in_place(self) -> None:
         """Give an existing empty file the schema (new files get it in _create)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             # Another process may have initialised it while we waited.
             if self.db.execute("PRAGMA application_id").fetchone()[0] == 0:
                 _write_schema(self.db)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         # Switching to WAL needs the file to itself, and SQLite answers "locked"
         # at once rather than wait while another process reads it: retry.
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
@@ -243,15 +239,22 @@ class SqliteStore:
 
     # -- writes: each is one short transaction --------------------------------
 
-    def _write(self, statements) -> None:
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction, taken up front (IMMEDIATE) so a concurrent
+        writer waits on the busy timeout here, not halfway through."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, args in statements:
-                self.db.execute(sql, args)
+            yield
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _write(self, statements) -> None:
+        with self._transaction():
+            for sql, args in statements:
+                self.db.execute(sql, args)
 
     @_guarded
     def record_success(self, deployment, target, component, applied: Applied, run_id: str,
@@ -287,14 +290,9 @@ class SqliteStore:
     def save_file_cache(self, entries: Mapping[str, tuple]) -> None:
         if not entries:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
                                 [(path, *entry) for path, entry in entries.items()])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.db.close()
