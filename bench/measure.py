@@ -32,11 +32,10 @@ from dataclasses import dataclass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The console script `atmosbuild = "atmosbuild.cli:main"` does exactly this;
-# `python -m atmosbuild.cli` would silently do nothing without a __main__ guard.
+# The console script `atmosbuild = "atmosbuild.cli:entry"` does exactly this.
 ATMOSBUILD_LAUNCHER = (
     "import sys; sys.argv[0] = 'atmosbuild'; "
-    "from atmosbuild.cli import main; sys.exit(main())"
+    "from atmosbuild.cli import entry; entry()"
 )
 
 

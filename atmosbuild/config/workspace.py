@@ -56,10 +56,11 @@ def load_settings(root: str) -> Settings:
     path = os.path.join(root, SETTINGS_FILE)
     if not os.path.isfile(path):
         return Settings()
+    from . import doccache
     from .yaml import parse_yaml
 
     with open(path, encoding="utf-8") as fh:
-        doc = parse_yaml(fh.read(), shown_path(path))
+        doc = doccache.load(fh.read(), shown_path(path), "yaml", parse_yaml)
     data = doc.data or {}
     if not isinstance(data, dict):
         raise ConfigError("atmos.yaml must hold a map of settings", file=shown_path(path))

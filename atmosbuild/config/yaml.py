@@ -7,12 +7,21 @@ file:line:col, so valid files pay nothing for good error messages.
 
 from __future__ import annotations
 
-import yaml
-
 from ..errors import ConfigError, caret_context
 from .document import Document, Position
 
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# PyYAML is imported on first use (~20 ms): a run whose documents all come
+# from the parse cache never needs it.
+yaml = None
+_BaseLoader = None
+
+
+def _import_yaml() -> None:
+    global yaml, _BaseLoader
+    if yaml is None:
+        import yaml as module
+
+        yaml, _BaseLoader = module, getattr(module, "CSafeLoader", module.SafeLoader)
 
 
 _STR = "tag:yaml.org,2002:str"
@@ -66,6 +75,7 @@ class _Builder:
 
 def load_yaml_text(text: str, file: str):
     """Parse YAML text into plain data, raising ConfigError at file:line:col."""
+    _import_yaml()
     try:
         node = yaml.compose(text, Loader=_BaseLoader)
         return None if node is None else _Builder().build(node)
@@ -106,6 +116,7 @@ class _Locator:
 
     def __call__(self, path) -> Position | None:
         if self._root is None:
+            _import_yaml()
             try:
                 self._root = yaml.compose(self._text, Loader=_BaseLoader)
             except yaml.YAMLError:

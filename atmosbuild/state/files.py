@@ -1,21 +1,37 @@
-"""File digests behind a stat cache.
+"""File digests behind two stat caches.
 
 A file is re-read only when its (size, mtime_ns, ctime_ns, inode) moved since
 the digest was taken, so a no-op run costs one stat per file. ctime is part
 of the signature because a same-size rewrite with its mtime restored (touch
 -d, rsync -t, some editors) still moves ctime, which user code cannot set.
+
+The *tree cache* goes one step further for whole source trees: it keeps, per
+source directory, the stat signature of every directory and file in it and
+the listing they gave. A directory's mtime moves whenever an entry is added,
+removed or renamed in it, so a tree whose every path keeps its signature is
+the same tree: one lstat per path, no scandir, no digest lookups, no sorting.
+
+Racy entries (git's "racily clean" problem): timestamps have a coarse tick,
+so a file rewritten twice within one tick, with a read in between, could keep
+its signature with new bytes. A signature newer than RACY_NS before the scan
+started is therefore never trusted later: such files are read again next time.
 """
 
 from __future__ import annotations
 
+import marshal
+import operator
 import os
 import stat as stat_mod
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
 import xxhash
 
 # Directories never part of a component's source tree.
 EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
+RACY_NS = 2_000_000_000
+TREE_CACHE_VERSION = 2
 
 FileEntry = tuple  # (relpath, kind, digest, executable) with kind "f" or "l"
 
@@ -29,44 +45,85 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _signature(st: os.stat_result) -> tuple:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 class FileDigester:
     """Digests files under `root`, with a cache of earlier digests.
 
     `cache` maps root-relative path -> (size, mtime_ns, ctime_ns, inode, digest);
-    `changed` collects entries to write back to the store.
+    when it is None, `load_cache()` supplies it the first time a digest is
+    not found in the tree cache (a no-op run never needs it). `changed`
+    collects entries to write back to the store. `trees` is the tree cache
+    (see module doc), loaded and saved with load_trees/save_trees.
+    `clock` (wall time in ns) decides which signatures are too new to trust.
     """
 
-    def __init__(self, root: str, cache: dict | None = None) -> None:
+    def __init__(self, root: str, cache: dict | None = None,
+                 load_cache: Callable[[], dict] | None = None,
+                 trees: dict | None = None, clock: Callable[[], int] = time.time_ns) -> None:
         self.root = root
-        self.cache = cache if cache is not None else {}
+        self.cache = cache
+        self._load_cache = load_cache
         self.changed: dict[str, tuple] = {}
+        self.trees: dict[str, tuple] = trees if trees is not None else {}
+        self.trees_changed = False
         self.reads = 0  # how many files were actually read (for tests and benchmarks)
+        self.racy_after = clock() - RACY_NS
 
-    def digest(self, rel: str, st: os.stat_result) -> str:
-        hit = self.cache.get(rel)
-        if (hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns
-                and hit[2] == st.st_ctime_ns and hit[3] == st.st_ino):
-            return hit[4]
-        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    def _cached(self, rel: str) -> tuple | None:
+        if self.cache is None:
+            self.cache = self._load_cache() if self._load_cache is not None else {}
+        return self.cache.get(rel)
+
+    def digest(self, rel: str, st: os.stat_result, lookup: bool = True) -> str:
+        """`lookup=False`: the caller knows no cache has it (read it now)."""
+        sig = _signature(st)
+        if lookup:
+            hit = self._cached(rel)
+            if hit is not None and hit[:4] == sig:
+                return hit[4]
         digest = file_digest(os.path.join(self.root, rel))
         self.reads += 1
-        entry = (*sig, digest)
-        self.cache[rel] = entry
-        self.changed[rel] = entry
+        if not self._racy(st):
+            entry = (*sig, digest)
+            if self.cache is not None:
+                self.cache[rel] = entry
+            self.changed[rel] = entry
         return digest
+
+    def _racy(self, st: os.stat_result) -> bool:
+        return st.st_mtime_ns >= self.racy_after or st.st_ctime_ns >= self.racy_after
 
     def tree(self, rel_dir: str) -> list[FileEntry]:
         """Every file under `rel_dir` (root-relative), sorted by path, with
         paths relative to `rel_dir`. Symlinks are recorded, not followed."""
+        record = self.trees.get(rel_dir)
+        if record is not None and record[0] and _unchanged(record[1], record[2]):
+            return record[4]
+        earlier = ({path: (sig, digest) for path, sig, digest in zip(*record[1:4]) if digest}
+                   if record is not None else {})
         out: list[FileEntry] = []
+        # Every directory, file and link seen: its path, signature and digest (or None).
+        paths: list[str] = []
+        sigs: list[tuple] = []
+        digests: list[str | None] = []
+        trusted = True
         base = f"{self.root}/{rel_dir}" if rel_dir != "." else self.root
         stack = [("", base)]
         while stack:
             prefix, path = stack.pop()
+            st = os.stat(path)  # the source directory itself may be a symlink
+            paths.append(path), sigs.append(_signature(st)), digests.append(None)
+            trusted = trusted and not self._racy(st)
             with os.scandir(path) as it:
                 for entry in it:
                     rel = prefix + entry.name
                     if entry.is_symlink():
+                        st = entry.stat(follow_symlinks=False)
+                        paths.append(entry.path), sigs.append(_signature(st)), digests.append(None)
+                        trusted = trusted and not self._racy(st)
                         out.append((rel, "l", os.readlink(entry.path), False))
                     elif entry.is_dir():
                         if entry.name not in EXCLUDED_DIRS:
@@ -75,9 +132,21 @@ class FileDigester:
                         st = entry.stat()
                         if not stat_mod.S_ISREG(st.st_mode):
                             continue
-                        digest = self.digest(f"{rel_dir}/{rel}" if rel_dir != "." else rel, st)
+                        sig = _signature(st)
+                        old = earlier.get(entry.path)
+                        if old is not None and old[0] == sig:
+                            digest = old[1]
+                        else:  # with a record, the store cannot know better than it
+                            digest = self.digest(f"{rel_dir}/{rel}" if rel_dir != "." else rel, st,
+                                                 lookup=record is None)
+                        racy = self._racy(st)
+                        trusted = trusted and not racy
+                        paths.append(entry.path), sigs.append(sig), digests.append(None if racy else digest)
                         out.append((rel, "f", digest, bool(st.st_mode & 0o111)))
         out.sort()
+        # An untrusted record is still kept for the digests of its settled files.
+        self.trees[rel_dir] = (trusted, tuple(paths), tuple(sigs), tuple(digests), out)
+        self.trees_changed = True
         return out
 
     def files(self, rels: Iterable[str]) -> list[FileEntry]:
@@ -87,3 +156,55 @@ class FileDigester:
             st = os.stat(os.path.join(self.root, rel))
             out.append((rel, "f", self.digest(rel, st), bool(st.st_mode & 0o111)))
         return out
+
+
+_SIGNATURE = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+
+
+def _unchanged(paths: tuple, sigs: tuple) -> bool:
+    """Every path still has the signature it had (directories: the same entries).
+    The first is the tree's own directory, which may be a symlink (followed);
+    the rest are compared in one pass at C speed (map, attrgetter, ==)."""
+    try:
+        return (_SIGNATURE(os.stat(paths[0])) == sigs[0]
+                and list(map(_SIGNATURE, map(os.lstat, paths[1:]))) == list(sigs[1:]))
+    except OSError:
+        return False
+
+
+# -- the tree cache on disk ---------------------------------------------------------
+# One marshal file per state directory, for one root: a cache, so any error
+# reading it means "no cache", and writing it is best effort (atomic rename).
+
+def _trees_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "cache", "trees.marshal")
+
+
+def load_trees(state_dir: str, root: str) -> dict:
+    if os.environ.get("ATMOS_NO_CACHE"):
+        return {}
+    try:
+        with open(_trees_path(state_dir), "rb") as fh:
+            version, cached_root, trees = marshal.loads(fh.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    if version != TREE_CACHE_VERSION or cached_root != root or not isinstance(trees, dict):
+        return {}
+    return trees
+
+
+def save_trees(state_dir: str, root: str, trees: dict) -> None:
+    if os.environ.get("ATMOS_NO_CACHE"):
+        return
+    path = _trees_path(state_dir)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(marshal.dumps((TREE_CACHE_VERSION, root, trees)))
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

@@ -121,8 +121,22 @@ def _guarded(method):
     return wrapper
 
 
+# Every store not yet closed (strong references: sqlite3's statement cache
+# makes each connection part of a reference cycle, so a dropped store would
+# keep its connection open until a collection). The CLI closes them before
+# its fast exit: a connection left open to a WAL database leaves `-wal` and
+# `-shm` files behind.
+_OPEN: "set[SqliteStore]" = set()
+
+
+def close_all() -> None:
+    for store in list(_OPEN):
+        store.close()
+
+
 class SqliteStore:
     def __init__(self, path: str, *, readonly: bool = False) -> None:
+        _OPEN.add(self)
         self.path = path
         self.readonly = readonly
         self.uninitialized = False  # read-only, and the file holds no schema yet
@@ -295,7 +309,10 @@ class SqliteStore:
                                 [(path, *entry) for path, entry in entries.items()])
 
     def close(self) -> None:
-        self.db.close()
+        _OPEN.discard(self)
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
 
 
 def open_store(state_dir: str, *, readonly: bool = False):
