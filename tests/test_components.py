@@ -130,7 +130,8 @@ def test_terraform_runs_init_workspace_apply_output_in_order(ws):
     assert [r["argv"] for r in recs] == [
         ["init", "-input=false"],
         ["workspace", "select", "-or-create=true", "dev"],
-        ["apply", "-auto-approve", "-input=false", f"-var-file={workdir}/.atmos/vars.tfvars.json"],
+        ["apply", "-auto-approve", "-input=false",
+         f"-var-file={Path(workdir).parents[2]}/.atmos/terraform%2Fecr%2Fapi.tfvars.json"],
         ["output", "-json"],
     ]
     assert {r["cwd"] for r in recs} == {workdir}

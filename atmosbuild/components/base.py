@@ -37,6 +37,10 @@ class ActionContext:
     run: Any  # rendered `run` (list or str) or None
     outputs_path: str  # $ATMOS_OUTPUTS
     vars_path: str  # $ATMOS_VARS_FILE
+    # WORKSPACE/.atmos/ID-with-slashes-escaped: where files of ours for this
+    # action go (PREFIX.vars.json, ...), outside the action's own directory,
+    # so `nixpacks build .` or `tar .` never pick them up.
+    meta_prefix: str = ""
     toolchain: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -22,12 +22,11 @@ class Terraform(ComponentType):
         return ctx.toolchain.get("terraform") or "terraform"
 
     def tfvars_path(self, ctx: ActionContext) -> str:
-        return os.path.join(ctx.workdir, ".atmos", "vars.tfvars.json")
+        return ctx.meta_prefix + ".tfvars.json"
 
     def prepare(self, ctx: ActionContext) -> None:
         require_binary(self._binary(ctx), "toolchain.terraform")
         path = self.tfvars_path(ctx)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(dict(ctx.vars), fh, indent=2, sort_keys=True)
 

@@ -32,6 +32,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -115,6 +116,25 @@ def make_masker(secrets: Sequence[str]) -> Callable[[str], str]:
         return lambda text: text
     pattern = re.compile("|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)))
     return lambda text: pattern.sub("***", text)
+
+
+_resolved: dict[tuple[str, str | None], str | None] = {}
+
+
+def _resolve(name: str, path: str | None) -> str | None:
+    """The absolute path `execvpe` would run for `name`, looked up once per
+    (name, PATH) instead of once per process: without it every spawn tries
+    each PATH entry in turn (a dozen failed execve with a long PATH). None
+    leaves the search to the exec as before: a name with a slash, a PATH with
+    relative entries (they depend on each action's cwd), or no match (so the
+    error stays the exec's own)."""
+    key = (name, path)
+    if key not in _resolved:
+        found = None
+        if "/" not in name and path is not None and all(os.path.isabs(d) for d in path.split(os.pathsep)):
+            found = shutil.which(name, path=path)
+        _resolved[key] = found
+    return _resolved[key]
 
 
 def _killpg(pgid: int, signum: int) -> None:
@@ -335,6 +355,7 @@ class ProcessRunner:
         # than the `true` it runs. `_idle` counts waiting, unclaimed workers.
         self._jobs: SimpleQueue[_Action] = SimpleQueue()
         self._idle = 0
+        self._log_dirs: set[str] = set()  # made already: one mkdir per directory, not per action
 
     # -- the Runner protocol --------------------------------------------------
 
@@ -455,7 +476,10 @@ class ProcessRunner:
     def _run_action(self, action: _Action) -> _Outcome:
         spec = action.spec
         try:
-            os.makedirs(os.path.dirname(spec.log_path) or ".", exist_ok=True)
+            log_dir = os.path.dirname(spec.log_path) or "."
+            if log_dir not in self._log_dirs:
+                os.makedirs(log_dir, exist_ok=True)
+                self._log_dirs.add(log_dir)
             log = open(spec.log_path, "w", encoding="utf-8", errors="replace", buffering=1)
         except OSError as exc:
             return _Outcome(FAILED, message=f"cannot write log {spec.log_path}: {exc.strerror}")
@@ -522,7 +546,8 @@ class ProcessRunner:
         errors = tempfile.TemporaryFile() if step.capture else None
         try:
             proc = subprocess.Popen(
-                step.argv, cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
+                step.argv, executable=_resolve(step.argv[0], spec.env.get("PATH")),
+                cwd=spec.cwd, env=spec.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if errors is None else errors,
                 start_new_session=True,
             )

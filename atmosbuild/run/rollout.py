@@ -28,7 +28,8 @@ from .process import ActionSpec, ProcessRunner, Step
 from .report import iso, write_report
 from .schedule import ScheduleHooks, execute
 from .ui import Console
-from .workspace import SourceChanged, materialize, new_workspace, remove_tree, sync_vendor, vendor_dir
+from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
+                        vendor_dir)
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 WAVE_NAMES_SHOWN = 8  # a wave line names this many components, then counts the rest
@@ -71,6 +72,8 @@ class Rollout(ScheduleHooks):
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
         self.wall_offset = time.time() - time.monotonic()
+        # Copied once: reading os.environ decodes every entry on each access.
+        self.base_env = dict(os.environ)
 
     # -- the run ----------------------------------------------------------------
 
@@ -86,6 +89,7 @@ class Rollout(ScheduleHooks):
             self.rebuilder = Rebuilder(self.graph, self.store, force=self.options.force)
             for label in self.graph.labels:
                 ws = new_workspace(self.state_dir)
+                os.mkdir(os.path.join(ws, META_DIR))
                 self.workspaces[label] = ws
                 stack.callback(self._cleanup, ws)
                 shown = os.path.relpath(ws, os.getcwd()) if ws.startswith(os.getcwd() + os.sep) else ws
@@ -210,7 +214,7 @@ class Rollout(ScheduleHooks):
         decision = self.decisions[nid]
         label = node.label
         workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
-        meta = os.path.join(workdir, ".atmos")
+        meta = os.path.join(self.workspaces[label], META_DIR, meta_stem(node.cid))
         outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
         quote = isinstance(comp.run, str)
@@ -229,26 +233,23 @@ class Rollout(ScheduleHooks):
                 run = render(comp.run, outputs, ids, quote=quote)
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            files = node.local["files"]
-            vendor, copied = None, None
+            vendor = None
             if comp.source is not None:
                 vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
-                try:
-                    copied = sync_vendor(self.root, comp.source, vendor, files)
-                except SourceChanged as exc:
-                    raise ValueError(str(exc)) from None
-            materialize(vendor, workdir, files, copied)
-            os.makedirs(meta, exist_ok=True)
+            try:
+                materialize(self.root, comp.source, vendor, workdir, node.local["files"])
+            except SourceChanged as exc:
+                raise ValueError(str(exc)) from None
             action_ctx = ActionContext(
                 component_id=node.cid, name=comp.name, target=node.target,
                 deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
-                run=run, outputs_path=os.path.join(meta, "outputs.json"),
-                vars_path=os.path.join(meta, "vars.json"), toolchain=self.options.toolchain)
+                run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
+                meta_prefix=meta, toolchain=self.options.toolchain)
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
             state["ctx"] = action_ctx
-            full_env = dict(os.environ)
+            full_env = self.base_env.copy()
             full_env.update({k: as_text(v) for k, v in env.items()})
             full_env.update(node.ctype.extra_env(action_ctx))
             full_env.update({
