@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import re
 import signal
 import sqlite3
@@ -348,6 +349,7 @@ def test_the_workspace_is_created_printed_and_removed_or_kept(ws):
     assert os.path.realpath(shown) == os.path.realpath(workspace) == report["workspace"]
     assert Path(workspace).parent == ws.state / "workspaces"
     assert Path(workspace).name.startswith("deployment-")
+    assert uuid.UUID(Path(workspace).name[len("deployment-"):]).version == 4
     assert (ws.root / "pwd.txt").read_text().strip() == os.path.join(workspace, "command", "look")
     assert not Path(workspace).exists()
 

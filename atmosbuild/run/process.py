@@ -35,7 +35,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
@@ -543,7 +542,11 @@ class ProcessRunner:
         """Run one process to the end: (exit code, failure message or "", captured stdout)."""
         spec, mask = action.spec, action.mask
         log.write(mask("$ " + shlex.join(map(str, step.argv))) + "\n")
-        errors = tempfile.TemporaryFile() if step.capture else None
+        errors = None
+        if step.capture:
+            import tempfile
+
+            errors = tempfile.TemporaryFile()
         try:
             proc = subprocess.Popen(
                 step.argv, executable=_resolve(step.argv[0], spec.env.get("PATH")),

@@ -10,7 +10,6 @@ import gc
 import json
 import os
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +61,7 @@ class Rollout(ScheduleHooks):
         self.runner_factory = runner_factory or ProcessRunner
         self.root, self.state_dir, self.graph = root, state_dir, graph
         self.store, self.options, self.console = store, options, console
-        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+        self.run_id = time.strftime("%Y%m%d-%H%M%S-") + os.urandom(4).hex()
         self.log_dir = os.path.join(state_dir, "logs", self.run_id)
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}

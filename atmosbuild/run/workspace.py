@@ -20,7 +20,6 @@ import errno
 import fcntl
 import os
 import shutil
-import uuid
 
 import xxhash
 
@@ -41,8 +40,18 @@ class SourceChanged(Exception):
     pass
 
 
+def uuid4() -> str:
+    """A random (version 4) UUID as text; the uuid module costs more to
+    import (platform, ...) than a whole no-op run spends on it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_workspace(state_dir: str) -> str:
-    path = os.path.join(state_dir, "workspaces", f"deployment-{uuid.uuid4()}")
+    path = os.path.join(state_dir, "workspaces", f"deployment-{uuid4()}")
     os.makedirs(path)
     return path
 

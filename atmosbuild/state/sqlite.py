@@ -15,8 +15,6 @@ import json
 import os
 import sqlite3
 import time
-import urllib.parse
-import uuid
 from typing import Mapping
 
 from ..errors import StateError
@@ -56,7 +54,7 @@ def db_path(state_dir: str) -> str:
 
 def _connect(path: str, mode: str) -> sqlite3.Connection:
     """Open an existing database (`mode` rw or ro: never create it)."""
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
+    uri = f"file:{_quote(os.path.abspath(path))}?mode={mode}"
     db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return db
@@ -75,7 +73,7 @@ def _create(path: str) -> None:
     private name, then link it into place: rollouts starting together never
     see a half-made database. The first link wins; the others use it."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = f"{path}.new-{os.getpid()}-{os.urandom(4).hex()}"
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -132,6 +130,14 @@ _OPEN: "set[SqliteStore]" = set()
 def close_all() -> None:
     for store in list(_OPEN):
         store.close()
+
+
+def _quote(path: str) -> str:
+    """Percent-encode a path for a file: URI (as urllib.parse.quote does,
+    without importing it)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "/-_.~") else
+                   "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
+                   for c in path)
 
 
 class SqliteStore:
