@@ -193,6 +193,9 @@ def find_atmosbuild() -> tuple[list[str] | None, str]:
         if not found:
             return None, "n/a: atmosbuild.cli does not exist yet"
         argv = [sys.executable, "-c", ATMOSBUILD_LAUNCHER]
+        # As an installed package is (pip compiles on install): with
+        # PYTHONDONTWRITEBYTECODE set, every run would compile the modules.
+        quick([sys.executable, "-m", "compileall", "-q", os.path.join(REPO_ROOT, "atmosbuild")])
     code, out = quick(argv + ["--help"])
     if code != 0:
         last = out.splitlines()[-1] if out else f"exit {code}"

@@ -380,6 +380,22 @@ def test_an_action_editing_its_copy_in_place_touches_neither_the_source_nor_the_
     assert statuses(report) == {"command/edit": "cached"}
 
 
+def test_waves_start_the_longest_known_action_of_a_wave_first(ws):
+    """Behind a wave barrier only the wave's own durations matter, so once
+    durations are recorded a wave starts longest first (LPT); before that,
+    by id."""
+    deployment(ws, {"a-short": {"run": ["sleep", "0.05"]}, "b-long": {"run": ["sleep", "0.6"]},
+                    "c-mid": {"run": ["sleep", "0.3"]}})
+
+    def start_order(report):
+        return [n["id"] for n in sorted(report["nodes"], key=lambda n: n["started"])]
+
+    _, first = rollout(ws, "//app:dev", "-j1", "--schedule", "waves")
+    assert start_order(first) == ["command/a-short", "command/b-long", "command/c-mid"]
+    _, again = rollout(ws, "//app:dev", "-j1", "--schedule", "waves", "--force")
+    assert start_order(again) == ["command/b-long", "command/c-mid", "command/a-short"]
+
+
 # -- selection and several labels ----------------------------------------------------------
 
 def test_only_selects_a_component_and_what_it_depends_on(ws):

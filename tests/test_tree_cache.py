@@ -164,9 +164,9 @@ def _apply(src: Path, edit, step: int) -> None:
         pass  # a parent is a file, and the like: that edit does not apply
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edits=_EDITS)
-def test_the_cached_listing_always_equals_a_fresh_scan(edits):
+def _check_history(edits, clock=time.time_ns, pause: float = 0.0) -> None:
+    """Apply the edits one by one; after each, the listing through the tree
+    cache kept from the passes before must equal a fresh scan."""
     root = Path(tempfile.mkdtemp())
     try:
         src = root / "src"
@@ -175,33 +175,27 @@ def test_the_cached_listing_always_equals_a_fresh_scan(edits):
         trees: dict = {}
         for step, edit in enumerate(edits):
             _apply(src, edit, step)
-            # Real clock: whatever was just touched is too new to trust, as in a
-            # real run; what settled earlier is listed from the cache.
-            digester = FileDigester(str(root), cache={}, trees=trees)
+            digester = FileDigester(str(root), cache={}, trees=trees, clock=clock)
             assert digester.tree("src") == _fresh(root)
             trees = digester.trees
+            time.sleep(pause)
     finally:
         shutil.rmtree(root)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=_EDITS)
+def test_the_cached_listing_always_equals_a_fresh_scan(edits):
+    """Real clock: whatever was just touched is too new to trust, as in a real
+    run; what settled earlier is listed from the cache."""
+    _check_history(edits)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=_EDITS)
 def test_a_trusted_cache_always_equals_a_fresh_scan(edits):
-    """As above, but every record is trusted (the clock says the files settled
-    long ago). The only thing kept from the real world: an edit never lands in
-    the same timestamp tick as the scan before it (the case the racy rule
-    exists for), hence the short sleep."""
-    root = Path(tempfile.mkdtemp())
-    try:
-        src = root / "src"
-        src.mkdir()
-        (src / "a").write_bytes(b"first")
-        trees: dict = {}
-        for step, edit in enumerate(edits):
-            _apply(src, edit, step)
-            digester = FileDigester(str(root), cache={}, trees=trees, clock=_later)
-            assert digester.tree("src") == _fresh(root)
-            trees = digester.trees
-            time.sleep(0.01)
-    finally:
-        shutil.rmtree(root)
+    """Every record trusted (the clock says the files settled long ago). The
+    one thing kept from the real world: an edit never lands in the same
+    timestamp tick as the scan before it (the case the racy rule exists for),
+    hence the short pause."""
+    _check_history(edits, clock=_later, pause=0.01)

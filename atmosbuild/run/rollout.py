@@ -107,7 +107,12 @@ class Rollout(ScheduleHooks):
         for nid, node in self.graph.nodes.items():
             last = self.rebuilder.applied(node)
             weights[nid] = max(last.duration, 0.001) if last else 1.0
-        priority = critical_path(dag, weights)
+        if self.options.schedule == "waves":
+            # Behind a wave barrier only the wave's own durations matter:
+            # longest first (LPT); unknown durations tie, and ties go by id.
+            priority = weights
+        else:
+            priority = critical_path(dag, weights)
         # The CLI loads with the collector off; a rollout can run for hours,
         # so collect again from here, skipping the graph loaded so far.
         gc.freeze()
