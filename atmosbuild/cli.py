@@ -98,26 +98,35 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         graph, store, _ = r.graph(resolved, only=list(only), readonly=True)
         _show_plan(graph, store, graph_format, output, force=force)
         return
+    from .run import uptodate
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
+    from .state.sqlite import open_store
 
+    console = Console(prefix=parallelism > 1)
+    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
+                             keep_workspace=keep_workspace, force=force, wait=wait, report=report,
+                             toolchain=dict(r.settings.toolchain))
+    if not force and not report:  # (a report describes each node's decision: the full path)
+        code = uptodate.rollout_if_up_to_date(r.root, r.state_dir, resolved, list(only), options,
+                                              console, open_store)
+        if code is not None:
+            ctx.exit(code)
     # Compile against a read-only view first: bad input must leave no state behind.
     graph, store, digester = r.graph(resolved, only=list(only), readonly=True, write_cache=True)
     store.close()
-    from .state.sqlite import open_store
-
     store = open_store(r.state_dir)
     store.save_file_cache(digester.changed)
     if digester.trees_changed:
         from .state.files import save_trees
 
         save_trees(r.state_dir, r.root, digester.trees)
-    console = Console(prefix=parallelism > 1)
-    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
-                             keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+    record_key = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
+    rollout_ = Rollout(r.root, r.state_dir, graph, store, options, console)
+    rollout_.on_up_to_date = lambda done: uptodate.save(
+        r.state_dir, record_key, uptodate.make(done.graph, digester.trees, done.store))
     try:
-        code = Rollout(r.root, r.state_dir, graph, store, options, console).run()
+        code = rollout_.run()
     finally:
         store.close()
     ctx.exit(code)

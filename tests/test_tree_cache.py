@@ -199,3 +199,29 @@ def test_a_trusted_cache_always_equals_a_fresh_scan(edits):
     timestamp tick as the scan before it (the case the racy rule exists for),
     hence the short pause."""
     _check_history(edits, clock=_later, pause=0.01)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=_EDITS)
+def test_an_up_to_date_record_never_survives_a_change_to_its_trees(edits):
+    """The up-to-date record (run/uptodate.py) checks the same signatures in
+    one flat pass: whenever the listing changed, the check must fail."""
+    from atmosbuild.run.uptodate import Record, files_unchanged
+
+    root = Path(tempfile.mkdtemp())
+    try:
+        src = root / "src"
+        src.mkdir()
+        (src / "a").write_bytes(b"first")
+        for step, edit in enumerate(edits):
+            digester = FileDigester(str(root), clock=_later)
+            before = digester.tree("src")
+            _, paths, sigs, _, _ = digester.trees["src"]
+            record = Record(None, paths[:1], sigs[:1], paths[1:], sigs[1:], {}, ())
+            assert files_unchanged(record)
+            time.sleep(0.01)
+            _apply(src, edit, step)
+            if _fresh(root) != before:
+                assert not files_unchanged(record)
+    finally:
+        shutil.rmtree(root)

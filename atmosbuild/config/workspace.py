@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ..errors import ConfigError, UsageError, did_you_mean
 from .document import Document
 from .labels import Label, Pattern
-from .model import DeploymentSpec, compile_document, config_error
+
+if TYPE_CHECKING:
+    from .model import DeploymentSpec
 
 DSL_FILE = "BUILD.atmos"
 YAML_FILE = "deployment.yaml"
@@ -66,7 +68,9 @@ def load_settings(root: str) -> Settings:
         raise ConfigError("atmos.yaml must hold a map of settings", file=shown_path(path))
 
     def fail(key, message):
-        return config_error(doc, (key,), message)
+        from .model import config_error  # only on bad input: a good run never imports model
+
+        return config_error(doc, key if isinstance(key, tuple) else (key,), message)
 
     for key in data:
         if key not in SETTINGS_KEYS:
@@ -86,11 +90,10 @@ def load_settings(root: str) -> Settings:
         raise fail("toolchain", "toolchain must map 'terraform'/'nixpacks' to a binary name")
     for key, binary in tc.items():
         if key not in TOOLCHAIN_KEYS:
-            raise config_error(doc, ("toolchain", key), f"unknown toolchain '{key}'"
-                               + did_you_mean(str(key), TOOLCHAIN_KEYS)
-                               + f"; known: {', '.join(TOOLCHAIN_KEYS)}")
+            raise fail(("toolchain", key), f"unknown toolchain '{key}'"
+                       + did_you_mean(str(key), TOOLCHAIN_KEYS) + f"; known: {', '.join(TOOLCHAIN_KEYS)}")
         if not isinstance(binary, str) or not binary:
-            raise config_error(doc, ("toolchain", key), f"toolchain.{key} must be a binary name")
+            raise fail(("toolchain", key), f"toolchain.{key} must be a binary name")
     state_dir = data.get("state_dir", ".atmos")
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
@@ -165,6 +168,8 @@ def _parse_dsl(text: str, file: str) -> Document:
 
 
 def load_package(root: str, package: str) -> DeploymentSpec:
+    from .model import compile_document
+
     doc = load_document(root, package)
     default = package or os.path.basename(os.path.abspath(root))
     return compile_document(doc, package, default)

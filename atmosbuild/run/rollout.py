@@ -12,14 +12,11 @@ import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from ..components.base import ActionContext
-from ..config.resolve import RenderError, as_text, render
-from ..graph.actions import ActionGraph, ActionNode
+from typing import TYPE_CHECKING
+
 from ..graph.dag import critical_path
-from ..graph.keys import result_digest
-from ..state.rebuild import Decision, Rebuilder, secret_values, storable_ingredients
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
@@ -29,6 +26,14 @@ from .schedule import ScheduleHooks, execute
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
                         vendor_dir)
+
+if TYPE_CHECKING:
+    from ..graph.actions import ActionGraph, ActionNode
+    from ..state.rebuild import Decision, Rebuilder
+
+# Compiling, deciding and running need the config, graph and component
+# modules; a rollout that is up to date (uptodate.py) needs none of them, so
+# they are imported where they are used.
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 WAVE_NAMES_SHOWN = 8  # a wave line names this many components, then counts the rest
@@ -73,6 +78,10 @@ class Rollout(ScheduleHooks):
         self.wall_offset = time.time() - time.monotonic()
         # Copied once: reading os.environ decodes every entry on each access.
         self.base_env = dict(os.environ)
+        # Every node succeeded or was cached (set by _summarize); then
+        # on_up_to_date(rollout), if given, runs before the locks are released.
+        self.everything_up_to_date = False
+        self.on_up_to_date: Callable[["Rollout"], None] | None = None
 
     # -- the run ----------------------------------------------------------------
 
@@ -85,7 +94,7 @@ class Rollout(ScheduleHooks):
                     on_wait=self.console.info))
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
-            self.rebuilder = Rebuilder(self.graph, self.store, force=self.options.force)
+            self.read_state()
             for label in self.graph.labels:
                 ws = new_workspace(self.state_dir)
                 os.mkdir(os.path.join(ws, META_DIR))
@@ -93,7 +102,22 @@ class Rollout(ScheduleHooks):
                 stack.callback(self._cleanup, ws)
                 shown = os.path.relpath(ws, os.getcwd()) if ws.startswith(os.getcwd() + os.sep) else ws
                 self.console.info(f"Workspace: {shown}" + (f"  ({label})" if self.multi else ""))
-            return self._execute()
+            code = self._execute()
+            if self.everything_up_to_date and self.on_up_to_date is not None:
+                self.on_up_to_date(self)  # still under the locks: the store is as we left it
+            return code
+
+    def read_state(self) -> None:
+        """Read the store, under the locks, before anything is created or
+        printed (a subclass may refuse to go on from here)."""
+        from ..state.rebuild import Rebuilder
+
+        self.rebuilder = Rebuilder(self.graph, self.store, force=self.options.force)
+
+    def recorded_duration(self, node) -> float | None:
+        """How long the node's last success took, if it ever succeeded here."""
+        last = self.rebuilder.applied(node)
+        return last.duration if last else None
 
     def _cleanup(self, ws: str) -> None:
         if self.options.keep_workspace:
@@ -105,8 +129,8 @@ class Rollout(ScheduleHooks):
         dag = self.graph.dag
         weights = {}
         for nid, node in self.graph.nodes.items():
-            last = self.rebuilder.applied(node)
-            weights[nid] = max(last.duration, 0.001) if last else 1.0
+            last = self.recorded_duration(node)
+            weights[nid] = max(last, 0.001) if last is not None else 1.0
         if self.options.schedule == "waves":
             # Behind a wave barrier only the wave's own durations matter:
             # longest first (LPT); unknown durations tie, and ties go by id.
@@ -183,6 +207,8 @@ class Rollout(ScheduleHooks):
         self.done += 1
         if fin.ok:
             outputs = fin.value or {}
+            from ..graph.keys import result_digest
+
             result = result_digest(decision.key, outputs)
             self.results[fin.node] = _Result(result, outputs)
             upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
@@ -204,6 +230,8 @@ class Rollout(ScheduleHooks):
 
     def _ingredients(self, node: ActionNode, upstream) -> dict:
         # Stored in the clear database: no secret values (storable_ingredients).
+        from ..state.rebuild import storable_ingredients
+
         return {**storable_ingredients(node), "upstream": dict(upstream)}
 
     def _log_path(self, node: ActionNode) -> str:
@@ -213,6 +241,10 @@ class Rollout(ScheduleHooks):
         return os.path.join(*parts, *node.cid.split("/")) + ".log"
 
     def _spec_for(self, nid: str) -> ActionSpec:
+        from ..components.base import ActionContext
+        from ..config.resolve import RenderError, as_text, render
+        from ..state.rebuild import secret_values
+
         node = self.graph.nodes[nid]
         comp = node.component
         decision = self.decisions[nid]
@@ -281,6 +313,8 @@ class Rollout(ScheduleHooks):
             counts[n.status] = counts.get(n.status, 0) + 1
         self.console.summary(counts["succeeded"], counts["cached"], counts["failed"],
                              counts["skipped"], counts["cancelled"], duration)
+        self.everything_up_to_date = (outcome.result == "success"
+                                      and counts["succeeded"] + counts["cached"] == len(outcome.nodes))
         if self.options.report:
             write_report(self.options.report, self._report(outcome, duration))
 

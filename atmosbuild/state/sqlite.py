@@ -233,6 +233,12 @@ class SqliteStore:
         return snap
 
     @_guarded
+    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+        return {row[0]: row[1:] for row in self.db.execute(
+            "SELECT component, key, result, duration FROM applied WHERE deployment=? AND target=?",
+            (deployment, target))}
+
+    @_guarded
     def builds(self, keys: list[str]) -> dict[str, Built]:
         out: dict[str, Built] = {}
         keys = list(keys)

@@ -86,6 +86,10 @@ class Snapshot:
 class Store(Protocol):
     def snapshot(self, deployment: str, target: str) -> Snapshot: ...
 
+    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+        """component -> (key, result digest, duration) of its applied record:
+        all that deciding "up to date" needs, without outputs or ingredients."""
+
     def builds(self, keys: list[str]) -> dict[str, Built]: ...
 
     def record_success(self, deployment: str, target: str, component: str, applied: Applied,
@@ -121,6 +125,9 @@ class MemoryStore:
             if (d, t) == (deployment, target):
                 snap.attempts[c] = rec
         return snap
+
+    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+        return {c: (a.key, a.result, a.duration) for c, a in self.snapshot(deployment, target).applied.items()}
 
     def builds(self, keys: list[str]) -> dict[str, Built]:
         return {k: self.built[k] for k in keys if k in self.built}

@@ -1,0 +1,238 @@
+"""A no-op rollout without per-component work.
+
+A rollout in which every component succeeded or was cached leaves, for its
+selection (labels, `--only`, the deployment files' bytes, this code), a
+record of what made it so:
+
+  - the stat signature of every directory and file of every source tree its
+    keys were computed from (all of them settled: none was racily new), and
+  - the store's applied rows for those components (key, result digest,
+    duration) and the build keys build-mode components stand on.
+
+The next rollout of the same selection checks exactly that — every path
+still has its signature (one C-level pass of lstat), then, under the
+deployment locks, the store still holds the same rows — and if so every key
+is what it was, every component is up to date, and the rollout is run with
+nothing to decide: the same locks, workspace, scheduler order, lines and
+summary as the full path, without compiling 5,000 action nodes first. Any
+difference sends the rollout down the full path; a record can cost a check,
+never a wrong answer. Not recorded (always the full path): selections with a
+`cache: false` component (it always runs) or `inputs` globs (a new match can
+appear anywhere).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable
+
+from ..components.base import BUILD
+from ..config.doccache import code_stamp
+from ..config.labels import Label
+from ..graph.dag import Dag
+from .rollout import Rollout
+
+VERSION = 1
+KEEP = 8  # records kept per workspace (one per selection)
+# Modules whose logic decides "up to date"; with the structure cache's own.
+DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
+                    "state/files.py", "components/base.py", "components/command.py",
+                    "components/terraform.py", "components/nixpack.py")
+
+_SIGNATURE = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+_CHUNK = 2048  # paths checked per pass: a changed file stops the check early
+
+
+@dataclass(frozen=True)
+class RecordedSpec:
+    name: str
+
+
+@dataclass(frozen=True)
+class RecordedNode:
+    deployment: str
+    target: str
+    cid: str
+    mode: str
+
+
+@dataclass
+class RecordedGraph:
+    """What a rollout needs of the graph when nothing will run."""
+
+    labels: tuple[Label, ...]
+    specs: dict[Label, RecordedSpec]
+    nodes: dict[str, RecordedNode]
+    dag: Dag
+
+
+@dataclass
+class Record:
+    graph: RecordedGraph
+    roots: tuple[str, ...]  # each source tree's own directory (stat follows a symlink)
+    root_sigs: tuple
+    paths: tuple[str, ...]  # everything below them (lstat)
+    sigs: tuple
+    applied: dict[tuple[str, str], dict[str, tuple]]  # (deployment, target) -> cid -> (key, result, duration)
+    build_keys: tuple[str, ...]
+
+
+class Stale(Exception):
+    """The store no longer holds what the record was made with."""
+
+
+def record_key(state_dir: str, root: str, labels, only) -> str | None:
+    from ..graph.cache import StructureCache
+
+    structure = StructureCache(state_dir).key(root, labels, only)
+    if structure is None:
+        return None
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}".encode())
+
+
+def _path(state_dir: str, key: str) -> str:
+    return os.path.join(state_dir, "cache", f"uptodate-{key}.pickle")
+
+
+def load(state_dir: str, key: str | None) -> Record | None:
+    if key is None or os.environ.get("ATMOS_NO_CACHE"):
+        return None
+    try:
+        with open(_path(state_dir, key), "rb") as fh:
+            version, record = pickle.loads(fh.read())
+    except Exception:  # missing, truncated, from other code: the full path
+        return None
+    return record if version == VERSION and isinstance(record, Record) else None
+
+
+def save(state_dir: str, key: str | None, record: Record | None) -> None:
+    if key is None or os.environ.get("ATMOS_NO_CACHE"):
+        return
+    path = _path(state_dir, key)
+    if record is None:  # this selection cannot be recorded (now): drop an old record
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(pickle.dumps((VERSION, record), protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+        entries = sorted((e for e in os.scandir(os.path.dirname(path)) if e.name.startswith("uptodate-")),
+                         key=lambda e: e.stat().st_mtime)
+        for old in entries[:-KEEP]:
+            os.unlink(old.path)
+    except OSError:  # an unwritable cache only costs speed
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def make(graph, trees: dict, store) -> Record | None:
+    """The record of a rollout that just left every node of `graph` up to
+    date (call it under the locks), or None when the selection cannot be
+    recorded. `trees` is the tree cache its keys were computed with."""
+    roots, root_sigs, paths, sigs = [], [], [], []
+    seen: set[str] = set()
+    nodes: dict[str, RecordedNode] = {}
+    for nid, node in graph.nodes.items():
+        comp = node.component
+        if not comp.cache or comp.inputs:
+            return None
+        nodes[nid] = RecordedNode(node.deployment, node.target, node.cid, node.mode)
+        if comp.source is None or comp.source in seen:
+            continue
+        seen.add(comp.source)
+        tree = trees.get(comp.source)
+        if tree is None or not tree[0]:  # racily new files: they must be read again
+            return None
+        roots.append(tree[1][0])
+        root_sigs.append(tree[2][0])
+        paths.extend(tree[1][1:])
+        sigs.extend(tree[2][1:])
+    applied: dict[tuple[str, str], dict[str, tuple]] = {}
+    build_keys = []
+    for label, spec in graph.specs.items():
+        summary = store.applied_summary(spec.name, label.target)
+        rows = applied.setdefault((spec.name, label.target), {})
+        for node in nodes.values():
+            if (node.deployment, node.target) != (spec.name, label.target):
+                continue
+            row = summary.get(node.cid)
+            if row is None:
+                return None
+            rows[node.cid] = row
+            if node.mode == BUILD:
+                build_keys.append(row[0])
+    recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
+                                                   for label, spec in graph.specs.items()},
+                             nodes, graph.dag)
+    return Record(recorded, tuple(roots), tuple(root_sigs), tuple(paths), tuple(sigs), applied,
+                  tuple(build_keys))
+
+
+def files_unchanged(record: Record) -> bool:
+    try:
+        if list(map(_SIGNATURE, map(os.stat, record.roots))) != list(record.root_sigs):
+            return False
+        paths, sigs = record.paths, record.sigs
+        for start in range(0, len(paths), _CHUNK):
+            end = start + _CHUNK
+            if list(map(_SIGNATURE, map(os.lstat, paths[start:end]))) != list(sigs[start:end]):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+class UpToDateRollout(Rollout):
+    """A rollout of a recorded selection: nothing is compiled and nothing
+    decided; `check_state` proves, under the locks, that nothing needs to."""
+
+    def __init__(self, root, state_dir, record: Record, store, options, console) -> None:
+        super().__init__(root, state_dir, record.graph, store, options, console)
+        self.record = record
+
+    def read_state(self) -> None:
+        # Keys, results and durations only: the rows' outputs and ingredients
+        # (kilobytes each) are not needed when nothing will run.
+        self.rows = {place: self.store.applied_summary(*place) for place in self.record.applied}
+        for place, rows in self.record.applied.items():
+            current = self.rows[place]
+            if any(current.get(cid) != row for cid, row in rows.items()):
+                raise Stale()
+        keys = self.record.build_keys
+        if keys and len(self.store.builds(list(keys))) != len(set(keys)):
+            raise Stale()
+
+    def recorded_duration(self, node) -> float | None:
+        return self.rows[(node.deployment, node.target)][node.cid][2]
+
+    def _needs_run(self, nid: str) -> bool:
+        return False
+
+
+def rollout_if_up_to_date(root: str, state_dir: str, labels, only, options, console,
+                          open_store: Callable) -> int | None:
+    """Run the rollout from its record if everything is provably up to date;
+    None (nothing printed, nothing written) when the full path must run."""
+    key = record_key(state_dir, root, labels, only)
+    record = load(state_dir, key)
+    if record is None or not files_unchanged(record):
+        return None
+    store = open_store(state_dir, readonly=True)
+    try:
+        return UpToDateRollout(root, state_dir, record, store, options, console).run()
+    except Stale:
+        return None
+    finally:
+        store.close()

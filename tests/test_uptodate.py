@@ -1,0 +1,131 @@
+"""The up-to-date record (run/uptodate.py): a rollout that left everything up
+to date lets the next rollout of the same selection skip compiling and
+deciding when, and only when, nothing it was made with changed. These run
+the real CLI; sources are let settle for SETTLE seconds first, since files
+newer than that are (rightly) never trusted (see test_tree_cache.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import time
+
+import pytest
+
+from conftest import RECORD, ran
+from atmosbuild.run.lock import lock_path
+
+SETTLE = 2.1
+
+
+def _deployment(ws, extra: dict | None = None) -> None:
+    comps = {
+        "base": {"source": "src/base", "run": RECORD},
+        "app": {"source": "src/app", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
+        "edge": {"run": RECORD, "metadata": {"depends_on": ["command/app"]}},
+        "solo": {"source": "src/solo", "run": RECORD},
+        **(extra or {}),
+    }
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
+    for name in ("base", "app", "solo"):
+        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
+        ws.write(f"src/{name}/lib/util.sh", "util\n")
+
+
+def _settled_first_run(ws, *args: str) -> None:
+    time.sleep(SETTLE)
+    proc = ws.run("rollout", "//app:dev", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ran(ws)
+
+
+def _records(ws) -> list:
+    return sorted((ws.state / "cache").glob("uptodate-*.pickle"))
+
+
+def _normalized(stdout: str) -> str:
+    stdout = re.sub(r"deployment-[0-9a-f-]{36}", "deployment-UUID", stdout)
+    return re.sub(r" in [0-9.]+ s", " in T s", stdout)
+
+
+@pytest.mark.parametrize("args", [("-j1", "--schedule", "waves"), ("-j2", "--schedule", "eager")])
+def test_a_settled_no_op_compiles_nothing_and_prints_what_the_full_path_prints(ws, args):
+    _deployment(ws)
+    _settled_first_run(ws, *args)
+    assert len(_records(ws)) == 1
+    for cached in (ws.state / "cache").glob("structure-*"):
+        cached.unlink()
+    fast = ws.run("rollout", "//app:dev", *args)
+    assert fast.returncode == 0 and ran(ws) == []
+    assert not list((ws.state / "cache").glob("structure-*"))  # nothing was compiled
+    full = ws.run("rollout", "//app:dev", *args, env={"ATMOS_NO_CACHE": "1"})
+    assert full.returncode == 0 and ran(ws) == []
+    assert _normalized(fast.stdout) == _normalized(full.stdout)
+    assert "4 cached" in fast.stdout
+
+
+def _same_size_edit(ws):
+    path = ws.root / "src/app/lib/util.sh"
+    old = path.stat()
+    path.write_text("UTIL\n")
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+
+
+def _drop_applied_row(ws):
+    with sqlite3.connect(ws.state / "state.db") as db:
+        db.execute("DELETE FROM applied WHERE component = 'command/app'")
+
+
+CHANGES = {
+    "same-size edit, mtime put back": (_same_size_edit, ["command/app", "command/edge"]),
+    "file added": (lambda ws: ws.write("src/base/new.sh", "new\n"),
+                   ["command/app", "command/base", "command/edge"]),
+    "directory removed": (lambda ws: [p.unlink() for p in (ws.root / "src/solo/lib").iterdir()]
+                          + [(ws.root / "src/solo/lib").rmdir()], ["command/solo"]),
+    "applied row gone": (_drop_applied_row, ["command/app"]),
+    "state cleaned": (lambda ws: ws.run("clean", "--cache"),
+                      ["command/app", "command/base", "command/edge", "command/solo"]),
+    "deployment edited": (lambda ws: _deployment(ws, {"solo": {"source": "src/solo", "run": RECORD + "; true"}}),
+                          ["command/solo"]),
+    "one component forced since": (lambda ws: ws.run("rollout", "//app:dev", "--only", "command/app", "--force")
+                                   and ran(ws), []),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_any_change_behind_a_record_is_seen(ws, change):
+    _deployment(ws)
+    _settled_first_run(ws)
+    assert _records(ws)
+    apply, expected = CHANGES[change]
+    apply(ws)
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ran(ws) == expected
+    proc = ws.run("rollout", "//app:dev")
+    assert ran(ws) == []  # and what just ran is up to date
+
+
+def test_a_cache_false_component_is_never_recorded_and_always_runs(ws):
+    _deployment(ws, {"always": {"run": RECORD, "cache": False}})
+    _settled_first_run(ws)
+    assert _records(ws) == []
+    ws.run("rollout", "//app:dev")
+    assert ran(ws) == ["command/always"]
+
+
+def test_the_lock_holds_for_an_up_to_date_rollout_too(ws):
+    _deployment(ws)
+    _settled_first_run(ws)
+    fd = os.open(lock_path(str(ws.state), "app", "dev"), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = ws.run("rollout", "//app:dev")
+    finally:
+        os.close(fd)
+    assert proc.returncode == 3 and "locked" in proc.stderr
+    assert "Workspace:" not in proc.stdout
