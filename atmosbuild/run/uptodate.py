@@ -35,7 +35,7 @@ from ..config.labels import Label
 from ..graph.dag import Dag
 from .rollout import Rollout
 
-VERSION = 1
+VERSION = 2
 KEEP = 8  # records kept per workspace (one per selection)
 # Modules whose logic decides "up to date"; with the structure cache's own.
 DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
@@ -43,7 +43,8 @@ DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "gr
                     "components/terraform.py", "components/nixpack.py")
 
 _SIGNATURE = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
-_CHUNK = 2048  # paths checked per pass: a changed file stops the check early
+_CHUNK = 1024  # paths checked per pass: a changed file stops the check early
+HEAD = 256  # most recently changed files, checked before the record is even read
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,33 @@ def _path(state_dir: str, key: str) -> str:
     return os.path.join(state_dir, "cache", f"uptodate-{key}.pickle")
 
 
+def _unchanged(stat, paths, sigs) -> bool:
+    try:
+        for start in range(0, len(paths), _CHUNK):
+            end = start + _CHUNK
+            if list(map(_SIGNATURE, map(stat, paths[start:end]))) != list(sigs[start:end]):
+                return False
+    except OSError:
+        return False
+    return True
+
+
 def load(state_dir: str, key: str | None) -> Record | None:
+    """The record for `key` if there is one and its most recently changed
+    files are unchanged: the file is a small head (those paths) and then the
+    record, so a stale record — usually a file just edited again — costs a
+    few hundred stats, not the whole record."""
     if key is None or os.environ.get("ATMOS_NO_CACHE"):
         return None
     try:
         with open(_path(state_dir, key), "rb") as fh:
-            version, record = pickle.loads(fh.read())
+            version, head_paths, head_sigs = pickle.load(fh)
+            if version != VERSION or not _unchanged(os.lstat, head_paths, head_sigs):
+                return None
+            record = pickle.load(fh)
     except Exception:  # missing, truncated, from other code: the full path
         return None
-    return record if version == VERSION and isinstance(record, Record) else None
+    return record if isinstance(record, Record) else None
 
 
 def save(state_dir: str, key: str | None, record: Record | None) -> None:
@@ -123,8 +142,10 @@ def save(state_dir: str, key: str | None, record: Record | None) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        head = (VERSION, record.paths[:HEAD], record.sigs[:HEAD])
         with open(tmp, "wb") as fh:
-            fh.write(pickle.dumps((VERSION, record), protocol=pickle.HIGHEST_PROTOCOL))
+            fh.write(pickle.dumps(head, protocol=pickle.HIGHEST_PROTOCOL))
+            fh.write(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, path)
         entries = sorted((e for e in os.scandir(os.path.dirname(path)) if e.name.startswith("uptodate-")),
                          key=lambda e: e.stat().st_mtime)
@@ -141,7 +162,7 @@ def make(graph, trees: dict, store) -> Record | None:
     """The record of a rollout that just left every node of `graph` up to
     date (call it under the locks), or None when the selection cannot be
     recorded. `trees` is the tree cache its keys were computed with."""
-    roots, root_sigs, paths, sigs = [], [], [], []
+    roots, root_sigs, files = [], [], []
     seen: set[str] = set()
     nodes: dict[str, RecordedNode] = {}
     for nid, node in graph.nodes.items():
@@ -157,8 +178,7 @@ def make(graph, trees: dict, store) -> Record | None:
             return None
         roots.append(tree[1][0])
         root_sigs.append(tree[2][0])
-        paths.extend(tree[1][1:])
-        sigs.extend(tree[2][1:])
+        files.extend(zip(tree[1][1:], tree[2][1:]))
     applied: dict[tuple[str, str], dict[str, tuple]] = {}
     build_keys = []
     for label, spec in graph.specs.items():
@@ -176,22 +196,18 @@ def make(graph, trees: dict, store) -> Record | None:
     recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
                                                    for label, spec in graph.specs.items()},
                              nodes, graph.dag)
-    return Record(recorded, tuple(roots), tuple(root_sigs), tuple(paths), tuple(sigs), applied,
-                  tuple(build_keys))
+    # Most recently changed first (by ctime): the file edited last is the one
+    # most likely edited next, so a stale record is usually found out within
+    # the first chunk instead of after stat-ing half the workspace.
+    files.sort(key=lambda entry: entry[1][2], reverse=True)
+    paths = tuple(path for path, _ in files)
+    sigs = tuple(sig for _, sig in files)
+    return Record(recorded, tuple(roots), tuple(root_sigs), paths, sigs, applied, tuple(build_keys))
 
 
 def files_unchanged(record: Record) -> bool:
-    try:
-        if list(map(_SIGNATURE, map(os.stat, record.roots))) != list(record.root_sigs):
-            return False
-        paths, sigs = record.paths, record.sigs
-        for start in range(0, len(paths), _CHUNK):
-            end = start + _CHUNK
-            if list(map(_SIGNATURE, map(os.lstat, paths[start:end]))) != list(sigs[start:end]):
-                return False
-    except OSError:
-        return False
-    return True
+    return (_unchanged(os.stat, record.roots, record.root_sigs)
+            and _unchanged(os.lstat, record.paths, record.sigs))
 
 
 class UpToDateRollout(Rollout):
