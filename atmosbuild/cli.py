@@ -123,8 +123,8 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         save_trees(r.state_dir, r.root, digester.trees)
     record_key = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
     rollout_ = Rollout(r.root, r.state_dir, graph, store, options, console)
-    rollout_.on_up_to_date = lambda done: uptodate.save(
-        r.state_dir, record_key, uptodate.make(done.graph, digester.trees, done.store))
+    rollout_.on_up_to_date = lambda done: uptodate.record_after(
+        r.state_dir, record_key, done.graph, digester.trees, done.store, r.root)
     try:
         code = rollout_.run()
     finally:

@@ -129,3 +129,35 @@ def test_the_lock_holds_for_an_up_to_date_rollout_too(ws):
         os.close(fd)
     assert proc.returncode == 3 and "locked" in proc.stderr
     assert "Workspace:" not in proc.stdout
+
+
+def test_sources_too_new_when_a_rollout_began_are_read_again_at_its_end(ws):
+    """As git re-hashes racily clean entries: files written just before a
+    rollout cannot be trusted when it starts, but if they have settled and
+    still hold the planned bytes when it ends, the record is written."""
+    _deployment(ws, {"slow": {"run": ["sleep", str(SETTLE)]}})
+    proc = ws.run("rollout", "//app:dev", "-j1")  # no settling first
+    assert proc.returncode == 0 and len(ran(ws)) == 4
+    assert len(_records(ws)) == 1
+    for cached in (ws.state / "cache").glob("structure-*"):
+        cached.unlink()
+    ws.run("rollout", "//app:dev", "-j1")
+    assert ran(ws) == [] and not list((ws.state / "cache").glob("structure-*"))
+
+
+@pytest.mark.parametrize("settle_first", [True, False])
+def test_a_source_changed_while_its_rollout_ran_runs_again(ws, settle_first):
+    """Settled at the start: the record holds the signatures the keys were
+    computed from, which the edit changed. Too new at the start: the re-read
+    at the end sees other bytes than planned, so there is no record."""
+    # Edited early, then left to settle: only the bytes tell it changed.
+    edit = f'{RECORD}; echo edited-meanwhile >> "$ATMOS_ROOT/src/solo/main.sh"; sleep {SETTLE}'
+    _deployment(ws, {"solo": {"source": "src/solo", "run": edit}})
+    if settle_first:
+        time.sleep(SETTLE)
+    ws.run("rollout", "//app:dev", "-j1")
+    ran(ws)
+    if not settle_first:
+        assert _records(ws) == []
+    ws.run("rollout", "//app:dev", "-j1")
+    assert ran(ws) == ["command/solo"]

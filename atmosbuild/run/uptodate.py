@@ -158,10 +158,13 @@ def save(state_dir: str, key: str | None, record: Record | None) -> None:
             pass
 
 
-def make(graph, trees: dict, store) -> Record | None:
+def make(graph, trees: dict, store, root: str) -> Record | None:
     """The record of a rollout that just left every node of `graph` up to
     date (call it under the locks), or None when the selection cannot be
     recorded. `trees` is the tree cache its keys were computed with."""
+    from ..state.files import FileDigester
+
+    settled = FileDigester(root, cache={})  # for trees too new to trust when the rollout began
     roots, root_sigs, files = [], [], []
     seen: set[str] = set()
     nodes: dict[str, RecordedNode] = {}
@@ -174,8 +177,15 @@ def make(graph, trees: dict, store) -> Record | None:
             continue
         seen.add(comp.source)
         tree = trees.get(comp.source)
-        if tree is None or not tree[0]:  # racily new files: they must be read again
+        if tree is None:
             return None
+        if not tree[0]:
+            # Racily new when the keys were computed (as git re-hashes racily
+            # clean entries): read the tree again now. If it holds exactly
+            # what the keys were computed from and has settled since, record it.
+            if settled.tree(comp.source) != tree[4] or not settled.trees[comp.source][0]:
+                return None
+            tree = settled.trees[comp.source]
         roots.append(tree[1][0])
         root_sigs.append(tree[2][0])
         files.extend(zip(tree[1][1:], tree[2][1:]))
@@ -203,6 +213,16 @@ def make(graph, trees: dict, store) -> Record | None:
     paths = tuple(path for path, _ in files)
     sigs = tuple(sig for _, sig in files)
     return Record(recorded, tuple(roots), tuple(root_sigs), paths, sigs, applied, tuple(build_keys))
+
+
+def record_after(state_dir: str, key: str | None, graph, trees: dict, store, root: str) -> None:
+    """Record (or drop) the up-to-date record once a rollout left `graph` up
+    to date. A source that vanished meanwhile just means no record."""
+    try:
+        record = make(graph, trees, store, root)
+    except OSError:
+        record = None
+    save(state_dir, key, record)
 
 
 def files_unchanged(record: Record) -> bool:
