@@ -232,7 +232,7 @@ def files_unchanged(record: Record) -> bool:
 
 class UpToDateRollout(Rollout):
     """A rollout of a recorded selection: nothing is compiled and nothing
-    decided; `check_state` proves, under the locks, that nothing needs to."""
+    decided; `read_state` proves, under the locks, that nothing needs to."""
 
     def __init__(self, root, state_dir, record: Record, store, options, console) -> None:
         super().__init__(root, state_dir, record.graph, store, options, console)
