@@ -161,3 +161,47 @@ def test_a_source_changed_while_its_rollout_ran_runs_again(ws, settle_first):
         assert _records(ws) == []
     ws.run("rollout", "//app:dev", "-j1")
     assert ran(ws) == ["command/solo"]
+
+
+def _inputs_deployment(ws, patterns) -> None:
+    comps = {"gen": {"run": RECORD, "inputs": patterns}, "after": {"run": RECORD}}
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
+    ws.write("tools/gen.py", "print('gen')\n")
+    ws.write("tools/sub/x.py", "x = 1\n")
+
+
+INPUT_CHANGES = {
+    "matched file edited": (["tools/**/*.py"], lambda ws: ws.write("tools/sub/x.py", "x = 2\n"),
+                            ["command/gen"]),
+    "new match deep down": (["tools/**/*.py"], lambda ws: ws.write("tools/sub/deeper/y.py", "y\n"),
+                            ["command/gen"]),
+    "unmatched file added": (["tools/**/*.py"], lambda ws: ws.write("tools/sub/notes.txt", "n\n"), []),
+    # (tools/, not the root: the tests' ran.log keeps the root's mtime fresh)
+    "prefix created": (["tools/new/*.py"], lambda ws: ws.write("tools/new/a.py", "a\n"), ["command/gen"]),
+    "matched file removed": (["tools/*.py", "tools/sub/*.py"],
+                             lambda ws: (ws.root / "tools/sub/x.py").unlink(), ["command/gen"]),
+}
+
+
+@pytest.mark.parametrize("change", sorted(INPUT_CHANGES))
+def test_inputs_globs_are_recorded_and_any_change_to_their_matches_is_seen(ws, change):
+    patterns, apply, expected = INPUT_CHANGES[change]
+    _inputs_deployment(ws, patterns)
+    _settled_first_run(ws)
+    assert len(_records(ws)) == 1
+    for cached in (ws.state / "cache").glob("structure-*"):
+        cached.unlink()
+    ws.run("rollout", "//app:dev")
+    assert ran(ws) == [] and not list((ws.state / "cache").glob("structure-*"))  # up-to-date path
+    apply(ws)
+    ws.run("rollout", "//app:dev")
+    assert ran(ws) == expected
+
+
+def test_inputs_below_a_symlinked_directory_are_never_recorded(ws):
+    """glob may follow the link into a tree whose changes nothing here sees."""
+    _inputs_deployment(ws, ["tools/**/*.py"])
+    (ws.root / "tools/linked").symlink_to(ws.root / "tools/sub")
+    _settled_first_run(ws)
+    assert _records(ws) == []

@@ -17,8 +17,8 @@ nothing to decide: the same locks, workspace, scheduler order, lines and
 summary as the full path, without compiling 5,000 action nodes first. Any
 difference sends the rollout down the full path; a record can cost a check,
 never a wrong answer. Not recorded (always the full path): selections with a
-`cache: false` component (it always runs) or `inputs` globs (a new match can
-appear anywhere).
+`cache: false` component (it always runs), or `inputs` globs that cannot be
+watched (a symlinked directory below the glob's fixed prefix).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import operator
 import os
 import pickle
+import stat as stat_mod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -170,9 +171,19 @@ def make(graph, trees: dict, store, root: str) -> Record | None:
     nodes: dict[str, RecordedNode] = {}
     for nid, node in graph.nodes.items():
         comp = node.component
-        if not comp.cache or comp.inputs:
+        if not comp.cache:
             return None
         nodes[nid] = RecordedNode(node.deployment, node.target, node.cid, node.mode)
+        if comp.inputs:
+            watched = _inputs_watch(root, comp.inputs, node.local["files"], settled)
+            if watched is None:
+                return None
+            for path, sig, followed in watched:
+                if followed:
+                    roots.append(path)
+                    root_sigs.append(sig)
+                else:
+                    files.append((path, sig))
         if comp.source is None or comp.source in seen:
             continue
         seen.add(comp.source)
@@ -213,6 +224,63 @@ def make(graph, trees: dict, store, root: str) -> Record | None:
     paths = tuple(path for path, _ in files)
     sigs = tuple(sig for _, sig in files)
     return Record(recorded, tuple(roots), tuple(root_sigs), paths, sigs, applied, tuple(build_keys))
+
+
+def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
+    """What to watch so that the matches of `inputs` globs cannot change
+    unseen: every directory at or below each pattern's fixed prefix (an entry
+    added, removed or renamed anywhere there moves a directory's mtime), or,
+    where the prefix does not exist, its nearest existing ancestor (creating
+    the prefix moves that one), plus every matched file. Taken now, after the
+    rollout: the globs are expanded again and must match what the keys were
+    computed from, with the same bytes, all settled. None: cannot be watched
+    (a symlinked directory below a prefix, something too new to trust)."""
+    from glob import has_magic
+
+    from ..graph.keys import InputOutsideRoot, expand_inputs
+
+    watched: list[tuple[str, tuple, bool]] = []
+    for pattern in patterns:
+        parts = pattern.split("/")
+        if ".." in parts or pattern.startswith("/"):
+            return None
+        fixed = []
+        for part in parts[:-1]:
+            if has_magic(part):
+                break
+            fixed.append(part)
+        prefix = os.path.join(root, *fixed)
+        while not os.path.isdir(prefix):
+            if prefix == root:
+                return None
+            prefix = os.path.dirname(prefix)
+            fixed = fixed[:-1]
+        st = os.stat(prefix)
+        if settled.racy(st):
+            return None
+        watched.append((prefix, _SIGNATURE(st), True))
+        for dirpath, dirnames, _ in os.walk(prefix):
+            # glob's `*` and `**` never enter hidden directories (.git, .atmos)
+            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                st = os.lstat(path)
+                if stat_mod.S_ISLNK(st.st_mode) or settled.racy(st):
+                    return None  # glob may follow a link where we cannot watch
+                watched.append((path, _SIGNATURE(st), False))
+    try:
+        matched = expand_inputs(root, patterns)
+    except InputOutsideRoot:
+        return None
+    expected = {name[len("inputs:"):]: entry for name, entry in planned.items() if name.startswith("inputs:")}
+    if set(matched) != set(expected):
+        return None
+    stats = [os.lstat(os.path.join(root, rel)) for rel in matched]  # before the bytes are read
+    for (rel, kind, digest, exe), st in zip(settled.files(matched), stats):
+        if [kind, digest, exe] != list(expected[rel]) or settled.racy(st):
+            return None
+        watched.append((os.path.join(root, rel), _SIGNATURE(st), False))
+    return watched
 
 
 def record_after(state_dir: str, key: str | None, graph, trees: dict, store, root: str) -> None:

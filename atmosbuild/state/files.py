@@ -86,14 +86,15 @@ class FileDigester:
                 return hit[4]
         digest = file_digest(os.path.join(self.root, rel))
         self.reads += 1
-        if not self._racy(st):
+        if not self.racy(st):
             entry = (*sig, digest)
             if self.cache is not None:
                 self.cache[rel] = entry
             self.changed[rel] = entry
         return digest
 
-    def _racy(self, st: os.stat_result) -> bool:
+    def racy(self, st: os.stat_result) -> bool:
+        """Too new to trust: changed less than RACY_NS before this pass began."""
         return st.st_mtime_ns >= self.racy_after or st.st_ctime_ns >= self.racy_after
 
     def tree(self, rel_dir: str) -> list[FileEntry]:
@@ -116,14 +117,14 @@ class FileDigester:
             prefix, path = stack.pop()
             st = os.stat(path)  # the source directory itself may be a symlink
             paths.append(path), sigs.append(_signature(st)), digests.append(None)
-            trusted = trusted and not self._racy(st)
+            trusted = trusted and not self.racy(st)
             with os.scandir(path) as it:
                 for entry in it:
                     rel = prefix + entry.name
                     if entry.is_symlink():
                         st = entry.stat(follow_symlinks=False)
                         paths.append(entry.path), sigs.append(_signature(st)), digests.append(None)
-                        trusted = trusted and not self._racy(st)
+                        trusted = trusted and not self.racy(st)
                         out.append((rel, "l", os.readlink(entry.path), False))
                     elif entry.is_dir():
                         if entry.name not in EXCLUDED_DIRS:
@@ -139,7 +140,7 @@ class FileDigester:
                         else:  # with a record, the store cannot know better than it
                             digest = self.digest(f"{rel_dir}/{rel}" if rel_dir != "." else rel, st,
                                                  lookup=record is None)
-                        racy = self._racy(st)
+                        racy = self.racy(st)
                         trusted = trusted and not racy
                         paths.append(entry.path), sigs.append(sig), digests.append(None if racy else digest)
                         out.append((rel, "f", digest, bool(st.st_mode & 0o111)))
