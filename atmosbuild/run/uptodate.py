@@ -74,9 +74,10 @@ class RecordedGraph:
 @dataclass
 class Record:
     graph: RecordedGraph
-    roots: tuple[str, ...]  # each source tree's own directory (stat follows a symlink)
+    # stat follows a symlink here: each source tree's own directory, each inputs prefix
+    roots: tuple[str, ...]
     root_sigs: tuple
-    paths: tuple[str, ...]  # everything below them (lstat)
+    paths: tuple[str, ...]  # everything below them and every inputs match (lstat), newest first
     sigs: tuple
     applied: dict[tuple[str, str], dict[str, tuple]]  # (deployment, target) -> cid -> (key, result, duration)
     build_keys: tuple[str, ...]
