@@ -107,9 +107,13 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
                              toolchain=dict(r.settings.toolchain))
+    # Read once, before compiling (as the structure cache's own key is): the
+    # selection's up-to-date record is looked up and, after a rollout, saved
+    # under it.
+    record_key = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
     if not force and not report:  # (a report describes each node's decision: the full path)
-        code = uptodate.rollout_if_up_to_date(r.root, r.state_dir, resolved, list(only), options,
-                                              console, open_store)
+        code = uptodate.rollout_if_up_to_date(record_key, r.root, r.state_dir, options, console,
+                                              open_store)
         if code is not None:
             ctx.exit(code)
     # Compile against a read-only view first: bad input must leave no state behind.
@@ -121,7 +125,6 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         from .state.files import save_trees
 
         save_trees(r.state_dir, r.root, digester.trees)
-    record_key = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
     rollout_ = Rollout(r.root, r.state_dir, graph, store, options, console)
     rollout_.on_up_to_date = lambda done: uptodate.record_after(
         r.state_dir, record_key, done.graph, digester.trees, done.store, r.root)

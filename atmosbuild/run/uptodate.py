@@ -23,7 +23,6 @@ watched (a symlinked directory below the glob's fixed prefix).
 
 from __future__ import annotations
 
-import operator
 import os
 import pickle
 import stat as stat_mod
@@ -34,6 +33,7 @@ from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..graph.dag import Dag
+from ..state.files import FileDigester, signature, signatures_unchanged
 from .rollout import Rollout
 
 VERSION = 2
@@ -43,8 +43,6 @@ DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "gr
                     "state/files.py", "components/base.py", "components/command.py",
                     "components/terraform.py", "components/nixpack.py")
 
-_SIGNATURE = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
-_CHUNK = 1024  # paths checked per pass: a changed file stops the check early
 HEAD = 256  # most recently changed files, checked before the record is even read
 
 
@@ -102,17 +100,6 @@ def _path(state_dir: str, key: str) -> str:
     return os.path.join(state_dir, "cache", f"uptodate-{key}.pickle")
 
 
-def _unchanged(stat, paths, sigs) -> bool:
-    try:
-        for start in range(0, len(paths), _CHUNK):
-            end = start + _CHUNK
-            if list(map(_SIGNATURE, map(stat, paths[start:end]))) != list(sigs[start:end]):
-                return False
-    except OSError:
-        return False
-    return True
-
-
 def load(state_dir: str, key: str | None) -> Record | None:
     """The record for `key` if there is one and its most recently changed
     files are unchanged: the file is a small head (those paths) and then the
@@ -123,7 +110,7 @@ def load(state_dir: str, key: str | None) -> Record | None:
     try:
         with open(_path(state_dir, key), "rb") as fh:
             version, head_paths, head_sigs = pickle.load(fh)
-            if version != VERSION or not _unchanged(os.lstat, head_paths, head_sigs):
+            if version != VERSION or not signatures_unchanged(head_paths, head_sigs):
                 return None
             record = pickle.load(fh)
     except Exception:  # missing, truncated, from other code: the full path
@@ -164,8 +151,6 @@ def make(graph, trees: dict, store, root: str) -> Record | None:
     """The record of a rollout that just left every node of `graph` up to
     date (call it under the locks), or None when the selection cannot be
     recorded. `trees` is the tree cache its keys were computed with."""
-    from ..state.files import FileDigester
-
     settled = FileDigester(root, cache={})  # for trees too new to trust when the rollout began
     roots, root_sigs, files = [], [], []
     seen: set[str] = set()
@@ -259,7 +244,7 @@ def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
         st = os.stat(prefix)
         if settled.racy(st):
             return None
-        watched.append((prefix, _SIGNATURE(st), True))
+        watched.append((prefix, signature(st), True))
         for dirpath, dirnames, _ in os.walk(prefix):
             # glob's `*` and `**` never enter hidden directories (.git, .atmos)
             dirnames[:] = [name for name in dirnames if not name.startswith(".")]
@@ -268,7 +253,7 @@ def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
                 st = os.lstat(path)
                 if stat_mod.S_ISLNK(st.st_mode) or settled.racy(st):
                     return None  # glob may follow a link where we cannot watch
-                watched.append((path, _SIGNATURE(st), False))
+                watched.append((path, signature(st), False))
     try:
         matched = expand_inputs(root, patterns)
     except InputOutsideRoot:
@@ -280,7 +265,7 @@ def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
     for (rel, kind, digest, exe), st in zip(settled.files(matched), stats):
         if [kind, digest, exe] != list(expected[rel]) or settled.racy(st):
             return None
-        watched.append((os.path.join(root, rel), _SIGNATURE(st), False))
+        watched.append((os.path.join(root, rel), signature(st), False))
     return watched
 
 
@@ -295,8 +280,8 @@ def record_after(state_dir: str, key: str | None, graph, trees: dict, store, roo
 
 
 def files_unchanged(record: Record) -> bool:
-    return (_unchanged(os.stat, record.roots, record.root_sigs)
-            and _unchanged(os.lstat, record.paths, record.sigs))
+    return (signatures_unchanged(record.roots, record.root_sigs, follow=True)
+            and signatures_unchanged(record.paths, record.sigs))
 
 
 class UpToDateRollout(Rollout):
@@ -326,11 +311,11 @@ class UpToDateRollout(Rollout):
         return False
 
 
-def rollout_if_up_to_date(root: str, state_dir: str, labels, only, options, console,
+def rollout_if_up_to_date(key: str | None, root: str, state_dir: str, options, console,
                           open_store: Callable) -> int | None:
-    """Run the rollout from its record if everything is provably up to date;
-    None (nothing printed, nothing written) when the full path must run."""
-    key = record_key(state_dir, root, labels, only)
+    """Run the rollout from the record under `key` (record_key) if everything
+    is provably up to date; None (nothing printed, nothing written) when the
+    full path must run."""
     record = load(state_dir, key)
     if record is None or not files_unchanged(record):
         return None

@@ -45,8 +45,24 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _signature(st: os.stat_result) -> tuple:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+# A path's stat signature: what moves when its bytes (a directory: its
+# entries) change. An attrgetter, so a whole list is compared at C speed.
+signature = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+CHUNK = 1024  # paths per pass in signatures_unchanged: a change stops the check early
+
+
+def signatures_unchanged(paths, sigs, *, follow: bool = False) -> bool:
+    """Every path still has its signature (a missing one has not). `follow`:
+    stat through symlinks (a source directory may be one), else lstat."""
+    stat = os.stat if follow else os.lstat
+    try:
+        for start in range(0, len(paths), CHUNK):
+            end = start + CHUNK
+            if list(map(signature, map(stat, paths[start:end]))) != list(sigs[start:end]):
+                return False
+    except OSError:
+        return False
+    return True
 
 
 class FileDigester:
@@ -79,7 +95,7 @@ class FileDigester:
 
     def digest(self, rel: str, st: os.stat_result, lookup: bool = True) -> str:
         """`lookup=False`: the caller knows no cache has it (read it now)."""
-        sig = _signature(st)
+        sig = signature(st)
         if lookup:
             hit = self._cached(rel)
             if hit is not None and hit[:4] == sig:
@@ -101,7 +117,9 @@ class FileDigester:
         """Every file under `rel_dir` (root-relative), sorted by path, with
         paths relative to `rel_dir`. Symlinks are recorded, not followed."""
         record = self.trees.get(rel_dir)
-        if record is not None and record[0] and _unchanged(record[1], record[2]):
+        if (record is not None and record[0]
+                and signatures_unchanged(record[1][:1], record[2][:1], follow=True)
+                and signatures_unchanged(record[1][1:], record[2][1:])):
             return record[4]
         earlier = ({path: (sig, digest) for path, sig, digest in zip(*record[1:4]) if digest}
                    if record is not None else {})
@@ -116,14 +134,14 @@ class FileDigester:
         while stack:
             prefix, path = stack.pop()
             st = os.stat(path)  # the source directory itself may be a symlink
-            paths.append(path), sigs.append(_signature(st)), digests.append(None)
+            paths.append(path), sigs.append(signature(st)), digests.append(None)
             trusted = trusted and not self.racy(st)
             with os.scandir(path) as it:
                 for entry in it:
                     rel = prefix + entry.name
                     if entry.is_symlink():
                         st = entry.stat(follow_symlinks=False)
-                        paths.append(entry.path), sigs.append(_signature(st)), digests.append(None)
+                        paths.append(entry.path), sigs.append(signature(st)), digests.append(None)
                         trusted = trusted and not self.racy(st)
                         out.append((rel, "l", os.readlink(entry.path), False))
                     elif entry.is_dir():
@@ -133,7 +151,7 @@ class FileDigester:
                         st = entry.stat()
                         if not stat_mod.S_ISREG(st.st_mode):
                             continue
-                        sig = _signature(st)
+                        sig = signature(st)
                         old = earlier.get(entry.path)
                         if old is not None and old[0] == sig:
                             digest = old[1]
@@ -157,20 +175,6 @@ class FileDigester:
             st = os.stat(os.path.join(self.root, rel))
             out.append((rel, "f", self.digest(rel, st), bool(st.st_mode & 0o111)))
         return out
-
-
-_SIGNATURE = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
-
-
-def _unchanged(paths: tuple, sigs: tuple) -> bool:
-    """Every path still has the signature it had (directories: the same entries).
-    The first is the tree's own directory, which may be a symlink (followed);
-    the rest are compared in one pass at C speed (map, attrgetter, ==)."""
-    try:
-        return (_SIGNATURE(os.stat(paths[0])) == sigs[0]
-                and list(map(_SIGNATURE, map(os.lstat, paths[1:]))) == list(sigs[1:]))
-    except OSError:
-        return False
 
 
 # -- the tree cache on disk ---------------------------------------------------------
