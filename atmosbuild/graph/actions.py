@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..components import TYPES, ComponentType
 from ..config.labels import Label
@@ -126,30 +126,60 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
             ctype = TYPES[comp.type]
             config = config_ingredients(comp, ctype.version, ctype.key_vars)
             configs[nid] = (config, canonical(config))
-    dag, where, resolved, specs = st.dag, st.where, st.resolved, st.specs
+    def lookup(nid: str) -> tuple:
+        label, cid = st.where[nid]
+        return label, cid, st.resolved[label][cid], configs[nid]
 
-    nodes: dict[str, ActionNode] = {}
-    sources = SourceChecker(root)
-    for nid in dag.order:
-        label, cid = where[nid]
-        comp = resolved[label][cid]
-        spec = specs[label]
-        sources.check(spec, comp, label, require_dir=False)
+    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester)
+    nodes = {nid: compiler.node(nid) for nid in st.dag.order}
+    if write_cache and key:  # only once everything checked out
+        if cached is None:
+            cache.save(key, _picklable(st, configs))
+        if not cache.has_nodes(key):
+            cache.save_nodes(key, st, configs)
+    return ActionGraph(tuple(labels), st.specs, nodes, st.dag)
+
+
+class NodeCompiler:
+    """Compiles the action nodes of a structure one at a time: compile_graph
+    compiles every node, a partial rollout (run/uptodate.py) only those it
+    must decide again. `specs` may be None (a node pack has no documents to
+    point into): then a source or `inputs` problem raises NeedsFullCompile,
+    and the caller compiles everything to report it where it is written."""
+
+    def __init__(self, root: str, specs: Mapping[Label, DeploymentSpec] | None,
+                 lookup: Callable[[str], tuple], dag: Dag, digester: FileDigester,
+                 names: Mapping[Label, str] | None = None) -> None:
+        """`lookup(nid)` -> (label, component id, resolved component,
+        (config ingredients, their canonical text)); `names`: label ->
+        deployment name, when there are no specs."""
+        self.root, self.specs, self.lookup, self.dag, self.digester = root, specs, lookup, dag, digester
+        self.names = names if names is not None else {label: spec.name for label, spec in specs.items()}
+        self.sources = SourceChecker(root)
+
+    def node(self, nid: str) -> ActionNode:
+        label, cid, comp, (config, config_text) = self.lookup(nid)
+        spec = self.specs[label] if self.specs is not None else None
         try:
-            files = file_ingredients(comp, digester)
+            self.sources.check(spec, comp, label, require_dir=False)
+            files = file_ingredients(comp, self.digester)
         except InputOutsideRoot as exc:
+            if spec is None:
+                raise NeedsFullCompile() from None
             raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
         except (FileNotFoundError, NotADirectoryError):
-            if comp.source is not None and not os.path.isdir(f"{root}/{comp.source}"):
-                raise sources.not_a_directory(spec, comp, label) from None
+            if comp.source is not None and not os.path.isdir(f"{self.root}/{comp.source}"):
+                if spec is None:
+                    raise NeedsFullCompile() from None
+                raise SourceChecker.not_a_directory(spec, comp, label) from None
             raise
-        config, config_text = configs[nid]
-        nodes[nid] = ActionNode(nid, cid, label, spec.name, label.target, comp, TYPES[comp.type],
-                                {**config, "files": files}, local_canonical(config_text, files),
-                                dag.deps[nid])
-    if cached is None and write_cache and key:  # only once everything checked out
-        cache.save(key, _picklable(st, configs))
-    return ActionGraph(tuple(labels), specs, nodes, dag)
+        return ActionNode(nid, cid, label, self.names[label], label.target, comp, TYPES[comp.type],
+                          {**config, "files": files}, local_canonical(config_text, files),
+                          self.dag.deps[nid])
+
+
+class NeedsFullCompile(Exception):
+    """A node compiled without its documents has an error to report."""
 
 
 def _picklable(st: Structure, configs):
@@ -220,6 +250,8 @@ class SourceChecker:
         path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)
         if real != self.real_root and not real.startswith(self.real_root + os.sep):
+            if spec is None:
+                raise NeedsFullCompile()
             raise spec.fail(_field_path(spec, label, comp, "source"),
                             f"source '{comp.source}' of {comp.id} resolves outside the workspace root")
         if require_dir and not os.path.isdir(path):

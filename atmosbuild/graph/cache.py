@@ -11,6 +11,7 @@ that write state (rollout) write this cache; any command may read it.
 
 from __future__ import annotations
 
+import marshal
 import os
 import pickle
 
@@ -66,12 +67,81 @@ class StructureCache:
             with open(tmp, "wb") as fh:
                 pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
-            entries = sorted((e for e in os.scandir(self.dir) if e.name.startswith("structure-")),
-                             key=lambda e: e.stat().st_mtime)
-            for old in entries[:-KEEP]:
-                os.unlink(old.path)
+            self._prune("structure-")
         except Exception:  # an unwritable cache only costs speed
             pass
+
+
+    # -- node packs --------------------------------------------------------------
+    # The same structure cut per node, for a rollout that compiles only a few
+    # nodes (run/uptodate.py): one marshal dict of small pickles, so loading it
+    # costs a copy of bytes and only the nodes asked for are unpickled. Keyed
+    # by the structure key: written once per set of deployment files.
+
+    def _nodes_path(self, key: str) -> str:
+        return os.path.join(self.dir, f"nodes-{key}.marshal")
+
+    def has_nodes(self, key: str) -> bool:
+        return os.environ.get("ATMOS_NO_CACHE") is not None or os.path.exists(self._nodes_path(key))
+
+    def save_nodes(self, key: str, st, configs) -> None:
+        ids = {str(label): tuple(spec.components) for label, spec in st.specs.items()}
+        nodes = {}
+        for nid in st.dag.order:
+            label, cid = st.where[nid]
+            nodes[nid] = pickle.dumps((label, cid, st.resolved[label][cid], configs[nid]),
+                                      protocol=pickle.HIGHEST_PROTOCOL)
+        path = self._nodes_path(key)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(marshal.dumps((NODES_VERSION, ids, nodes)))
+            os.replace(tmp, path)
+            self._prune("nodes-")
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def load_nodes(self, key: str | None) -> "NodePack | None":
+        if key is None or os.environ.get("ATMOS_NO_CACHE"):
+            return None
+        try:
+            with open(self._nodes_path(key), "rb") as fh:
+                version, ids, nodes = marshal.loads(fh.read())
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
+        return NodePack(ids, nodes) if version == NODES_VERSION else None
+
+    def _prune(self, prefix: str) -> None:
+        entries = sorted((e for e in os.scandir(self.dir) if e.name.startswith(prefix)),
+                         key=lambda e: e.stat().st_mtime)
+        for old in entries[:-KEEP]:
+            os.unlink(old.path)
+
+
+NODES_VERSION = 1
+
+
+class NodePack:
+    """Per node: (label, component id, resolved component, (config, its
+    canonical text)), unpickled on demand; per label: its component ids."""
+
+    def __init__(self, ids: dict, nodes: dict) -> None:
+        self.ids = {label: frozenset(names) for label, names in ids.items()}
+        self._nodes = nodes
+        self._loaded: dict[str, tuple] = {}
+
+    def __contains__(self, nid: str) -> bool:
+        return nid in self._nodes
+
+    def get(self, nid: str) -> tuple:
+        hit = self._loaded.get(nid)
+        if hit is None:
+            hit = self._loaded[nid] = pickle.loads(self._nodes[nid])
+        return hit
 
 
 def picklable_document(doc: Document) -> Document:

@@ -86,13 +86,17 @@ class Decision:
 
 
 class Rebuilder:
-    def __init__(self, graph: ActionGraph, store: Store, *, force: bool = False) -> None:
+    def __init__(self, graph: ActionGraph, store: Store, *, force: bool = False,
+                 snapshots: dict[tuple[str, str], Snapshot] | None = None) -> None:
+        """`snapshots`: (deployment, target) -> what the store holds there, when
+        the caller read it (only some components of it); else all is read."""
         self.graph = graph
         self.store = store
         self.force = force
-        self.snapshots: dict[tuple[str, str], Snapshot] = {}
-        for label, spec in graph.specs.items():
-            self.snapshots[(spec.name, label.target)] = store.snapshot(spec.name, label.target)
+        if snapshots is None:
+            snapshots = {(spec.name, label.target): store.snapshot(spec.name, label.target)
+                         for label, spec in graph.specs.items()}
+        self.snapshots = snapshots
 
     def snapshot(self, node: ActionNode) -> Snapshot:
         return self.snapshots[(node.deployment, node.target)]

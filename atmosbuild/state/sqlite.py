@@ -219,16 +219,27 @@ class SqliteStore:
     # -- reads ---------------------------------------------------------------
 
     @_guarded
-    def snapshot(self, deployment: str, target: str) -> Snapshot:
+    def snapshot(self, deployment: str, target: str, components=None) -> Snapshot:
         snap = Snapshot()
+        where, args = "deployment=? AND target=?", [deployment, target]
+        if components is not None:
+            components = sorted(set(components))
+            if len(components) > 500:  # SQLite's variable limit: filter here instead
+                wanted = frozenset(components)
+                full = self.snapshot(deployment, target)
+                snap.applied = {c: a for c, a in full.applied.items() if c in wanted}
+                snap.attempts = {c: a for c, a in full.attempts.items() if c in wanted}
+                return snap
+            where += f" AND component IN ({','.join('?' * len(components))})"
+            args += components
         for row in self.db.execute(
                 "SELECT component, key, result, outputs, ingredients, finished, duration "
-                "FROM applied WHERE deployment=? AND target=?", (deployment, target)):
+                f"FROM applied WHERE {where}", args):
             snap.applied[row[0]] = Applied(row[1], row[2], row[3], row[4],
                                            row[5], row[6])
         for row in self.db.execute(
-                "SELECT component, key, status, run_id, finished, duration FROM attempts "
-                "WHERE deployment=? AND target=?", (deployment, target)):
+                f"SELECT component, key, status, run_id, finished, duration FROM attempts WHERE {where}",
+                args):
             snap.attempts[row[0]] = Attempt(*row[1:])
         return snap
 

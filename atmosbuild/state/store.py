@@ -84,7 +84,9 @@ class Snapshot:
 
 
 class Store(Protocol):
-    def snapshot(self, deployment: str, target: str) -> Snapshot: ...
+    def snapshot(self, deployment: str, target: str, components=None) -> Snapshot:
+        """The applied records and last attempts at deployment+target (of
+        `components` only, when given)."""
 
     def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
         """component -> (key, result digest, duration) of its applied record:
@@ -116,13 +118,14 @@ class MemoryStore:
         self.attempts: dict[tuple[str, str, str], Attempt] = {}
         self.files: dict[str, tuple] = {}
 
-    def snapshot(self, deployment: str, target: str) -> Snapshot:
+    def snapshot(self, deployment: str, target: str, components=None) -> Snapshot:
+        wanted = None if components is None else frozenset(components)
         snap = Snapshot()
         for (d, t, c), rec in self.applied.items():
-            if (d, t) == (deployment, target):
+            if (d, t) == (deployment, target) and (wanted is None or c in wanted):
                 snap.applied[c] = rec
         for (d, t, c), rec in self.attempts.items():
-            if (d, t) == (deployment, target):
+            if (d, t) == (deployment, target) and (wanted is None or c in wanted):
                 snap.attempts[c] = rec
         return snap
 
