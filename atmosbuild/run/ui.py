@@ -75,7 +75,9 @@ class Console:
         line = f"[{node}] {self._paint(status)}"
         if status not in ("cached", "skipped"):  # those took no time of their own
             line += f" in {duration:.1f} s"
-        self._write(self.stream, f"{line}: {message}" if message else line)
+        # Cached lines come in bursts of thousands: flushed with the next line
+        # that is (every other line is), not one write each.
+        self._write(self.stream, f"{line}: {message}" if message else line, flush=status != "cached")
 
     def failure(self, node: str, message: str, log_path: str, tail_lines: Sequence[str]) -> None:
         """The failure with the last lines of its log, on the error stream."""
@@ -114,11 +116,14 @@ class Console:
 
     # -- internals ----------------------------------------------------------
 
-    def _write(self, stream: TextIO, text: str) -> None:
+    def _write(self, stream: TextIO, text: str, flush: bool = True) -> None:
         with self._lock:
             self._clear_status()
+            if stream is not self.stream:  # keep the two streams in order
+                self.stream.flush()
             stream.write(text + "\n")
-            stream.flush()
+            if flush:
+                stream.flush()
             if self._status:
                 self.stream.write(self._status)
                 self.stream.flush()
