@@ -110,9 +110,9 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
-    record_key = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
+    record_keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
     if not force and not report:  # (a report describes each node's decision: the full path)
-        code = uptodate.rollout_if_up_to_date(record_key, r.root, r.state_dir, options, console,
+        code = uptodate.rollout_if_up_to_date(record_keys, r.root, r.state_dir, options, console,
                                               open_store)
         if code is not None:
             ctx.exit(code)
@@ -127,7 +127,7 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         save_trees(r.state_dir, r.root, digester.trees)
     rollout_ = Rollout(r.root, r.state_dir, graph, store, options, console)
     rollout_.on_up_to_date = lambda done: uptodate.record_after(
-        r.state_dir, record_key, done.graph, digester.trees, done.store, r.root)
+        r.state_dir, record_keys, done.graph, digester.trees, done.store, r.root)
     try:
         code = rollout_.run()
     finally:

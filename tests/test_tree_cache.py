@@ -205,23 +205,30 @@ def test_a_trusted_cache_always_equals_a_fresh_scan(edits):
 @given(edits=_EDITS)
 def test_an_up_to_date_record_never_survives_a_change_to_its_trees(edits):
     """The up-to-date record (run/uptodate.py) checks the same signatures in
-    one flat pass: whenever the listing changed, the check must fail."""
-    from atmosbuild.run.uptodate import Record, files_unchanged
+    one flat pass: whenever the listing changed, the check must find a
+    changed path, and pin it on the component whose tree it is."""
+    from atmosbuild.graph.dag import build_dag
+    from atmosbuild.run.uptodate import (Record, RecordedGraph, RecordedNode, changed_paths,
+                                         dirty_nodes)
 
     root = Path(tempfile.mkdtemp())
     try:
         src = root / "src"
         src.mkdir()
         (src / "a").write_bytes(b"first")
+        graph = RecordedGraph((), {}, {"command/x": RecordedNode("d", "dev", "command/x", "apply", "src")},
+                              build_dag({"command/x": []}))
         for step, edit in enumerate(edits):
             digester = FileDigester(str(root), clock=_later)
             before = digester.tree("src")
             _, paths, sigs, _, _ = digester.trees["src"]
-            record = Record(None, paths[:1], sigs[:1], paths[1:], sigs[1:], {}, ())
-            assert files_unchanged(record)
+            record = Record(graph, "", paths[:1], sigs[:1], paths[1:], sigs[1:], (), frozenset(), {}, ())
+            assert changed_paths(record) == []
             time.sleep(0.01)
             _apply(src, edit, step)
             if _fresh(root) != before:
-                assert not files_unchanged(record)
+                changed = changed_paths(record)
+                assert changed
+                assert dirty_nodes(record, str(root), changed) == {"command/x"}
     finally:
         shutil.rmtree(root)

@@ -44,7 +44,7 @@ def _settled_first_run(ws, *args: str) -> None:
 
 
 def _records(ws) -> list:
-    return sorted((ws.state / "cache").glob("uptodate-*.pickle"))
+    return sorted((ws.state / "cache").glob("uptodate-*.marshal"))
 
 
 def _normalized(stdout: str) -> str:

@@ -1,54 +1,70 @@
-"""A no-op rollout without per-component work.
+"""Rollouts decided from a record instead of a compiled graph.
 
 A rollout in which every component succeeded or was cached leaves, for its
 selection (labels, `--only`, the deployment files' bytes, this code), a
 record of what made it so:
 
   - the stat signature of every directory and file of every source tree its
-    keys were computed from (all of them settled: none was racily new), and
+    keys were computed from (files still too new to trust by their
+    signature — racily clean, as git calls it — are recorded with their
+    digest and read again), and
   - the store's applied rows for those components (key, result digest,
     duration) and the build keys build-mode components stand on.
 
-The next rollout of the same selection checks exactly that — every path
-still has its signature (one C-level pass of lstat), then, under the
-deployment locks, the store still holds the same rows — and if so every key
-is what it was, every component is up to date, and the rollout is run with
-nothing to decide: the same locks, workspace, scheduler order, lines and
-summary as the full path, without compiling 5,000 action nodes first. Any
-difference sends the rollout down the full path; a record can cost a check,
-never a wrong answer. Not recorded (always the full path): selections with a
+The next rollout of the same selection stats every recorded path (one C-level
+pass of lstat) and, under the deployment locks, checks the store still holds
+the same rows. Then:
+
+  - nothing moved: every key is what it was; the rollout runs with nothing
+    to decide (the same locks, workspace, scheduler order, lines and summary
+    as the full path) without compiling 5,000 action nodes first;
+  - some source trees moved: only the components on those trees, and what
+    depends on them, are compiled (from the structure's node pack) and
+    decided as the full path decides them; everything else is what the
+    record says. The record is then brought up to date for those trees.
+
+Anything else — a change that no source tree accounts for (an `inputs`
+glob's files), too many changed components, a row the record does not know —
+sends the rollout down the full path; a record can cost a check, never a
+wrong answer. Not recorded (always the full path): selections with a
 `cache: false` component (it always runs), or `inputs` globs that cannot be
 watched (a symlinked directory below the glob's fixed prefix).
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import pickle
 import stat as stat_mod
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
+from typing import Callable, NamedTuple
 
 from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..graph.dag import Dag
-from ..state.files import FileDigester, signature, signatures_unchanged
-from .rollout import Rollout
+from ..state.files import FileDigester, changed_signatures, file_digest, signature
+from .rollout import Rollout, _Result
 
-VERSION = 2
+VERSION = 3
 KEEP = 8  # records kept per workspace (one per selection)
 # Modules whose logic decides "up to date"; with the structure cache's own.
 DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
                     "state/files.py", "components/base.py", "components/command.py",
-                    "components/terraform.py", "components/nixpack.py")
-
-HEAD = 256  # most recently changed files, checked before the record is even read
+                    "components/terraform.py", "components/nixpack.py", "graph/actions.py")
+# A partial rollout decides at most a quarter of the selection again (or
+# PARTIAL_MIN nodes); past that, compiling the whole graph in one go is as
+# cheap as node by node.
+PARTIAL_SHARE = 4
+PARTIAL_MIN = 256
 
 
 @dataclass(frozen=True)
 class RecordedSpec:
     name: str
+    components: frozenset = frozenset()  # its component ids (from the node pack, when needed)
 
 
 @dataclass(frozen=True)
@@ -57,11 +73,12 @@ class RecordedNode:
     target: str
     cid: str
     mode: str
+    source: str | None = None
 
 
 @dataclass
 class RecordedGraph:
-    """What a rollout needs of the graph when nothing will run."""
+    """What a rollout needs of the graph for the nodes it does not decide."""
 
     labels: tuple[Label, ...]
     specs: dict[Label, RecordedSpec]
@@ -72,20 +89,28 @@ class RecordedGraph:
 @dataclass
 class Record:
     graph: RecordedGraph
+    structure: str  # the structure cache key: where the node pack is
     # stat follows a symlink here: each source tree's own directory, each inputs prefix
     roots: tuple[str, ...]
     root_sigs: tuple
-    paths: tuple[str, ...]  # everything below them and every inputs match (lstat), newest first
+    paths: tuple[str, ...]  # everything below them and every inputs match (lstat)
     sigs: tuple
+    racy: tuple  # (path, signature, digest): files too new to trust by signature alone
+    watched: frozenset  # the paths above recorded for `inputs` globs
     applied: dict[tuple[str, str], dict[str, tuple]]  # (deployment, target) -> cid -> (key, result, duration)
     build_keys: tuple[str, ...]
+
+
+class Keys(NamedTuple):
+    record: str  # the record's own key
+    structure: str  # the structure cache's key (node pack)
 
 
 class Stale(Exception):
     """The store no longer holds what the record was made with."""
 
 
-def record_key(state_dir: str, root: str, labels, only) -> str | None:
+def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
     from ..graph.cache import StructureCache
 
     structure = StructureCache(state_dir).key(root, labels, only)
@@ -93,105 +118,170 @@ def record_key(state_dir: str, root: str, labels, only) -> str | None:
         return None
     import xxhash
 
-    return xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}".encode())
+    key = xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}".encode())
+    return Keys(key, structure)
 
 
-def _path(state_dir: str, key: str) -> str:
-    return os.path.join(state_dir, "cache", f"uptodate-{key}.pickle")
+# On disk, two files per record: the graph (a pure function of the record's
+# key, so written once per key) and the rest (marshal: what a partial
+# rollout rewrites, fast to dump and load).
+
+def _path(state_dir: str, key: str, part: str) -> str:
+    return os.path.join(state_dir, "cache", f"uptodate-{key}.{part}")
 
 
-def load(state_dir: str, key: str | None) -> Record | None:
-    """The record for `key` if there is one and its most recently changed
-    files are unchanged: the file is a small head (those paths) and then the
-    record, so a stale record — usually a file just edited again — costs a
-    few hundred stats, not the whole record."""
-    if key is None or os.environ.get("ATMOS_NO_CACHE"):
+def load(state_dir: str, keys: Keys | None) -> Record | None:
+    if keys is None or os.environ.get("ATMOS_NO_CACHE"):
         return None
     try:
-        with open(_path(state_dir, key), "rb") as fh:
-            version, head_paths, head_sigs = pickle.load(fh)
-            if version != VERSION or not signatures_unchanged(head_paths, head_sigs):
-                return None
-            record = pickle.load(fh)
+        with open(_path(state_dir, keys.record, "marshal"), "rb") as fh:
+            version, *fields = marshal.loads(fh.read())
+        if version != VERSION:
+            return None
+        with open(_path(state_dir, keys.record, "graph"), "rb") as fh:
+            graph = pickle.load(fh)
     except Exception:  # missing, truncated, from other code: the full path
         return None
-    return record if isinstance(record, Record) else None
+    return Record(graph, *fields) if isinstance(graph, RecordedGraph) else None
 
 
-def save(state_dir: str, key: str | None, record: Record | None) -> None:
-    if key is None or os.environ.get("ATMOS_NO_CACHE"):
+def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
+    if keys is None or os.environ.get("ATMOS_NO_CACHE"):
         return
-    path = _path(state_dir, key)
+    path = _path(state_dir, keys.record, "marshal")
     if record is None:  # this selection cannot be recorded (now): drop an old record
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _drop(path[:-len("marshal")])
         return
-    tmp = f"{path}.tmp{os.getpid()}"
+    graph_path = _path(state_dir, keys.record, "graph")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        head = (VERSION, record.paths[:HEAD], record.sigs[:HEAD])
-        with open(tmp, "wb") as fh:
-            fh.write(pickle.dumps(head, protocol=pickle.HIGHEST_PROTOCOL))
-            fh.write(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)
-        entries = sorted((e for e in os.scandir(os.path.dirname(path)) if e.name.startswith("uptodate-")),
+        if not os.path.exists(graph_path):
+            _write(graph_path, pickle.dumps(record.graph, protocol=pickle.HIGHEST_PROTOCOL))
+        fields = [getattr(record, f.name) for f in dataclass_fields(Record) if f.name != "graph"]
+        _write(path, marshal.dumps((VERSION, *fields)))
+        entries = sorted((e for e in os.scandir(os.path.dirname(path))
+                          if e.name.startswith("uptodate-") and e.name.endswith(".marshal")),
                          key=lambda e: e.stat().st_mtime)
         for old in entries[:-KEEP]:
-            os.unlink(old.path)
-    except OSError:  # an unwritable cache only costs speed
+            _drop(old.path[:-len("marshal")])
+    except (OSError, ValueError):  # an unwritable cache only costs speed
+        pass
+
+
+def _drop(stem: str) -> None:
+    for part in ("marshal", "graph"):  # the graph last: a marshal file never lacks its graph
+        try:
+            os.unlink(stem + part)
+        except OSError:
+            pass
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
 
 
-def make(graph, trees: dict, store, root: str) -> Record | None:
+# -- making a record ---------------------------------------------------------------
+
+@dataclass
+class _Paths:
+    """The paths of a record being made."""
+
+    roots: list = field(default_factory=list)
+    root_sigs: list = field(default_factory=list)
+    files: list = field(default_factory=list)  # (path, signature)
+    racy: list = field(default_factory=list)  # (path, signature, digest)
+    watched: set = field(default_factory=set)
+
+
+def make(graph, trees: dict, store, root: str, structure: str) -> Record | None:
     """The record of a rollout that just left every node of `graph` up to
     date (call it under the locks), or None when the selection cannot be
     recorded. `trees` is the tree cache its keys were computed with."""
     settled = FileDigester(root, cache={})  # for trees too new to trust when the rollout began
-    roots, root_sigs, files = [], [], []
+    out = _Paths()
     seen: set[str] = set()
     nodes: dict[str, RecordedNode] = {}
     for nid, node in graph.nodes.items():
         comp = node.component
         if not comp.cache:
             return None
-        nodes[nid] = RecordedNode(node.deployment, node.target, node.cid, node.mode)
+        nodes[nid] = RecordedNode(node.deployment, node.target, node.cid, node.mode, comp.source)
         if comp.inputs:
             watched = _inputs_watch(root, comp.inputs, node.local["files"], settled)
             if watched is None:
                 return None
             for path, sig, followed in watched:
+                out.watched.add(path)
                 if followed:
-                    roots.append(path)
-                    root_sigs.append(sig)
+                    out.roots.append(path)
+                    out.root_sigs.append(sig)
                 else:
-                    files.append((path, sig))
+                    out.files.append((path, sig))
         if comp.source is None or comp.source in seen:
             continue
         seen.add(comp.source)
-        tree = trees.get(comp.source)
-        if tree is None:
+        if not _add_tree(out, comp.source, trees.get(comp.source), settled):
             return None
-        if not tree[0]:
-            # Racily new when the keys were computed (as git re-hashes racily
-            # clean entries): read the tree again now. If it holds exactly
-            # what the keys were computed from and has settled since, record it.
-            if settled.tree(comp.source) != tree[4] or not settled.trees[comp.source][0]:
-                return None
-            tree = settled.trees[comp.source]
-        roots.append(tree[1][0])
-        root_sigs.append(tree[2][0])
-        files.extend(zip(tree[1][1:], tree[2][1:]))
+    recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
+                                                   for label, spec in graph.specs.items()},
+                             nodes, graph.dag)
+    return _finish(recorded, structure, out, store)
+
+
+def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:
+    """Add the paths of one source tree, as the keys saw it; False when it
+    cannot be recorded."""
+    if tree is None:
+        return False
+    if not tree[0]:
+        # Racily new when the keys were computed (as git re-hashes racily
+        # clean entries): read the tree again now. It must hold exactly what
+        # the keys were computed from; files still racy are recorded with
+        # their digest, to be read again by the next check.
+        if settled.tree(source) != tree[4]:
+            return False
+        tree = settled.trees[source]
+    paths, sigs = tree[1], tree[2]
+    if not tree[0] and settled.racy_signature(sigs[0]):
+        return False
+    out.roots.append(paths[0])
+    out.root_sigs.append(sigs[0])
+    if tree[0]:
+        out.files.extend(zip(paths[1:], sigs[1:]))
+        return True
+    base = paths[0]
+    digests = {f"{base}/{rel}": digest for rel, kind, digest, _ in tree[4] if kind == "f"}
+    for path, sig in zip(paths[1:], sigs[1:]):
+        if not settled.racy_signature(sig):
+            out.files.append((path, sig))
+        elif path in digests:
+            out.racy.append((path, sig, digests[path]))
+        else:  # a directory or link just changed: its entries cannot be checked by content
+            return False
+    return True
+
+
+def _finish(graph: RecordedGraph, structure: str, out: _Paths, store,
+            summaries: dict | None = None) -> Record | None:
+    """`summaries`: (deployment, target) -> store.applied_summary, when the
+    caller has them current."""
     applied: dict[tuple[str, str], dict[str, tuple]] = {}
     build_keys = []
     for label, spec in graph.specs.items():
-        summary = store.applied_summary(spec.name, label.target)
+        place = (spec.name, label.target)
+        summary = summaries[place] if summaries is not None else store.applied_summary(*place)
         rows = applied.setdefault((spec.name, label.target), {})
-        for node in nodes.values():
+        for node in graph.nodes.values():
             if (node.deployment, node.target) != (spec.name, label.target):
                 continue
             row = summary.get(node.cid)
@@ -200,16 +290,9 @@ def make(graph, trees: dict, store, root: str) -> Record | None:
             rows[node.cid] = row
             if node.mode == BUILD:
                 build_keys.append(row[0])
-    recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
-                                                   for label, spec in graph.specs.items()},
-                             nodes, graph.dag)
-    # Most recently changed first (by ctime): the file edited last is the one
-    # most likely edited next, so a stale record is usually found out within
-    # the first chunk instead of after stat-ing half the workspace.
-    files.sort(key=lambda entry: entry[1][2], reverse=True)
-    paths = tuple(path for path, _ in files)
-    sigs = tuple(sig for _, sig in files)
-    return Record(recorded, tuple(roots), tuple(root_sigs), paths, sigs, applied, tuple(build_keys))
+    return Record(graph, structure, tuple(out.roots), tuple(out.root_sigs),
+                  tuple(path for path, _ in out.files), tuple(sig for _, sig in out.files),
+                  tuple(out.racy), frozenset(out.watched), applied, tuple(build_keys))
 
 
 def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
@@ -269,32 +352,120 @@ def _inputs_watch(root: str, patterns, planned: dict, settled) -> list | None:
     return watched
 
 
-def record_after(state_dir: str, key: str | None, graph, trees: dict, store, root: str) -> None:
+def record_after(state_dir: str, keys: Keys | None, graph, trees: dict, store, root: str) -> None:
     """Record (or drop) the up-to-date record once a rollout left `graph` up
     to date. A source that vanished meanwhile just means no record."""
+    if keys is None:
+        return
     try:
-        record = make(graph, trees, store, root)
+        record = make(graph, trees, store, root, keys.structure)
     except OSError:
         record = None
-    save(state_dir, key, record)
+    save(state_dir, keys, record)
 
 
-def files_unchanged(record: Record) -> bool:
-    return (signatures_unchanged(record.roots, record.root_sigs, follow=True)
-            and signatures_unchanged(record.paths, record.sigs))
+# -- checking a record ---------------------------------------------------------------
+
+def changed_paths(record: Record) -> list[str]:
+    """Every recorded path that no longer is what the record says."""
+    out = changed_signatures(record.roots, record.root_sigs, follow=True)
+    out += changed_signatures(record.paths, record.sigs)
+    for path, sig, digest in record.racy:
+        try:
+            same = signature(os.lstat(path)) == sig and file_digest(path) == digest
+        except OSError:
+            same = False
+        if not same:
+            out.append(path)
+    return out
 
 
-class UpToDateRollout(Rollout):
-    """A rollout of a recorded selection: nothing is compiled and nothing
-    decided; `read_state` proves, under the locks, that nothing needs to."""
+def dirty_nodes(record: Record, root: str, changed: list[str]) -> set[str] | None:
+    """The nodes whose source tree holds a changed path (every tree that
+    holds it: sources can nest), or None when a change is not accounted for
+    by source trees alone (an `inputs` glob watches it)."""
+    by_base: dict[str, list[str]] = {}
+    for nid, node in record.graph.nodes.items():
+        if node.source is not None:
+            base = root if node.source == "." else f"{root}/{node.source}"
+            by_base.setdefault(base, []).append(nid)
+    dirty: set[str] = set()
+    for path in changed:
+        if path in record.watched:
+            return None
+        found, here = False, path
+        while True:
+            nids = by_base.get(here)
+            if nids:
+                dirty.update(nids)
+                found = True
+            parent = os.path.dirname(here)
+            if parent == here or len(here) <= len(root):
+                break
+            here = parent
+        if not found:
+            return None
+    return dirty
 
-    def __init__(self, root, state_dir, record: Record, store, options, console) -> None:
-        super().__init__(root, state_dir, record.graph, store, options, console)
+
+def updated(record: Record, dirty: set[str], trees: dict, rollout: "RecordedRollout",
+            root: str) -> Record | None:
+    """The record after a partial rollout left everything up to date: the
+    trees of the dirty nodes as their keys saw them (`trees`, the tree cache
+    of that rollout), everything else as it was, the store's rows now (as
+    read under the locks, with the rows of the nodes it decided read again)."""
+    sources = {record.graph.nodes[nid].source for nid in dirty}
+    bases = tuple(root if source == "." else f"{root}/{source}" for source in sources)
+    under = tuple(base + "/" for base in bases)
+    out = _Paths(watched=set(record.watched))
+    settled = FileDigester(root, cache={})
+    for source in sorted(sources):
+        if not _add_tree(out, source, trees.get(source), settled):
+            return None
+    keep_roots = [(path, sig) for path, sig in zip(record.roots, record.root_sigs) if path not in bases]
+    out.roots += [path for path, _ in keep_roots]
+    out.root_sigs += [sig for _, sig in keep_roots]
+    out.files += [(path, sig) for path, sig in zip(record.paths, record.sigs)
+                  if not path.startswith(under)]
+    out.racy += [entry for entry in record.racy if not entry[0].startswith(under)]
+    summaries = {place: dict(rows) for place, rows in rollout.rows.items()}
+    decided: dict[tuple[str, str], list[str]] = {}
+    for nid in rollout.decisions:
+        node = rollout.graph.nodes[nid]
+        decided.setdefault((node.deployment, node.target), []).append(node.cid)
+    for place, cids in decided.items():
+        for cid, row in rollout.store.snapshot(*place, components=cids).applied.items():
+            summaries[place][cid] = (row.key, row.result, row.duration)
+    return _finish(record.graph, record.structure, out, rollout.store, summaries)
+
+
+# -- rolling out from a record ---------------------------------------------------------
+
+class RecordedRollout(Rollout):
+    """A rollout of a recorded selection. `compiled` holds the nodes that may
+    have to be decided again (those on changed trees, `dirty`, and what
+    depends on them); every other node is what the record says, and
+    `read_state` proves, under the locks, that the store agrees. A compiled
+    node is decided only if it is dirty or an upstream's result moved."""
+
+    def __init__(self, root, state_dir, record: Record, store, options, console,
+                 compiled: dict | None = None, dirty: set[str] | None = None,
+                 components: dict | None = None) -> None:
+        graph = record.graph
+        if compiled:  # a graph of our own: decided nodes replace recorded ones in it
+            specs = {label: replace(spec, components=components[str(label)])
+                     for label, spec in graph.specs.items()}
+            graph = RecordedGraph(graph.labels, specs, dict(graph.nodes), graph.dag)
+        super().__init__(root, state_dir, graph, store, options, console)
         self.record = record
+        self.compiled = compiled or {}
+        self.dirty = dirty or set()
+        self.moved: set[str] = set()  # decided nodes whose result is not the recorded one
+        self.upstreams = {d for node in self.compiled.values() for d in node.deps}
 
     def read_state(self) -> None:
         # Keys, results and durations only: the rows' outputs and ingredients
-        # (kilobytes each) are not needed when nothing will run.
+        # (kilobytes each) are not needed for nodes that are not decided.
         self.rows = {place: self.store.applied_summary(*place) for place in self.record.applied}
         for place, rows in self.record.applied.items():
             current = self.rows[place]
@@ -303,26 +474,101 @@ class UpToDateRollout(Rollout):
         keys = self.record.build_keys
         if keys and len(self.store.builds(list(keys))) != len(set(keys)):
             raise Stale()
+        if self.compiled:
+            from ..state.rebuild import Rebuilder
+
+            # Full rows (outputs, ingredients, last attempt) for the nodes that
+            # may be decided and for their upstreams (whose outputs they render).
+            wanted: dict[tuple[str, str], set[str]] = {}
+            for node in self.compiled.values():
+                cids = wanted.setdefault((node.deployment, node.target), set())
+                cids.add(node.cid)
+                cids.update(self.graph.nodes[d].cid for d in node.deps)
+            snapshots = {place: self.store.snapshot(*place, components=cids)
+                         for place, cids in wanted.items()}
+            self.rebuilder = Rebuilder(self.graph, self.store, force=False, snapshots=snapshots)
 
     def recorded_duration(self, node) -> float | None:
         return self.rows[(node.deployment, node.target)][node.cid][2]
 
     def _needs_run(self, nid: str) -> bool:
+        node = self.compiled.get(nid)
+        if node is not None and (nid in self.dirty or any(d in self.moved for d in node.deps)):
+            self.graph.nodes[nid] = node
+            run = super()._needs_run(nid)
+            if not run and self.results[nid].result != self._recorded_result(nid):
+                self.moved.add(nid)
+            return run
+        if nid in self.upstreams:  # what a decided dependent keys on and renders from
+            recorded = self.graph.nodes[nid]
+            place = (recorded.deployment, recorded.target)
+            applied = self.rebuilder.snapshots[place].applied.get(recorded.cid)
+            self.results[nid] = _Result(self.rows[place][recorded.cid][1],
+                                        dict(applied.outputs) if applied is not None else {})
         return False
 
+    def node_finished(self, fin) -> None:
+        super().node_finished(fin)
+        if fin.ok and self.results[fin.node].result != self._recorded_result(fin.node):
+            self.moved.add(fin.node)
 
-def rollout_if_up_to_date(key: str | None, root: str, state_dir: str, options, console,
+    def _recorded_result(self, nid: str) -> str:
+        node = self.graph.nodes[nid]
+        return self.rows[(node.deployment, node.target)][node.cid][1]
+
+
+def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options, console,
                           open_store: Callable) -> int | None:
-    """Run the rollout from the record under `key` (record_key) if everything
-    is provably up to date; None (nothing printed, nothing written) when the
+    """Run the rollout from the record under `keys` (record_key) if it can
+    be decided from there; None (nothing printed, nothing written) when the
     full path must run."""
-    record = load(state_dir, key)
-    if record is None or not files_unchanged(record):
+    record = load(state_dir, keys)
+    if record is None:
         return None
-    store = open_store(state_dir, readonly=True)
+    changed = changed_paths(record)
+    compiled: dict = {}
+    dirty: set[str] = set()
+    components = None
+    trees: dict = {}
+    if changed:
+        from ..graph.actions import NeedsFullCompile, NodeCompiler
+        from ..graph.cache import StructureCache
+
+        dirty = dirty_nodes(record, root, changed)
+        if dirty is None:
+            return None
+        dag = record.graph.dag
+        affected = dirty | dag.downstream(dirty)
+        if len(affected) > max(PARTIAL_MIN, len(record.graph.nodes) // PARTIAL_SHARE):
+            return None
+        pack = StructureCache(state_dir).load_nodes(keys.structure)
+        if pack is None or any(nid not in pack for nid in affected):
+            return None
+        components = pack.ids
+        # A few trees: reading their files costs less than loading the stat cache.
+        digester = FileDigester(root, cache={}, trees=trees)
+        names = {label: spec.name for label, spec in record.graph.specs.items()}
+        compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
+        try:
+            compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
+        except (NeedsFullCompile, OSError):  # the full path says what is wrong, and where
+            return None
+    store = open_store(state_dir, readonly=not compiled)
+    rollout = RecordedRollout(root, state_dir, record, store, options, console,
+                              compiled, dirty, components)
+    if compiled:
+        rollout.on_up_to_date = lambda done: save(
+            state_dir, keys, _updated_or_none(record, dirty, trees, done, root))
     try:
-        return UpToDateRollout(root, state_dir, record, store, options, console).run()
+        return rollout.run()
     except Stale:
         return None
     finally:
         store.close()
+
+
+def _updated_or_none(record, dirty, trees, rollout, root) -> Record | None:
+    try:
+        return updated(record, dirty, trees, rollout, root)
+    except OSError:  # a source vanished meanwhile: no record
+        return None

@@ -65,6 +65,30 @@ def signatures_unchanged(paths, sigs, *, follow: bool = False) -> bool:
     return True
 
 
+def changed_signatures(paths, sigs, *, follow: bool = False) -> list[str]:
+    """The paths whose signature moved (or that are gone), in order: the
+    same C-level pass as signatures_unchanged, then path by path only inside
+    a chunk that differs."""
+    stat = os.stat if follow else os.lstat
+    out = []
+    for start in range(0, len(paths), CHUNK):
+        end = start + CHUNK
+        chunk, want = paths[start:end], sigs[start:end]
+        try:
+            if list(map(signature, map(stat, chunk))) == list(want):
+                continue
+        except OSError:
+            pass
+        for path, sig in zip(chunk, want):
+            try:
+                same = signature(stat(path)) == tuple(sig)
+            except OSError:
+                same = False
+            if not same:
+                out.append(path)
+    return out
+
+
 class FileDigester:
     """Digests files under `root`, with a cache of earlier digests.
 
@@ -112,6 +136,10 @@ class FileDigester:
     def racy(self, st: os.stat_result) -> bool:
         """Too new to trust: changed less than RACY_NS before this pass began."""
         return st.st_mtime_ns >= self.racy_after or st.st_ctime_ns >= self.racy_after
+
+    def racy_signature(self, sig: tuple) -> bool:
+        """`racy` for a signature taken earlier in this pass."""
+        return sig[1] >= self.racy_after or sig[2] >= self.racy_after
 
     def tree(self, rel_dir: str) -> list[FileEntry]:
         """Every file under `rel_dir` (root-relative), sorted by path, with

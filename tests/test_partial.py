@@ -1,0 +1,236 @@
+"""Partial rollouts (run/uptodate.py): when the up-to-date record finds that
+only some source trees moved, only their components and what depends on them
+are compiled and decided; everything else is what the record says. Whatever
+path a rollout takes, it must run exactly what the full path runs and print
+what it prints. These run the real CLI on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import RECORD, Workspace, ran
+from atmosbuild.run import uptodate
+from atmosbuild.state.files import file_digest, signature
+
+SETTLE = 2.1  # directories newer than this are never recorded (see test_tree_cache.py)
+
+
+def _deployment(ws, comps: dict) -> None:
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
+
+
+def _chain(ws, base_run: str = RECORD) -> None:
+    """base -> app -> edge, and solo on its own; all but edge have sources."""
+    _deployment(ws, {
+        "base": {"source": "src/base", "run": base_run},
+        "app": {"source": "src/app", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
+        "edge": {"run": RECORD, "metadata": {"depends_on": ["command/app"]}},
+        "solo": {"source": "src/solo", "run": RECORD},
+    })
+    for name in ("base", "app", "solo"):
+        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
+        ws.write(f"src/{name}/lib/util.sh", "util\n")
+
+
+def _recorded_first_run(ws, *args: str) -> None:
+    time.sleep(SETTLE)
+    proc = ws.run("rollout", "//app:dev", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ran(ws)
+    assert list((ws.state / "cache").glob("uptodate-*.marshal")), "no record was written"
+    _forget_structure(ws)
+
+
+def _forget_structure(ws) -> None:
+    """Drop the compiled structure: the full path writes it again, the
+    record's paths never load or write it (they use the node pack)."""
+    for cached in (ws.state / "cache").glob("structure-*"):
+        cached.unlink()
+
+
+def _compiled_everything(ws) -> bool:
+    return bool(list((ws.state / "cache").glob("structure-*")))
+
+
+def _normalized(stdout: str, root) -> str:
+    stdout = stdout.replace(str(root), "ROOT")
+    stdout = re.sub(r"deployment-[0-9a-f-]{36}", "deployment-UUID", stdout)
+    return re.sub(r" in [0-9.]+ s", " in T s", stdout)
+
+
+@pytest.mark.parametrize("args", [("-j1", "--schedule", "waves"), ("-j2", "--schedule", "eager")])
+def test_an_edit_is_decided_from_the_record_as_the_full_path_decides_it(ws, tmp_path, args):
+    _chain(ws)
+    _recorded_first_run(ws, *args)
+    # A twin of the workspace, state and all, rolled out the full way.
+    twin = Workspace(tmp_path / "twin")
+    shutil.rmtree(twin.root)
+    shutil.copytree(ws.root, twin.root, symlinks=True)
+    for each in (ws, twin):
+        each.write("src/app/lib/util.sh", "util, edited\n")
+    partial = ws.run("rollout", "//app:dev", *args)
+    full = twin.run("rollout", "//app:dev", *args, env={"ATMOS_NO_CACHE": "1"})
+    assert partial.returncode == full.returncode == 0, partial.stderr + full.stderr
+    assert ran(ws) == ran(twin) == ["command/app", "command/edge"]
+    assert not _compiled_everything(ws)
+    assert _normalized(partial.stdout, ws.root) == _normalized(full.stdout, twin.root)
+    assert "2 ran, 2 cached" in partial.stdout
+
+
+def test_the_record_follows_a_partial_rollout(ws):
+    _chain(ws)
+    _recorded_first_run(ws)
+    ws.write("src/base/main.sh", "echo base v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app", "command/base", "command/edge"]
+    # Straight after (the edited file is still too new to trust by its
+    # signature: it is recorded with its digest), nothing runs or compiles.
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == [] and not _compiled_everything(ws)
+    ws.write("src/solo/lib/util.sh", "util v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/solo"] and not _compiled_everything(ws)
+    # Rewritten to the same bytes: the signature moved, the key did not.
+    ws.write("src/solo/lib/util.sh", "util v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == [] and not _compiled_everything(ws)
+
+
+def test_early_cutoff_on_the_partial_path(ws):
+    """base declares the same outputs whatever its source says, so after an
+    edit it runs and its dependents, keyed on its result, do not."""
+    _chain(ws, base_run=RECORD + """; echo '{"port": 8080}' > "$ATMOS_OUTPUTS\"""")
+    _recorded_first_run(ws)
+    ws.write("src/base/main.sh", "echo base v2\n")
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ["command/base"] and not _compiled_everything(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == []
+
+
+def test_upstream_outputs_reach_a_dependent_decided_on_the_partial_path(ws):
+    """app renders an output of base, which is not decided again: its
+    recorded outputs are what app sees."""
+    _deployment(ws, {
+        "base": {"source": "src/base",
+                 "run": RECORD + """; echo '{"port": 8080}' > "$ATMOS_OUTPUTS\""""},
+        "app": {"source": "src/app",
+                "run": RECORD + '; echo "${outputs.command/base.port}" > "$ATMOS_ROOT/port.txt"'},
+    })
+    ws.write("src/base/main.sh", "base\n")
+    ws.write("src/app/main.sh", "app\n")
+    _recorded_first_run(ws)
+    (ws.root / "port.txt").unlink()
+    ws.write("src/app/main.sh", "app v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app"] and not _compiled_everything(ws)
+    assert (ws.root / "port.txt").read_text() == "8080\n"
+
+
+def test_a_failure_on_the_partial_path_is_run_again_next_time(ws):
+    _chain(ws, base_run='if grep -q FAIL main.sh; then exit 1; fi; ' + RECORD)
+    _recorded_first_run(ws)
+    ws.write("src/base/main.sh", "FAIL\n")
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 1
+    assert ran(ws) == []
+    assert "command/base failed" in proc.stdout + proc.stderr or "FAILED" in proc.stdout + proc.stderr
+    ws.write("src/base/main.sh", "fixed\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app", "command/base", "command/edge"]
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == []
+
+
+def test_bad_input_behind_a_record_is_reported_as_the_full_path_reports_it(ws):
+    _chain(ws)
+    _recorded_first_run(ws)
+    shutil.rmtree(ws.root / "src/solo")
+    ws.write("src/solo", "now a file\n")
+    before = {p for p in os.listdir(ws.state / "workspaces")} if (ws.state / "workspaces").exists() else set()
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    first = proc.stderr.splitlines()[0]  # (then the line it points into, and a caret)
+    assert first.startswith("error: ") and proc.stderr.count("error:") == 1
+    assert "deployment.yaml:" in first and "is not a directory" in first
+    assert "Traceback" not in proc.stderr and "Workspace:" not in proc.stdout
+    after = set(os.listdir(ws.state / "workspaces")) if (ws.state / "workspaces").exists() else set()
+    assert after == before
+
+
+def test_a_racily_new_file_is_checked_by_its_bytes(tmp_path):
+    """A file recorded while too new to trust by its signature is read
+    again: a rewrite within one timestamp tick keeps the signature."""
+    path = tmp_path / "f.txt"
+    path.write_text("one\n")
+    sig = signature(os.lstat(path))
+    record = uptodate.Record(graph=None, structure="", roots=(), root_sigs=(), paths=(), sigs=(),
+                             racy=((str(path), sig, file_digest(str(path))),), watched=frozenset(),
+                             applied={}, build_keys=())
+    assert uptodate.changed_paths(record) == []
+    stale = uptodate.Record(**{**record.__dict__, "racy": ((str(path), sig, file_digest(str(path)) + "0"),)})
+    assert uptodate.changed_paths(stale) == [str(path)]  # same signature, other bytes
+    path.unlink()
+    assert uptodate.changed_paths(record) == [str(path)]
+
+
+# -- the property: whatever edits, exactly the edited components and their dependents run --
+
+@st.composite
+def dags_and_edits(draw):
+    n = draw(st.integers(min_value=2, max_value=7))
+    deps = [sorted(draw(st.sets(st.integers(min_value=0, max_value=i - 1), max_size=2))) if i else []
+            for i in range(n)]
+    rounds = draw(st.lists(st.lists(st.tuples(st.integers(0, n - 1), st.sampled_from(["edit", "same"])),
+                                    max_size=3), min_size=1, max_size=3))
+    return n, deps, rounds
+
+
+def _downstream(deps, nodes: set[int]) -> set[int]:
+    out = set(nodes)
+    changed = True
+    while changed:
+        changed = False
+        for i, ds in enumerate(deps):
+            if i not in out and out.intersection(ds):
+                out.add(i)
+                changed = True
+    return out
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=dags_and_edits())
+def test_partial_rollouts_run_exactly_the_edited_components_and_their_dependents(tmp_path_factory, case):
+    n, deps, rounds = case
+    ws = Workspace(tmp_path_factory.mktemp("prop") / "ws")
+    _deployment(ws, {f"c{i}": {"source": f"src/c{i}", "run": RECORD,
+                               "metadata": {"depends_on": [f"command/c{d}" for d in deps[i]]}}
+                     for i in range(n)})
+    for i in range(n):
+        ws.write(f"src/c{i}/main.sh", f"c{i} v0\n")
+    _recorded_first_run(ws)
+    version = 0
+    for edits in rounds:
+        edited = set()
+        for i, kind in edits:
+            path = ws.root / f"src/c{i}/main.sh"
+            if kind == "edit":
+                version += 1
+                path.write_text(f"c{i} v{version}\n")
+                edited.add(i)
+            else:  # the same bytes again: the signature moves, the content does not
+                path.write_text(path.read_text())
+        proc = ws.run("rollout", "//app:dev", "-j2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert ran(ws) == sorted(f"command/c{i}" for i in _downstream(deps, edited))
+        assert not _compiled_everything(ws)
