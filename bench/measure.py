@@ -24,6 +24,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -219,6 +220,7 @@ def find_tools() -> Tools:
         doit = None
     atmos, note = find_atmosbuild()
     versions["atmosbuild"] = note
+    versions["python"] = python_note()
     return Tools(
         ninja=[ninja] if ninja else None,
         make=[make] if make else None,
@@ -226,6 +228,21 @@ def find_tools() -> Tools:
         atmosbuild=atmos,
         versions=versions,
     )
+
+
+def python_note() -> str:
+    """The interpreter atmosbuild and doit run on, and what starting it costs:
+    every run of both pays it. A base interpreter whose site-packages hold
+    .pth hooks (this sandbox's certifi hook imports importlib.resources and
+    pathlib) can take 0.1 s where the venv the README makes takes 0.02 s."""
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        quick([sys.executable, "-c", "pass"])
+        runs.append(time.perf_counter() - start)
+    venv = "venv" if sys.prefix != sys.base_prefix else "NOT a venv (see bench/README.md)"
+    return (f"python {sys.version.split()[0]} at {sys.executable} ({venv}); "
+            f"startup {statistics.median(runs) * 1000:.0f} ms")
 
 
 def _dbm_module() -> str:
