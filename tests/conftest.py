@@ -42,6 +42,23 @@ def ran(ws) -> list[str]:
     return lines
 
 
+def write_chain(ws, extra: dict | None = None) -> None:
+    """//app:dev with base -> app -> edge and solo on its own; all but edge
+    have a source tree with a subdirectory. `extra` adds or replaces components."""
+    comps = {
+        "base": {"source": "src/base", "run": RECORD},
+        "app": {"source": "src/app", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
+        "edge": {"run": RECORD, "metadata": {"depends_on": ["command/app"]}},
+        "solo": {"source": "src/solo", "run": RECORD},
+        **(extra or {}),
+    }
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
+    for name in ("base", "app", "solo"):
+        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
+        ws.write(f"src/{name}/lib/util.sh", "util\n")
+
+
 def rollout_with_report(ws, *args: str):
     """Roll out with --report; return (process, report dict or None)."""
     path = ws.root.parent / "report.json"

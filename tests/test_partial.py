@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RECORD, Workspace, ran
+from conftest import RECORD, Workspace, ran, write_chain
 from atmosbuild.run import uptodate
 from atmosbuild.state.files import file_digest, signature
 
@@ -29,16 +29,7 @@ def _deployment(ws, comps: dict) -> None:
 
 
 def _chain(ws, base_run: str = RECORD) -> None:
-    """base -> app -> edge, and solo on its own; all but edge have sources."""
-    _deployment(ws, {
-        "base": {"source": "src/base", "run": base_run},
-        "app": {"source": "src/app", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
-        "edge": {"run": RECORD, "metadata": {"depends_on": ["command/app"]}},
-        "solo": {"source": "src/solo", "run": RECORD},
-    })
-    for name in ("base", "app", "solo"):
-        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
-        ws.write(f"src/{name}/lib/util.sh", "util\n")
+    write_chain(ws, {"base": {"source": "src/base", "run": base_run}})
 
 
 def _recorded_first_run(ws, *args: str) -> None:
@@ -234,3 +225,30 @@ def test_partial_rollouts_run_exactly_the_edited_components_and_their_dependents
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert ran(ws) == sorted(f"command/c{i}" for i in _downstream(deps, edited))
         assert not _compiled_everything(ws)
+
+
+def test_a_tree_shared_by_two_deployments_is_decided_in_both(ws):
+    """Several labels run as one graph; a source tree used by a component
+    of each makes both dirty, and nothing else runs."""
+    for package in ("api", "web"):
+        ws.write(f"{package}/deployment.yaml", json.dumps({"deployment": {
+            "targets": {"dev": {}},
+            "components": {"command": {
+                "shared": {"source": "src/shared", "run": RECORD},
+                "own": {"source": f"src/{package}", "run": RECORD,
+                        "metadata": {"depends_on": ["command/shared"]}},
+            }}}}))
+        ws.write(f"src/{package}/main.sh", f"{package}\n")
+    ws.write("src/shared/lib.sh", "shared\n")
+    time.sleep(SETTLE)
+    assert ws.run("rollout", "//...:dev").returncode == 0
+    assert len(ran(ws)) == 4
+    _forget_structure(ws)
+    ws.write("src/shared/lib.sh", "shared v2\n")
+    proc = ws.run("rollout", "//...:dev")
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ["command/own", "command/own", "command/shared", "command/shared"]
+    assert not _compiled_everything(ws)
+    ws.write("src/web/main.sh", "web v2\n")
+    assert ws.run("rollout", "//...:dev").returncode == 0
+    assert ran(ws) == ["command/own"] and not _compiled_everything(ws)

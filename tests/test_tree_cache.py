@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from atmosbuild.state.files import FileDigester, load_trees, save_trees
+from atmosbuild.state.files import FileDigester, load_trees, save_trees, signature
 
 
 def _later() -> int:
@@ -230,5 +230,48 @@ def test_an_up_to_date_record_never_survives_a_change_to_its_trees(edits):
                 changed = changed_paths(record)
                 assert changed
                 assert dirty_nodes(record, str(root), changed) == {"command/x"}
+    finally:
+        shutil.rmtree(root)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), workers=st.integers(2, 4),
+       changes=st.lists(st.tuples(st.integers(0, 59), st.sampled_from(["edit", "remove", "touch"])),
+                        max_size=8))
+def test_the_record_check_finds_the_same_changes_in_helper_processes(n, workers, changes):
+    """changed_signatures shares big checks with forked helpers: whatever
+    moved, and however the paths are shared out, the answer is the one a
+    single pass gives, in the same order."""
+    from atmosbuild.state import files as files_mod
+
+    root = Path(tempfile.mkdtemp())
+    try:
+        paths = []
+        for i in range(n):
+            path = root / f"f{i}"
+            path.write_bytes(b"x" * i)
+            paths.append(str(path))
+        sigs = tuple(signature(os.lstat(p)) for p in paths)
+        expected = set()
+        for index, kind in changes:
+            if index >= n or not os.path.exists(paths[index]):
+                continue
+            if kind == "remove":
+                os.unlink(paths[index])
+            elif kind == "edit":
+                with open(paths[index], "ab") as fh:
+                    fh.write(b"more")
+            else:
+                os.utime(paths[index], ns=(1, 1))
+            expected.add(paths[index])
+        serial = files_mod.changed_signatures(paths, sigs, workers=1)
+        forked = files_mod._changed_forked([(paths, sigs, False)], workers)
+        # Two groups, as the up-to-date record checks them (the second by stat).
+        half = n // 2
+        groups = [(paths[half:], sigs[half:], False), (paths[:half], sigs[:half], True)]
+        twice = files_mod._changed_forked(groups, workers)
+        assert serial == forked == [p for p in paths if p in expected]
+        assert twice == [p for p in paths[half:] + paths[:half] if p in expected]
+        assert files_mod.changed_in(groups, workers=1) == twice
     finally:
         shutil.rmtree(root)

@@ -15,25 +15,10 @@ import time
 
 import pytest
 
-from conftest import RECORD, ran
+from conftest import RECORD, ran, write_chain
 from atmosbuild.run.lock import lock_path
 
 SETTLE = 2.1
-
-
-def _deployment(ws, extra: dict | None = None) -> None:
-    comps = {
-        "base": {"source": "src/base", "run": RECORD},
-        "app": {"source": "src/app", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
-        "edge": {"run": RECORD, "metadata": {"depends_on": ["command/app"]}},
-        "solo": {"source": "src/solo", "run": RECORD},
-        **(extra or {}),
-    }
-    ws.write("app/deployment.yaml", json.dumps(
-        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
-    for name in ("base", "app", "solo"):
-        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
-        ws.write(f"src/{name}/lib/util.sh", "util\n")
 
 
 def _settled_first_run(ws, *args: str) -> None:
@@ -54,7 +39,7 @@ def _normalized(stdout: str) -> str:
 
 @pytest.mark.parametrize("args", [("-j1", "--schedule", "waves"), ("-j2", "--schedule", "eager")])
 def test_a_settled_no_op_compiles_nothing_and_prints_what_the_full_path_prints(ws, args):
-    _deployment(ws)
+    write_chain(ws)
     _settled_first_run(ws, *args)
     assert len(_records(ws)) == 1
     for cached in (ws.state / "cache").glob("structure-*"):
@@ -89,7 +74,7 @@ CHANGES = {
     "applied row gone": (_drop_applied_row, ["command/app"]),
     "state cleaned": (lambda ws: ws.run("clean", "--cache"),
                       ["command/app", "command/base", "command/edge", "command/solo"]),
-    "deployment edited": (lambda ws: _deployment(ws, {"solo": {"source": "src/solo", "run": RECORD + "; true"}}),
+    "deployment edited": (lambda ws: write_chain(ws, {"solo": {"source": "src/solo", "run": RECORD + "; true"}}),
                           ["command/solo"]),
     "one component forced since": (lambda ws: ws.run("rollout", "//app:dev", "--only", "command/app", "--force")
                                    and ran(ws), []),
@@ -98,7 +83,7 @@ CHANGES = {
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
 def test_any_change_behind_a_record_is_seen(ws, change):
-    _deployment(ws)
+    write_chain(ws)
     _settled_first_run(ws)
     assert _records(ws)
     apply, expected = CHANGES[change]
@@ -111,7 +96,7 @@ def test_any_change_behind_a_record_is_seen(ws, change):
 
 
 def test_a_cache_false_component_is_never_recorded_and_always_runs(ws):
-    _deployment(ws, {"always": {"run": RECORD, "cache": False}})
+    write_chain(ws, {"always": {"run": RECORD, "cache": False}})
     _settled_first_run(ws)
     assert _records(ws) == []
     ws.run("rollout", "//app:dev")
@@ -119,7 +104,7 @@ def test_a_cache_false_component_is_never_recorded_and_always_runs(ws):
 
 
 def test_the_lock_holds_for_an_up_to_date_rollout_too(ws):
-    _deployment(ws)
+    write_chain(ws)
     _settled_first_run(ws)
     fd = os.open(lock_path(str(ws.state), "app", "dev"), os.O_RDWR)
     try:
@@ -135,7 +120,7 @@ def test_sources_too_new_when_a_rollout_began_are_read_again_at_its_end(ws):
     """As git re-hashes racily clean entries: files written just before a
     rollout cannot be trusted when it starts, but if they have settled and
     still hold the planned bytes when it ends, the record is written."""
-    _deployment(ws, {"slow": {"run": ["sleep", str(SETTLE)]}})
+    write_chain(ws, {"slow": {"run": ["sleep", str(SETTLE)]}})
     proc = ws.run("rollout", "//app:dev", "-j1")  # no settling first
     assert proc.returncode == 0 and len(ran(ws)) == 4
     assert len(_records(ws)) == 1
@@ -152,7 +137,7 @@ def test_a_source_changed_while_its_rollout_ran_runs_again(ws, settle_first):
     at the end sees other bytes than planned, so there is no record."""
     # Edited early, then left to settle: only the bytes tell it changed.
     edit = f'{RECORD}; echo edited-meanwhile >> "$ATMOS_ROOT/src/solo/main.sh"; sleep {SETTLE}'
-    _deployment(ws, {"solo": {"source": "src/solo", "run": edit}})
+    write_chain(ws, {"solo": {"source": "src/solo", "run": edit}})
     if settle_first:
         time.sleep(SETTLE)
     ws.run("rollout", "//app:dev", "-j1")
@@ -163,7 +148,7 @@ def test_a_source_changed_while_its_rollout_ran_runs_again(ws, settle_first):
     assert ran(ws) == ["command/solo"]
 
 
-def _inputs_deployment(ws, patterns) -> None:
+def _inputswrite_chain(ws, patterns) -> None:
     comps = {"gen": {"run": RECORD, "inputs": patterns}, "after": {"run": RECORD}}
     ws.write("app/deployment.yaml", json.dumps(
         {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
@@ -187,7 +172,7 @@ INPUT_CHANGES = {
 @pytest.mark.parametrize("change", sorted(INPUT_CHANGES))
 def test_inputs_globs_are_recorded_and_any_change_to_their_matches_is_seen(ws, change):
     patterns, apply, expected = INPUT_CHANGES[change]
-    _inputs_deployment(ws, patterns)
+    _inputswrite_chain(ws, patterns)
     _settled_first_run(ws)
     assert len(_records(ws)) == 1
     for cached in (ws.state / "cache").glob("structure-*"):
@@ -201,7 +186,7 @@ def test_inputs_globs_are_recorded_and_any_change_to_their_matches_is_seen(ws, c
 
 def test_inputs_below_a_symlinked_directory_are_never_recorded(ws):
     """glob may follow the link into a tree whose changes nothing here sees."""
-    _inputs_deployment(ws, ["tools/**/*.py"])
+    _inputswrite_chain(ws, ["tools/**/*.py"])
     (ws.root / "tools/linked").symlink_to(ws.root / "tools/sub")
     _settled_first_run(ws)
     assert _records(ws) == []

@@ -23,6 +23,7 @@ import marshal
 import operator
 import os
 import stat as stat_mod
+import threading
 import time
 from typing import Callable, Iterable
 
@@ -65,10 +66,91 @@ def signatures_unchanged(paths, sigs, *, follow: bool = False) -> bool:
     return True
 
 
-def changed_signatures(paths, sigs, *, follow: bool = False) -> list[str]:
-    """The paths whose signature moved (or that are gone), in order: the
-    same C-level pass as signatures_unchanged, then path by path only inside
-    a chunk that differs."""
+# Checking a few thousand signatures is worth a second process: each lstat
+# from Python costs twice the syscall (the stat_result it builds holds the
+# GIL, so threads do not help); git's preload-index does the same with threads.
+PARALLEL_MIN = 4096  # paths per worker
+
+
+def changed_signatures(paths, sigs, *, follow: bool = False, workers: int | None = None) -> list[str]:
+    """The paths whose signature moved (or that are gone), in order."""
+    return changed_in([(paths, sigs, follow)], workers=workers)
+
+
+def changed_in(groups, *, workers: int | None = None) -> list[str]:
+    """changed_signatures over several (paths, sigs, follow) groups at once.
+
+    `workers`: how many processes share the work (default: one per CPU we
+    may run on, each with at least PARALLEL_MIN paths). Helpers are forked
+    only while this process has no other thread, and anything that goes
+    wrong with one means its share is checked here."""
+    if workers is None:
+        workers = min(_cpus(), sum(len(group[0]) for group in groups) // PARALLEL_MIN)
+    if workers > 1 and hasattr(os, "fork") and threading.active_count() == 1:
+        return _changed_forked(groups, workers)
+    return [path for paths, sigs, follow in groups for path in _changed(paths, sigs, follow)]
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _share(groups, part: int, workers: int, indices: bool = False) -> list:
+    """Worker `part`'s slice of every group, checked: paths, or (group, index)."""
+    out = []
+    for number, (paths, sigs, follow) in enumerate(groups):
+        size = -(-len(paths) // workers)
+        start = part * size
+        found = _changed(paths[start:start + size], sigs[start:start + size], follow, indices)
+        out += [(number, start + i) for i in found] if indices else found
+    return out
+
+
+def _changed_forked(groups, workers: int) -> list[str]:
+    helpers = []
+    for part in range(1, workers):
+        try:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+        except OSError:
+            helpers.append((part, None, None))
+            continue
+        if pid == 0:  # the helper: its share, as indices, then leave at once
+            code = 1
+            try:
+                os.close(read_fd)
+                found = _share(groups, part, workers, indices=True)
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(marshal.dumps(found))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        helpers.append((part, pid, read_fd))
+    shares = {0: _share(groups, 0, workers, indices=True)}
+    for part, pid, read_fd in helpers:
+        found = None
+        if pid is not None:
+            with os.fdopen(read_fd, "rb") as result:
+                data = result.read()
+            _, status = os.waitpid(pid, 0)
+            if status == 0:
+                try:
+                    found = [(number, index) for number, index in marshal.loads(data)]
+                except (ValueError, EOFError, TypeError):
+                    found = None
+        shares[part] = found if found is not None else _share(groups, part, workers, indices=True)
+    # In the order a single pass gives: group by group, path by path.
+    hits = sorted(hit for found in shares.values() for hit in found)
+    return [groups[number][0][index] for number, index in hits]
+
+
+def _changed(paths, sigs, follow: bool, indices: bool = False) -> list:
+    """The serial check: one C-level pass per chunk, then path by path only
+    inside a chunk that differs. `indices`: positions instead of paths."""
     stat = os.stat if follow else os.lstat
     out = []
     for start in range(0, len(paths), CHUNK):
@@ -79,13 +161,13 @@ def changed_signatures(paths, sigs, *, follow: bool = False) -> list[str]:
                 continue
         except OSError:
             pass
-        for path, sig in zip(chunk, want):
+        for offset, (path, sig) in enumerate(zip(chunk, want)):
             try:
                 same = signature(stat(path)) == tuple(sig)
             except OSError:
                 same = False
             if not same:
-                out.append(path)
+                out.append(start + offset if indices else path)
     return out
 
 
