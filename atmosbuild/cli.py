@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import sys
 
 import click
@@ -335,6 +334,8 @@ def convert(file, to):
 @click.pass_context
 def clean(ctx, workspaces, cache, all_):
     """Remove state (refused while a rollout holds a lock)."""
+    import shutil  # (only here: every other command starts faster without it)
+
     from .run.lock import held_locks
 
     if not (workspaces or cache or all_):

@@ -152,3 +152,27 @@ def test_lines_from_many_threads_never_interleave():
     lines = out.getvalue().splitlines()
     assert len(lines) == 800
     assert all(line.startswith("[command/") and line.endswith("x" * 50) for line in lines)
+
+
+def test_cached_lines_are_written_together_and_in_order():
+    """Thousands of `cached` lines go out in one write, but never after a
+    line that came later, on either stream."""
+    shared = io.StringIO()
+    c = Console(shared, shared, prefix=False, live=False, color=False)
+    c.finished("a", "cached", 0.0)
+    c.finished("b", "cached", 0.0)
+    assert shared.getvalue() == ""  # held back...
+    c.failure("x", "exit 1", "log", [])  # ...until the next line of another kind
+    c.finished("c", "cached", 0.0)
+    c.flush()
+    assert shared.getvalue().splitlines() == ["[a] cached", "[b] cached", "FAILED: x: exit 1", "  log: log",
+                                              "[c] cached"]
+
+
+def test_held_back_cached_lines_are_bounded():
+    from atmosbuild.run.ui import PENDING_MAX
+
+    c, out, _ = console(live=False)
+    for i in range(PENDING_MAX):
+        c.finished(f"n{i}", "cached", 0.0)
+    assert out.getvalue().count("cached") == PENDING_MAX

@@ -13,8 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-APPLY = "apply"  # changes the world: skipped only if this key was last applied here
-BUILD = "build"  # pure: any earlier success with the same key is reused
+from ..state.store import APPLY, BUILD  # noqa: F401 (the modes, re-exported for types)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import marshal
 import os
-from pathlib import Path
 from typing import Callable
 
 import xxhash
@@ -38,11 +37,12 @@ def code_stamp(*modules: str) -> str:
     return "|".join(parts)
 
 
-def cache_dir() -> Path | None:
+def cache_dir() -> str | None:
+    # (os.path, not pathlib: pathlib costs every command ~5 ms of imports)
     if os.environ.get("ATMOS_NO_CACHE"):
         return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "atmosbuild" / "documents"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "atmosbuild", "documents")
 
 
 class _LazyLocate:
@@ -64,9 +64,10 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
         return parse(text, file)
     stamp = code_stamp("config/yaml.py", "config/dsl.py", "config/document.py")
     digest = xxhash.xxh3_128_hexdigest(f"{stamp}\0{kind}\0{text}".encode("utf-8", "surrogatepass"))
-    entry = directory / f"{digest}.marshal"
+    entry = os.path.join(directory, f"{digest}.marshal")
     try:
-        data = marshal.loads(entry.read_bytes())
+        with open(entry, "rb") as fh:
+            data = marshal.loads(fh.read())
     except (OSError, ValueError, EOFError, TypeError):
         data = None
     if data is not None:
@@ -77,17 +78,21 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
     return doc
 
 
-def _store(directory: Path, entry: Path, data) -> None:
+def _store(directory: str, entry: str, data) -> None:
     try:
         blob = marshal.dumps(data)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(blob)
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{entry[:-len('.marshal')]}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
         os.replace(tmp, entry)
-        entries = list(directory.glob("*.marshal"))
+        entries = [e for e in os.scandir(directory) if e.name.endswith(".marshal")]
         if len(entries) > MAX_ENTRIES:
-            entries.sort(key=lambda p: p.stat().st_mtime)
+            entries.sort(key=lambda e: e.stat().st_mtime)
             for old in entries[: len(entries) - MAX_ENTRIES]:
-                old.unlink(missing_ok=True)
+                try:
+                    os.unlink(old.path)
+                except FileNotFoundError:
+                    pass
     except (OSError, ValueError):
         pass  # an unwritable or full cache only costs speed

@@ -17,11 +17,9 @@ import pickle
 
 import xxhash
 
-from ..config.document import Document
-from ..config.doccache import _LazyLocate, code_stamp
+from ..config.doccache import code_stamp
 from ..config.labels import Label
-from ..config.workspace import _parse_dsl, package_file
-from ..config.yaml import parse_yaml
+from ..config.workspace import package_file
 
 KEEP = 8  # cached structures kept per workspace
 # Modules whose classes or logic shape what is pickled: a change to any of
@@ -144,8 +142,13 @@ class NodePack:
         return hit
 
 
-def picklable_document(doc: Document) -> Document:
+def picklable_document(doc):
     """The parts of a document errors need, re-parsed lazily when used."""
+    from ..config.doccache import _LazyLocate
+    from ..config.document import Document
+    from ..config.workspace import _parse_dsl
+    from ..config.yaml import parse_yaml
+
     parse = _parse_dsl if doc.kind == "dsl" else parse_yaml
     return Document(data={}, file=doc.file, text=doc.text,
                     locate=_LazyLocate(parse, doc.text, doc.file), kind=doc.kind)

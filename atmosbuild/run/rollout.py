@@ -87,6 +87,7 @@ class Rollout(ScheduleHooks):
 
     def run(self) -> int:
         with ExitStack() as stack:
+            stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
                 spec = self.graph.specs[label]
                 stack.enter_context(deployment_lock(

@@ -40,7 +40,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, NamedTuple, Sequence
 
 from atmosbuild.graph.dag import Dag, critical_path
 from atmosbuild.run.events import (
@@ -101,8 +101,7 @@ class ScheduleHooks:
         """`node` will never run: a failure upstream, or fail-fast."""
 
 
-@dataclass(frozen=True)
-class NodeOutcome:
+class NodeOutcome(NamedTuple):  # (a tuple: one per node, built at the end of every rollout)
     status: str  # one of STATUSES
     reason: str = ""  # set for failed, skipped and cancelled nodes
     finished: Finished | None = None  # the runner's event, for nodes that ran

@@ -33,6 +33,9 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+PENDING_MAX = 512  # cached lines held back at most
+
+
 class Console:
     """Thread-safe writer of component output, status lines and the summary."""
 
@@ -55,6 +58,7 @@ class Console:
         self.color = (tty and not os.environ.get("NO_COLOR")) if color is None else color
         self._lock = threading.Lock()
         self._status = ""  # the live line currently on screen, "" if none
+        self._pending: list[str] = []  # cached lines not written yet
 
     # -- plain output -------------------------------------------------------
 
@@ -73,11 +77,17 @@ class Console:
 
     def finished(self, node: str, status: str, duration: float, message: str = "") -> None:
         line = f"[{node}] {self._paint(status)}"
+        if status == "cached" and not message:
+            # They come in bursts of thousands: written together, before the
+            # next line of any other kind (or PENDING_MAX of them), not one by one.
+            with self._lock:
+                self._pending.append(line)
+                if len(self._pending) >= PENDING_MAX:
+                    self._write_pending()
+            return
         if status not in ("cached", "skipped"):  # those took no time of their own
             line += f" in {duration:.1f} s"
-        # Cached lines come in bursts of thousands: flushed with the next line
-        # that is (every other line is), not one write each.
-        self._write(self.stream, f"{line}: {message}" if message else line, flush=status != "cached")
+        self._write(self.stream, f"{line}: {message}" if message else line)
 
     def failure(self, node: str, message: str, log_path: str, tail_lines: Sequence[str]) -> None:
         """The failure with the last lines of its log, on the error stream."""
@@ -110,20 +120,34 @@ class Console:
         if len(text) > width:
             text = text[: max(width - 3, 0)] + "..."
         with self._lock:
+            self._write_pending()
             self._status = text
             self.stream.write("\r" + text + "\x1b[K" if text else _ERASE)
             self.stream.flush()
 
     # -- internals ----------------------------------------------------------
 
-    def _write(self, stream: TextIO, text: str, flush: bool = True) -> None:
+    def flush(self) -> None:
+        """Write out what is held back (cached lines)."""
         with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:  # (under the lock)
+        if self._pending:
             self._clear_status()
-            if stream is not self.stream:  # keep the two streams in order
+            self.stream.write("\n".join(self._pending) + "\n")
+            self.stream.flush()
+            self._pending.clear()
+            if self._status:
+                self.stream.write(self._status)
                 self.stream.flush()
+
+    def _write(self, stream: TextIO, text: str) -> None:
+        with self._lock:
+            self._write_pending()
+            self._clear_status()
             stream.write(text + "\n")
-            if flush:
-                stream.flush()
+            stream.flush()
             if self._status:
                 self.stream.write(self._status)
                 self.stream.flush()

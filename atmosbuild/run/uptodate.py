@@ -40,11 +40,11 @@ from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
 
-from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..graph.dag import Dag
 from ..state.files import FileDigester, changed_in, file_digest, signature
+from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
 VERSION = 3
