@@ -252,3 +252,64 @@ def test_a_tree_shared_by_two_deployments_is_decided_in_both(ws):
     ws.write("src/web/main.sh", "web v2\n")
     assert ws.run("rollout", "//...:dev").returncode == 0
     assert ran(ws) == ["command/own"] and not _compiled_everything(ws)
+
+
+def _record_files(ws) -> tuple[dict, dict]:
+    cache = ws.state / "cache"
+    whole = {p.name: p.stat().st_mtime_ns for p in cache.glob("uptodate-*.marshal")}
+    deltas = {p.name: p.read_bytes() for p in cache.glob("uptodate-*.delta")}
+    return whole, deltas
+
+
+def test_an_edit_writes_a_small_delta_and_a_new_file_rewrites_the_record(ws):
+    """An edit moves only signatures: the record is not rewritten (30,000
+    signatures at 5,000 components), a delta beside it is. An entry added
+    changes the record's paths: it is written whole, and the delta it
+    replaces no longer applies."""
+    _chain(ws)
+    _recorded_first_run(ws)
+    whole, deltas = _record_files(ws)
+    assert len(whole) == 1 and deltas == {}
+    for round_ in range(2):  # deltas accumulate
+        ws.write("src/base/lib/util.sh", f"util v{round_}\n")
+        assert ws.run("rollout", "//app:dev").returncode == 0
+        assert ran(ws) == ["command/app", "command/base", "command/edge"]
+        now, deltas = _record_files(ws)
+        assert now == whole and len(deltas) == 1
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == [] and not _compiled_everything(ws)
+    ws.write("src/solo/lib/util.sh", "util v2\n")  # an edit on top of the delta
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/solo"]
+    time.sleep(SETTLE)  # (a new directory entry is recorded only once it is settled)
+    ws.write("src/solo/new.sh", "new\n")
+    time.sleep(SETTLE)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/solo"] and not _compiled_everything(ws)
+    now, _ = _record_files(ws)
+    assert now != whole  # written whole
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == [] and not _compiled_everything(ws)  # the old delta no longer applies
+
+
+def test_a_delta_for_another_record_file_is_ignored(ws):
+    """A delta names the record file it was made on; a crash between
+    writing a record whole and the next delta can leave one that does not
+    match, and it must not be applied to the new record."""
+    _chain(ws)
+    _recorded_first_run(ws)
+    ws.write("src/base/main.sh", "echo base v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    ran(ws)
+    cache = ws.state / "cache"
+    [delta] = cache.glob("uptodate-*.delta")
+    saved = delta.read_bytes()
+    time.sleep(SETTLE)
+    ws.write("src/base/new.sh", "new\n")  # base moves on, and the record is written whole
+    time.sleep(SETTLE)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app", "command/base", "command/edge"]
+    delta.write_bytes(saved)  # an old delta comes back: its rows are base's old ones
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    # Applied, it would claim rows the store no longer holds: the full path.
+    assert ran(ws) == [] and not _compiled_everything(ws)

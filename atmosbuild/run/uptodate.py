@@ -47,7 +47,7 @@ from ..state.files import FileDigester, changed_in, file_digest, signature
 from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
-VERSION = 3
+VERSION = 4
 KEEP = 8  # records kept per workspace (one per selection)
 # Modules whose logic decides "up to date"; with the structure cache's own.
 DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
@@ -93,10 +93,26 @@ class Record:
     root_sigs: tuple
     paths: tuple[str, ...]  # everything below them and every inputs match (lstat)
     sigs: tuple
-    racy: tuple  # (path, signature, digest): files too new to trust by signature alone
+    racy: tuple  # (path, signature, digest): paths above too new to trust by signature alone
     watched: frozenset  # the paths above recorded for `inputs` globs
     applied: dict[tuple[str, str], dict[str, tuple]]  # (deployment, target) -> cid -> (key, result, duration)
     build_keys: tuple[str, ...]
+    # The file it was read from, and the delta (see save_delta) applied on top.
+    token: str = ""
+    delta: Delta | None = None
+
+
+@dataclass
+class Delta:
+    """What partial rollouts changed in a record since it was written whole:
+    new signatures of existing paths, the racy entries now, applied rows."""
+
+    sigs: dict = field(default_factory=dict)  # path -> signature
+    racy: tuple = ()
+    rows: dict = field(default_factory=dict)  # (deployment, target) -> cid -> row
+
+
+DELTA_MAX = 4096  # signatures a delta holds before the record is written whole again
 
 
 class Keys(NamedTuple):
@@ -121,10 +137,13 @@ def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
 
 
 # On disk: one marshal file per record (plain tuples and dicts, the fastest
-# format Python reads and writes).
+# format Python reads and writes), written whole, plus a small delta file a
+# partial rollout writes when only file contents moved (an edit), so an edit
+# does not rewrite 30,000 signatures. The delta names the record file it
+# applies to (its token); one that does not match is ignored.
 
-def _path(state_dir: str, key: str) -> str:
-    return os.path.join(state_dir, "cache", f"uptodate-{key}.marshal")
+def _path(state_dir: str, key: str, part: str = "marshal") -> str:
+    return os.path.join(state_dir, "cache", f"uptodate-{key}.{part}")
 
 
 def load(state_dir: str, keys: Keys | None) -> Record | None:
@@ -132,12 +151,31 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
         return None
     try:
         with open(_path(state_dir, keys.record), "rb") as fh:
-            version, graph, *fields = marshal.loads(fh.read())
+            version, token, graph, *fields = marshal.loads(fh.read())
         if version != VERSION:
             return None
-        return Record(_graph_from(graph), *fields)
+        record = Record(_graph_from(graph), *fields, token=token)
     except Exception:  # missing, truncated, from other code: the full path
         return None
+    try:
+        with open(_path(state_dir, keys.record, "delta"), "rb") as fh:
+            version, token, sigs, racy, rows = marshal.loads(fh.read())
+        if version != VERSION or token != record.token:
+            return record
+    except Exception:  # none, or torn: the record as written whole
+        return record
+    index = {path: i for i, path in enumerate(record.paths)}
+    if any(path not in index for path in sigs):
+        return None
+    updated_sigs = list(record.sigs)
+    for path, sig in sigs.items():
+        updated_sigs[index[path]] = sig
+    record.sigs = tuple(updated_sigs)
+    record.racy = racy
+    for place, cids in rows.items():
+        record.applied[place].update(cids)
+    record.delta = Delta(sigs, racy, rows)
+    return record
 
 
 def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
@@ -145,28 +183,51 @@ def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
         return
     path = _path(state_dir, keys.record)
     if record is None:  # this selection cannot be recorded (now): drop an old record
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for stale in (path, _path(state_dir, keys.record, "delta")):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
         return
+    try:
+        fields = [getattr(record, f.name) for f in dataclass_fields(Record)
+                  if f.name not in ("graph", "token", "delta")]
+        token = os.urandom(8).hex()
+        _write(path, marshal.dumps((VERSION, token, _graph_data(record.graph), *fields)))
+        entries = sorted((e for e in os.scandir(os.path.dirname(path))
+                          if e.name.startswith("uptodate-") and e.name.endswith(".marshal")),
+                         key=lambda e: e.stat().st_mtime)
+        for old in entries[:-KEEP]:
+            os.unlink(old.path)
+            try:
+                os.unlink(old.path[:-len("marshal")] + "delta")
+            except FileNotFoundError:
+                pass
+    except (OSError, ValueError):  # an unwritable cache only costs speed
+        pass
+
+
+def save_delta(state_dir: str, keys: Keys, record: Record, delta: Delta) -> None:
+    try:
+        _write(_path(state_dir, keys.record, "delta"),
+               marshal.dumps((VERSION, record.token, delta.sigs, delta.racy, delta.rows)))
+    except (OSError, ValueError):
+        pass
+
+
+def _write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        fields = [getattr(record, f.name) for f in dataclass_fields(Record) if f.name != "graph"]
-        data = marshal.dumps((VERSION, _graph_data(record.graph), *fields))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-        entries = sorted((e for e in os.scandir(os.path.dirname(path)) if e.name.startswith("uptodate-")),
-                         key=lambda e: e.stat().st_mtime)
-        for old in entries[:-KEEP]:
-            os.unlink(old.path)
-    except (OSError, ValueError):  # an unwritable cache only costs speed
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
 
 
 def _graph_data(graph: RecordedGraph) -> tuple:
@@ -198,6 +259,7 @@ class _Paths:
     root_sigs: list = field(default_factory=list)
     files: list = field(default_factory=list)  # (path, signature)
     racy: list = field(default_factory=list)  # (path, signature, digest)
+    regular: set = field(default_factory=set)  # the regular files among `files`
     watched: set = field(default_factory=set)
 
 
@@ -254,18 +316,18 @@ def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:
         return False
     out.roots.append(paths[0])
     out.root_sigs.append(sigs[0])
+    base = paths[0]
+    digests = {f"{base}/{rel}": digest for rel, kind, digest, _ in tree[4] if kind == "f"}
+    out.regular.update(digests)
     if tree[0]:
         out.files.extend(zip(paths[1:], sigs[1:]))
         return True
-    base = paths[0]
-    digests = {f"{base}/{rel}": digest for rel, kind, digest, _ in tree[4] if kind == "f"}
     for path, sig in zip(paths[1:], sigs[1:]):
-        if not settled.racy_signature(sig):
-            out.files.append((path, sig))
-        elif path in digests:
-            out.racy.append((path, sig, digests[path]))
-        else:  # a directory or link just changed: its entries cannot be checked by content
-            return False
+        if settled.racy_signature(sig):
+            if path not in digests:  # a directory or link just changed: no bytes to check
+                return False
+            out.racy.append((path, sig, digests[path]))  # checked by its bytes as well
+        out.files.append((path, sig))
     return True
 
 
@@ -367,14 +429,14 @@ def record_after(state_dir: str, keys: Keys | None, graph, trees: dict, store, r
 def changed_paths(record: Record) -> list[str]:
     """Every recorded path that no longer is what the record says."""
     out = changed_in([(record.roots, record.root_sigs, True), (record.paths, record.sigs, False)])
-    for path, sig, digest in record.racy:
+    for path, sig, digest in record.racy:  # (their signatures are among the paths' too)
         try:
             same = signature(os.lstat(path)) == sig and file_digest(path) == digest
         except OSError:
             same = False
         if not same:
             out.append(path)
-    return out
+    return list(dict.fromkeys(out))
 
 
 def dirty_nodes(record: Record, root: str, changed: list[str]) -> set[str] | None:
@@ -405,35 +467,68 @@ def dirty_nodes(record: Record, root: str, changed: list[str]) -> set[str] | Non
     return dirty
 
 
-def updated(record: Record, dirty: set[str], trees: dict, rollout: "RecordedRollout",
-            root: str) -> Record | None:
-    """The record after a partial rollout left everything up to date: the
-    trees of the dirty nodes as their keys saw them (`trees`, the tree cache
-    of that rollout), everything else as it was, the store's rows now (as
-    read under the locks, with the rows of the nodes it decided read again)."""
+def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], changed: list[str],
+                   trees: dict, rollout: "RecordedRollout", root: str) -> None:
+    """Bring the record along after a partial rollout left everything up to
+    date (call it under the locks): the trees of the dirty nodes as their keys
+    saw them (`trees`, that rollout's tree cache), everything else as it was,
+    the store's rows as read under the locks with the decided ones read
+    again. When only files' contents moved, that is a delta; else the record
+    is written whole."""
     sources = {record.graph.nodes[nid].source for nid in dirty}
-    bases = tuple(root if source == "." else f"{root}/{source}" for source in sources)
-    under = tuple(base + "/" for base in bases)
+    bases = frozenset(root if source == "." else f"{root}/{source}" for source in sources)
     out = _Paths(watched=set(record.watched))
     settled = FileDigester(root, cache={})
-    for source in sorted(sources):
-        if not _add_tree(out, source, trees.get(source), settled):
-            return None
+    try:
+        if not all(_add_tree(out, source, trees.get(source), settled) for source in sorted(sources)):
+            save(state_dir, keys, None)
+            return
+    except OSError:  # a source vanished meanwhile: no record
+        save(state_dir, keys, None)
+        return
+    rows: dict[tuple[str, str], dict[str, tuple]] = {}
+    decided: dict[tuple[str, str], list[str]] = {}
+    for nid in rollout.decisions:
+        node = rollout.graph.nodes[nid]
+        decided.setdefault((node.deployment, node.target), []).append(node.cid)
+    for place, cids in decided.items():
+        rows[place] = {cid: (row.key, row.result, row.duration)
+                       for cid, row in rollout.store.snapshot(*place, components=cids).applied.items()}
+    builds = any(rollout.graph.nodes[nid].mode == BUILD for nid in rollout.decisions)
+    delta = None if builds else _delta(record, out, rows, changed, bases)
+    if delta is not None:
+        save_delta(state_dir, keys, record, delta)
+        return
+    under = tuple(base + "/" for base in bases)
     keep_roots = [(path, sig) for path, sig in zip(record.roots, record.root_sigs) if path not in bases]
     out.roots += [path for path, _ in keep_roots]
     out.root_sigs += [sig for _, sig in keep_roots]
     out.files += [(path, sig) for path, sig in zip(record.paths, record.sigs)
                   if not path.startswith(under)]
     out.racy += [entry for entry in record.racy if not entry[0].startswith(under)]
-    summaries = {place: dict(rows) for place, rows in rollout.rows.items()}
-    decided: dict[tuple[str, str], list[str]] = {}
-    for nid in rollout.decisions:
-        node = rollout.graph.nodes[nid]
-        decided.setdefault((node.deployment, node.target), []).append(node.cid)
-    for place, cids in decided.items():
-        for cid, row in rollout.store.snapshot(*place, components=cids).applied.items():
-            summaries[place][cid] = (row.key, row.result, row.duration)
-    return _finish(record.graph, record.structure, out, rollout.store, summaries)
+    summaries = {place: {**current, **rows.get(place, {})} for place, current in rollout.rows.items()}
+    save(state_dir, keys, _finish(record.graph, record.structure, out, rollout.store, summaries))
+
+
+def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -> Delta | None:
+    """The delta when every changed path is a regular file still in a dirty
+    tree (an edit, a chmod): the record's paths stay as they are. None when
+    an entry was added, removed or renamed (a directory or root moved)."""
+    if not record.token or any(path in bases for path in changed):
+        return None
+    now = dict(out.files)
+    if any(path not in now or path not in out.regular for path in changed):
+        return None
+    before = record.delta or Delta()
+    sigs = {**before.sigs, **{path: now[path] for path in changed}}
+    if len(sigs) > DELTA_MAX:
+        return None
+    under = tuple(base + "/" for base in bases)
+    racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)) + tuple(out.racy)
+    merged = {place: dict(cids) for place, cids in before.rows.items()}
+    for place, cids in rows.items():
+        merged.setdefault(place, {}).update(cids)
+    return Delta(sigs, racy, merged)
 
 
 # -- rolling out from a record ---------------------------------------------------------
@@ -554,18 +649,11 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     rollout = RecordedRollout(root, state_dir, record, store, options, console,
                               compiled, dirty, components)
     if compiled:
-        rollout.on_up_to_date = lambda done: save(
-            state_dir, keys, _updated_or_none(record, dirty, trees, done, root))
+        rollout.on_up_to_date = lambda done: record_partial(
+            state_dir, keys, record, dirty, changed, trees, done, root)
     try:
         return rollout.run()
     except Stale:
         return None
     finally:
         store.close()
-
-
-def _updated_or_none(record, dirty, trees, rollout, root) -> Record | None:
-    try:
-        return updated(record, dirty, trees, rollout, root)
-    except OSError:  # a source vanished meanwhile: no record
-        return None
