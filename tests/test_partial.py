@@ -313,3 +313,29 @@ def test_a_delta_for_another_record_file_is_ignored(ws):
     assert ws.run("rollout", "//app:dev").returncode == 0
     # Applied, it would claim rows the store no longer holds: the full path.
     assert ran(ws) == [] and not _compiled_everything(ws)
+
+
+def _record(ws):
+    from atmosbuild.config.labels import parse_label
+    from atmosbuild.config.workspace import expand
+
+    labels = expand(str(ws.root), [parse_label("//app:dev")])
+    return uptodate.load(str(ws.state), uptodate.record_key(str(ws.state), str(ws.root), labels, []))
+
+
+def test_a_racily_new_file_is_trusted_by_its_signature_once_it_has_settled(ws):
+    """A file edited just before a rollout is recorded with its digest and
+    read again by each check; once a check has read it after it settled, a
+    later write must move its signature, so the next record drops the digest."""
+    _chain(ws)
+    _recorded_first_run(ws)
+    edited = str(ws.root / "src/base/main.sh")
+    ws.write("src/base/main.sh", "echo base v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app", "command/base", "command/edge"]
+    assert [entry[0] for entry in _record(ws).racy] == [edited]
+    time.sleep(SETTLE)
+    ws.write("src/solo/main.sh", "echo solo v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/solo"]
+    assert [entry[0] for entry in _record(ws).racy] == [str(ws.root / "src/solo/main.sh")]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat as stat_mod
+import time
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
@@ -43,7 +44,7 @@ from typing import Callable, NamedTuple
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..graph.dag import Dag
-from ..state.files import FileDigester, changed_in, file_digest, signature
+from ..state.files import RACY_NS, FileDigester, changed_in, file_digest, signature
 from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
@@ -468,7 +469,7 @@ def dirty_nodes(record: Record, root: str, changed: list[str]) -> set[str] | Non
 
 
 def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], changed: list[str],
-                   trees: dict, rollout: "RecordedRollout", root: str) -> None:
+                   trees: dict, rollout: "RecordedRollout", root: str, checked_at: int) -> None:
     """Bring the record along after a partial rollout left everything up to
     date (call it under the locks): the trees of the dirty nodes as their keys
     saw them (`trees`, that rollout's tree cache), everything else as it was,
@@ -477,6 +478,13 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
     is written whole."""
     sources = {record.graph.nodes[nid].source for nid in dirty}
     bases = frozenset(root if source == "." else f"{root}/{source}" for source in sources)
+    under = tuple(base + "/" for base in bases)
+    # Racy entries outside the dirty trees stay, unless they had settled when
+    # this rollout's check read their bytes: any later write moves their
+    # signature, so from here on the signature is enough.
+    settled_by = checked_at - RACY_NS
+    record.racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)
+                        and (entry[1][1] >= settled_by or entry[1][2] >= settled_by))
     out = _Paths(watched=set(record.watched))
     settled = FileDigester(root, cache={})
     try:
@@ -499,13 +507,12 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
     if delta is not None:
         save_delta(state_dir, keys, record, delta)
         return
-    under = tuple(base + "/" for base in bases)
     keep_roots = [(path, sig) for path, sig in zip(record.roots, record.root_sigs) if path not in bases]
     out.roots += [path for path, _ in keep_roots]
     out.root_sigs += [sig for _, sig in keep_roots]
     out.files += [(path, sig) for path, sig in zip(record.paths, record.sigs)
                   if not path.startswith(under)]
-    out.racy += [entry for entry in record.racy if not entry[0].startswith(under)]
+    out.racy += record.racy
     summaries = {place: {**current, **rows.get(place, {})} for place, current in rollout.rows.items()}
     save(state_dir, keys, _finish(record.graph, record.structure, out, rollout.store, summaries))
 
@@ -523,8 +530,7 @@ def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -
     sigs = {**before.sigs, **{path: now[path] for path in changed}}
     if len(sigs) > DELTA_MAX:
         return None
-    under = tuple(base + "/" for base in bases)
-    racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)) + tuple(out.racy)
+    racy = record.racy + tuple(out.racy)
     merged = {place: dict(cids) for place, cids in before.rows.items()}
     for place, cids in rows.items():
         merged.setdefault(place, {}).update(cids)
@@ -617,6 +623,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     record = load(state_dir, keys)
     if record is None:
         return None
+    checked_at = time.time_ns()
     changed = changed_paths(record)
     compiled: dict = {}
     dirty: set[str] = set()
@@ -650,7 +657,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
                               compiled, dirty, components)
     if compiled:
         rollout.on_up_to_date = lambda done: record_partial(
-            state_dir, keys, record, dirty, changed, trees, done, root)
+            state_dir, keys, record, dirty, changed, trees, done, root, checked_at)
     try:
         return rollout.run()
     except Stale:
