@@ -339,3 +339,37 @@ def test_a_racily_new_file_is_trusted_by_its_signature_once_it_has_settled(ws):
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/solo"]
     assert [entry[0] for entry in _record(ws).racy] == [str(ws.root / "src/solo/main.sh")]
+
+
+def test_an_edit_inside_nested_sources_is_pinned_on_every_tree_that_holds_it(ws):
+    _deployment(ws, {
+        "outer": {"source": "src/outer", "run": RECORD},
+        "inner": {"source": "src/outer/inner", "run": RECORD},
+        "other": {"source": "src/other", "run": RECORD},
+    })
+    ws.write("src/outer/top.sh", "top\n")
+    ws.write("src/outer/inner/deep.sh", "deep\n")
+    ws.write("src/other/x.sh", "x\n")
+    _recorded_first_run(ws)
+    ws.write("src/outer/inner/deep.sh", "deep v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/inner", "command/outer"] and not _compiled_everything(ws)
+    ws.write("src/outer/top.sh", "top v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/outer"] and not _compiled_everything(ws)
+
+
+def test_an_edit_behind_a_symlinked_source_directory_is_seen(ws):
+    """A source may be a symlink to a directory elsewhere in the root: the
+    record watches the files through it, so an edit made at the real path
+    is pinned on that source."""
+    _deployment(ws, {"app": {"source": "src/app", "run": RECORD},
+                     "solo": {"source": "src/solo", "run": RECORD}})
+    ws.write("real/app/main.sh", "app\n")
+    ws.write("src/solo/main.sh", "solo\n")
+    (ws.root / "src").mkdir(exist_ok=True)
+    (ws.root / "src/app").symlink_to(ws.root / "real/app")
+    _recorded_first_run(ws)
+    ws.write("real/app/main.sh", "app v2\n")
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ran(ws) == ["command/app"] and not _compiled_everything(ws)
