@@ -13,7 +13,11 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..state.store import APPLY, BUILD  # noqa: F401 (the modes, re-exported for types)
+from ..state.store import APPLY, BUILD
+
+# (the modes are re-exported: component types import them from here)
+__all__ = ["APPLY", "BUILD", "ActionContext", "ComponentType", "Invocation", "parse_json_object",
+           "read_outputs_file", "require_binary"]
 
 
 @dataclass(frozen=True)
