@@ -165,7 +165,7 @@ def test_a_racily_new_file_is_checked_by_its_bytes(tmp_path):
     path = tmp_path / "f.txt"
     path.write_text("one\n")
     sig = signature(os.lstat(path))
-    record = uptodate.Record(graph=None, structure="", roots=(), root_sigs=(), paths=(), sigs=(),
+    record = uptodate.Record(graph=None, roots=(), root_sigs=(), paths=(), sigs=(),
                              racy=((str(path), sig, file_digest(str(path))),), watched=frozenset(),
                              applied={}, build_keys=())
     assert uptodate.changed_paths(record) == []

@@ -222,7 +222,7 @@ def test_an_up_to_date_record_never_survives_a_change_to_its_trees(edits):
             digester = FileDigester(str(root), clock=_later)
             before = digester.tree("src")
             _, paths, sigs, _, _ = digester.trees["src"]
-            record = Record(graph, "", paths[:1], sigs[:1], paths[1:], sigs[1:], (), frozenset(), {}, ())
+            record = Record(graph, paths[:1], sigs[:1], paths[1:], sigs[1:], (), frozenset(), {}, ())
             assert changed_paths(record) == []
             time.sleep(0.01)
             _apply(src, edit, step)
@@ -239,7 +239,7 @@ def test_an_up_to_date_record_never_survives_a_change_to_its_trees(edits):
        changes=st.lists(st.tuples(st.integers(0, 59), st.sampled_from(["edit", "remove", "touch"])),
                         max_size=8))
 def test_the_record_check_finds_the_same_changes_in_helper_processes(n, workers, changes):
-    """changed_signatures shares big checks with forked helpers: whatever
+    """changed_in shares big checks with forked helpers: whatever
     moved, and however the paths are shared out, the answer is the one a
     single pass gives, in the same order."""
     from atmosbuild.state import files as files_mod
@@ -264,7 +264,7 @@ def test_the_record_check_finds_the_same_changes_in_helper_processes(n, workers,
             else:
                 os.utime(paths[index], ns=(1, 1))
             expected.add(paths[index])
-        serial = files_mod.changed_signatures(paths, sigs, workers=1)
+        serial = files_mod.changed_in([(paths, sigs, False)], workers=1)
         forked = files_mod._changed_forked([(paths, sigs, False)], workers)
         # Two groups, as the up-to-date record checks them (the second by stat).
         half = n // 2

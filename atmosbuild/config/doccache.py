@@ -18,6 +18,7 @@ from typing import Callable
 import xxhash
 
 from .. import __version__
+from ..fileops import keep_newest, write_atomic
 from .document import Document
 
 MAX_ENTRIES = 256
@@ -80,19 +81,7 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
 
 def _store(directory: str, entry: str, data) -> None:
     try:
-        blob = marshal.dumps(data)
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{entry[:-len('.marshal')]}.tmp{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, entry)
-        entries = [e for e in os.scandir(directory) if e.name.endswith(".marshal")]
-        if len(entries) > MAX_ENTRIES:
-            entries.sort(key=lambda e: e.stat().st_mtime)
-            for old in entries[: len(entries) - MAX_ENTRIES]:
-                try:
-                    os.unlink(old.path)
-                except FileNotFoundError:
-                    pass
+        write_atomic(entry, marshal.dumps(data))
+        keep_newest(directory, lambda name: name.endswith(".marshal"), MAX_ENTRIES)
     except (OSError, ValueError):
         pass  # an unwritable or full cache only costs speed

@@ -20,6 +20,7 @@ import xxhash
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..config.workspace import package_file
+from ..fileops import keep_newest, write_atomic
 
 KEEP = 8  # cached structures kept per workspace
 # Modules whose classes or logic shape what is pickled: a change to any of
@@ -59,16 +60,11 @@ class StructureCache:
         if key is None or os.environ.get("ATMOS_NO_CACHE"):
             return
         try:
-            os.makedirs(self.dir, exist_ok=True)
-            path = os.path.join(self.dir, f"structure-{key}.pickle")
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
+            write_atomic(os.path.join(self.dir, f"structure-{key}.pickle"),
+                         pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
             self._prune("structure-")
         except Exception:  # an unwritable cache only costs speed
             pass
-
 
     # -- node packs --------------------------------------------------------------
     # The same structure cut per node, for a rollout that compiles only a few
@@ -89,19 +85,11 @@ class StructureCache:
             label, cid = st.where[nid]
             nodes[nid] = pickle.dumps((label, cid, st.resolved[label][cid], configs[nid]),
                                       protocol=pickle.HIGHEST_PROTOCOL)
-        path = self._nodes_path(key)
-        tmp = f"{path}.tmp{os.getpid()}"
         try:
-            os.makedirs(self.dir, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(marshal.dumps((NODES_VERSION, ids, nodes)))
-            os.replace(tmp, path)
+            write_atomic(self._nodes_path(key), marshal.dumps((NODES_VERSION, ids, nodes)))
             self._prune("nodes-")
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        except OSError:  # an unwritable cache only costs speed
+            pass
 
     def load_nodes(self, key: str | None) -> "NodePack | None":
         if key is None or os.environ.get("ATMOS_NO_CACHE"):
@@ -114,10 +102,7 @@ class StructureCache:
         return NodePack(ids, nodes) if version == NODES_VERSION else None
 
     def _prune(self, prefix: str) -> None:
-        entries = sorted((e for e in os.scandir(self.dir) if e.name.startswith(prefix)),
-                         key=lambda e: e.stat().st_mtime)
-        for old in entries[:-KEEP]:
-            os.unlink(old.path)
+        keep_newest(self.dir, lambda name: name.startswith(prefix), KEEP)
 
 
 NODES_VERSION = 1

@@ -6,6 +6,8 @@ import json
 import os
 from datetime import datetime, timezone
 
+from ..fileops import write_atomic
+
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
@@ -14,10 +16,4 @@ def iso(ts: float | None) -> str | None:
 
 
 def write_report(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    write_atomic(os.path.abspath(path), (json.dumps(data, indent=2) + "\n").encode("utf-8"))

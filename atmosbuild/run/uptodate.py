@@ -43,6 +43,7 @@ from typing import Callable, NamedTuple
 
 from ..config.doccache import code_stamp
 from ..config.labels import Label
+from ..fileops import keep_newest, write_atomic
 from ..graph.dag import Dag
 from ..state.files import RACY_NS, FileDigester, changed_in, file_digest, signature
 from ..state.store import BUILD
@@ -88,7 +89,6 @@ class RecordedGraph:
 @dataclass
 class Record:
     graph: RecordedGraph
-    structure: str  # the structure cache key: where the node pack is
     # stat follows a symlink here: each source tree's own directory, each inputs prefix
     roots: tuple[str, ...]
     root_sigs: tuple
@@ -194,14 +194,11 @@ def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
         fields = [getattr(record, f.name) for f in dataclass_fields(Record)
                   if f.name not in ("graph", "token", "delta")]
         token = os.urandom(8).hex()
-        _write(path, marshal.dumps((VERSION, token, _graph_data(record.graph), *fields)))
-        entries = sorted((e for e in os.scandir(os.path.dirname(path))
-                          if e.name.startswith("uptodate-") and e.name.endswith(".marshal")),
-                         key=lambda e: e.stat().st_mtime)
-        for old in entries[:-KEEP]:
-            os.unlink(old.path)
+        write_atomic(path, marshal.dumps((VERSION, token, _graph_data(record.graph), *fields)))
+        for old in keep_newest(os.path.dirname(path),
+                               lambda name: name.startswith("uptodate-") and name.endswith(".marshal"), KEEP):
             try:
-                os.unlink(old.path[:-len("marshal")] + "delta")
+                os.unlink(old[:-len("marshal")] + "delta")
             except FileNotFoundError:
                 pass
     except (OSError, ValueError):  # an unwritable cache only costs speed
@@ -210,25 +207,10 @@ def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
 
 def save_delta(state_dir: str, keys: Keys, record: Record, delta: Delta) -> None:
     try:
-        _write(_path(state_dir, keys.record, "delta"),
+        write_atomic(_path(state_dir, keys.record, "delta"),
                marshal.dumps((VERSION, record.token, delta.sigs, delta.racy, delta.rows)))
     except (OSError, ValueError):
         pass
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _graph_data(graph: RecordedGraph) -> tuple:
@@ -264,7 +246,7 @@ class _Paths:
     watched: set = field(default_factory=set)
 
 
-def make(graph, trees: dict, store, root: str, structure: str) -> Record | None:
+def make(graph, trees: dict, store, root: str) -> Record | None:
     """The record of a rollout that just left every node of `graph` up to
     date (call it under the locks), or None when the selection cannot be
     recorded. `trees` is the tree cache its keys were computed with."""
@@ -296,7 +278,7 @@ def make(graph, trees: dict, store, root: str, structure: str) -> Record | None:
     recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
                                                    for label, spec in graph.specs.items()},
                              nodes, graph.dag)
-    return _finish(recorded, structure, out, store)
+    return _finish(recorded, out, store)
 
 
 def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:
@@ -332,26 +314,23 @@ def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:
     return True
 
 
-def _finish(graph: RecordedGraph, structure: str, out: _Paths, store,
-            summaries: dict | None = None) -> Record | None:
+def _finish(graph: RecordedGraph, out: _Paths, store, summaries: dict | None = None) -> Record | None:
     """`summaries`: (deployment, target) -> store.applied_summary, when the
-    caller has them current."""
-    applied: dict[tuple[str, str], dict[str, tuple]] = {}
+    caller has them current; else they are read here."""
+    if summaries is None:
+        summaries = {(spec.name, label.target): store.applied_summary(spec.name, label.target)
+                     for label, spec in graph.specs.items()}
+    applied: dict[tuple[str, str], dict[str, tuple]] = {place: {} for place in summaries}
     build_keys = []
-    for label, spec in graph.specs.items():
-        place = (spec.name, label.target)
-        summary = summaries[place] if summaries is not None else store.applied_summary(*place)
-        rows = applied.setdefault((spec.name, label.target), {})
-        for node in graph.nodes.values():
-            if (node.deployment, node.target) != (spec.name, label.target):
-                continue
-            row = summary.get(node.cid)
-            if row is None:
-                return None
-            rows[node.cid] = row
-            if node.mode == BUILD:
-                build_keys.append(row[0])
-    return Record(graph, structure, tuple(out.roots), tuple(out.root_sigs),
+    for node in graph.nodes.values():
+        place = (node.deployment, node.target)
+        row = summaries[place].get(node.cid)
+        if row is None:
+            return None
+        applied[place][node.cid] = row
+        if node.mode == BUILD:
+            build_keys.append(row[0])
+    return Record(graph, tuple(out.roots), tuple(out.root_sigs),
                   tuple(path for path, _ in out.files), tuple(sig for _, sig in out.files),
                   tuple(out.racy), frozenset(out.watched), applied, tuple(build_keys))
 
@@ -419,7 +398,7 @@ def record_after(state_dir: str, keys: Keys | None, graph, trees: dict, store, r
     if keys is None:
         return
     try:
-        record = make(graph, trees, store, root, keys.structure)
+        record = make(graph, trees, store, root)
     except OSError:
         record = None
     save(state_dir, keys, record)
@@ -514,7 +493,7 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
                   if not path.startswith(under)]
     out.racy += record.racy
     summaries = {place: {**current, **rows.get(place, {})} for place, current in rollout.rows.items()}
-    save(state_dir, keys, _finish(record.graph, record.structure, out, rollout.store, summaries))
+    save(state_dir, keys, _finish(record.graph, out, rollout.store, summaries))
 
 
 def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -> Delta | None:

@@ -29,6 +29,8 @@ from typing import Callable, Iterable
 
 import xxhash
 
+from ..fileops import write_atomic
+
 # Directories never part of a component's source tree.
 EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
 RACY_NS = 2_000_000_000
@@ -72,13 +74,9 @@ def signatures_unchanged(paths, sigs, *, follow: bool = False) -> bool:
 PARALLEL_MIN = 4096  # paths per worker
 
 
-def changed_signatures(paths, sigs, *, follow: bool = False, workers: int | None = None) -> list[str]:
-    """The paths whose signature moved (or that are gone), in order."""
-    return changed_in([(paths, sigs, follow)], workers=workers)
-
-
 def changed_in(groups, *, workers: int | None = None) -> list[str]:
-    """changed_signatures over several (paths, sigs, follow) groups at once.
+    """The paths whose signature moved (or that are gone), in order, over
+    (paths, sigs, follow) groups: `follow` stats through symlinks.
 
     `workers`: how many processes share the work (default: one per CPU we
     may run on, each with at least PARALLEL_MIN paths). Helpers are forked
@@ -311,15 +309,7 @@ def load_trees(state_dir: str, root: str) -> dict:
 def save_trees(state_dir: str, root: str, trees: dict) -> None:
     if os.environ.get("ATMOS_NO_CACHE"):
         return
-    path = _trees_path(state_dir)
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(marshal.dumps((TREE_CACHE_VERSION, root, trees)))
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        write_atomic(_trees_path(state_dir), marshal.dumps((TREE_CACHE_VERSION, root, trees)))
+    except (OSError, ValueError):  # an unwritable cache only costs speed
+        pass
