@@ -283,7 +283,7 @@ def test_a_literal_dollar_brace_survives_until_render():
 TRICKY = "it's a \"test\" $(touch pwned) `id` $HOME; exit 7 && echo *"
 
 
-def test_a_string_run_shell_quotes_every_interpolated_value(tmp_path):
+def test_a_string_run_passes_every_interpolated_value_through_the_environment(tmp_path):
     spec, r = resolve(f"""\
         deployment:
           vars: {{msg: {json.dumps(TRICKY)}, empty: ""}}
@@ -295,11 +295,15 @@ def test_a_string_run_shell_quotes_every_interpolated_value(tmp_path):
                 vars: {{from_up: "v=${{outputs.command/up.value}}!"}}
                 run: "printf '<%s>\\\\n' ${{var.msg}} ${{target}} ${{var.empty}} ${{outputs.command/up.value}} ${{var.from_up}} $${{LIT}}"
         """)
-    run = r["command/c"].run
-    assert isinstance(run, str)
-    rendered = render(run, {"command/up": {"value": TRICKY}}, spec.components, quote=True)
+    c = r["command/c"]
+    assert isinstance(c.run, str)
+    # No value is in the shell text: only quoted expansions of ATMOS_V_n.
+    assert TRICKY not in c.run and "touch" not in c.run
+    outputs = {"command/up": {"value": TRICKY}}
+    rendered = render(c.run, outputs, spec.components)
+    values = render(dict(c.run_env), outputs, spec.components)
     proc = subprocess.run(["sh", "-c", rendered], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "LIT": "lit"})
+                          env={"PATH": "/usr/bin:/bin", "LIT": "lit", **values})
     assert proc.returncode == 0, proc.stderr
     # Each value arrives as exactly one argument, byte for byte.
     assert proc.stdout.splitlines() == [f"<{TRICKY}>", "<dev>", "<>", f"<{TRICKY}>", f"<v={TRICKY}!>", "<lit>"]
@@ -454,7 +458,10 @@ def test_per_target_overrides_replace_fields_and_merge_vars():
     _, prod = resolve(text, "prod")
     a, b = dev["command/app"], prod["command/app"]
     assert (a.run, a.source, a.timeout, a.retries, a.cache) == (("deploy", "small"), "src/dev", 60.0, 0, True)
-    assert (b.run, b.source, b.timeout, b.retries, b.cache) == ("deploy --prod large", "src/prod", 900.0, 2, False)
+    # (a string-form run carries its values in run_env, never in the shell text)
+    assert (b.run, b.source, b.timeout, b.retries, b.cache) == (
+        'deploy --prod "$${ATMOS_V_1}"', "src/prod", 900.0, 2, False)
+    assert b.run_env == {"ATMOS_V_1": "large"}
     assert b.vars == {"size": "large", "keep": "me"}
     assert (a.depends_on, b.depends_on) == (("command/base",), ())
 

@@ -70,6 +70,27 @@ class ComponentType:
         """The component's outputs: by default the JSON object at $ATMOS_OUTPUTS."""
         return read_outputs_file(ctx.outputs_path)
 
+    def sensitive_outputs(self, ctx: ActionContext, captured: str | None) -> frozenset[str]:
+        """The names of the outputs this type knows to be sensitive (say,
+        Terraform's `"sensitive": true`), called after `outputs()` with the
+        same arguments. Besides these, outputs that `sensitive:` lists, whose
+        name says so, or that hold a secret of the action are sensitive
+        (state/rebuild.sensitive_output_names). Sensitive outputs are never
+        stored in clear, are masked, and taint what is built from them."""
+        return frozenset()
+
+    def recover_outputs(self, ctx: ActionContext) -> dict | None:
+        """The component's current outputs, read back without applying
+        anything (say, from Terraform state), or None: this type cannot.
+
+        Asked when a dependent needs a sensitive output of this component
+        while it is cached this rollout: state keeps only a marker for a
+        sensitive value. `ctx` is built as for a run (workdir holds the
+        materialized source, vars rendered), but `prepare` has not run. The
+        result must be the outputs the recorded result digest was computed
+        over, or the dependent fails (they changed since: re-run)."""
+        return None
+
 
 def read_outputs_file(path: str) -> dict:
     """A missing file means no outputs; anything but a JSON object fails."""

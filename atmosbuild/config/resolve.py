@@ -9,21 +9,34 @@ Interpolation happens here for `${target}`, `${deployment}` and `${var.PATH}`.
 kept verbatim (and becomes a dependency edge), and `render()` substitutes it
 just before the action runs. `$${` stays escaped until `render()` too, so the
 text an action key hashes is exactly the template the user wrote.
+
+A string-form `run` (it runs under `sh -c`) never gets values pasted in: each
+reference becomes a quoted expansion of an environment variable
+(`"${ATMOS_V_1}"`, config/shell.py decides the quoting from where the
+reference stands) and the value goes to `run_env`, so no value is ever
+parsed by the shell (SPEC 2).
+
+Taint (SPEC 14): a var or env entry is sensitive when `sensitive:` lists it,
+its name matches `_SENSITIVE_NAME`, or its value is built from a sensitive
+var; `sensitive` holds all their names, `secret_run` the argv positions and
+`run_env` names built from one. Outputs only known at run time taint at run
+time (run/rollout.py).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .model import DeploymentSpec
+from .shell import Ref, ShellContextError, classify, expansion
 from .values import as_text
 
 _REF = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _SENSITIVE_NAME = re.compile(r"secret|token|password|passwd|key", re.IGNORECASE)
+RUN_VAR_PREFIX = "ATMOS_V_"  # the environment variables that carry values into `sh -c`
 
 
 @dataclass(frozen=True)
@@ -41,9 +54,14 @@ class ResolvedComponent:
     cache: bool
     timeout: float | None
     retries: int
-    sensitive: tuple[str, ...]  # var/env names whose values are masked
+    sensitive: tuple[str, ...]  # var/env names whose values are secret (listed, by name, derived)
     depends_on: tuple[str, ...]  # sorted: explicit ∪ implied by ${outputs...}
     output_refs: tuple[tuple[str, str], ...]  # (upstream id, key path)
+    # string-form run: ATMOS_V_n -> the value (a template: may hold ${outputs...})
+    run_env: Mapping[str, str] = field(default_factory=dict)
+    # argv positions (int) and run_env names (str) whose values are built from a secret
+    secret_run: tuple = ()
+    declared_sensitive: tuple[str, ...] = ()  # `sensitive:` as written (also names outputs)
 
 
 class RenderError(Exception):
@@ -104,15 +122,33 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
 
     raw_vars = deep_merge(spec.vars, tspec.vars, comp.fields.get("vars"), override.get("vars"))
     raw_env = deep_merge(spec.env, tspec.env, comp.fields.get("env"), override.get("env"))
-    interp = _Interpolator(spec, target, comp.id, raw_vars, enabled, where)
+    declared = tuple(fields.get("sensitive") or [])
+    secret_names = set(declared) | {k for k in list(raw_vars) + list(raw_env) if is_sensitive_name(k)}
+    interp = _Interpolator(spec, target, comp.id, raw_vars, enabled, where, secret_names)
     vars_ = interp.all_vars()
-    env = {k: as_text(interp.value(v, ("env", k))) for k, v in raw_env.items()}
+    env = {}
+    for k, v in raw_env.items():
+        if k.startswith(RUN_VAR_PREFIX):
+            raise spec.fail(where("env", k), f"env names starting with {RUN_VAR_PREFIX} are "
+                            "atmosbuild's own (they carry values into a string-form run)")
+        env[k], tainted = interp.tracked(v, ("env", k))
+        env[k] = as_text(env[k])
+        if tainted:
+            secret_names.add(k)
 
     run = fields.get("run")
+    run_env: dict[str, str] = {}
+    secret_run: list = []
     if isinstance(run, list):
-        run = tuple(as_text(interp.value(a, ("run", i))) for i, a in enumerate(run))
+        items = []
+        for i, a in enumerate(run):
+            value, tainted = interp.tracked(a, ("run", i))
+            items.append(as_text(value))
+            if tainted:
+                secret_run.append(i)
+        run = tuple(items)
     elif isinstance(run, str):
-        run = interp.value(run, ("run",), quote=True)
+        run, run_env, secret_run = interp.shell_run(run, ("run",))
     if run is None and comp.type == "command":
         raise spec.fail(cpath, f"component {comp.id} has no `run`: command components need one")
 
@@ -121,15 +157,17 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         source = _root_relative(spec, interp.value(source, ("source",)), where("source"), "source")
         if interp.refs_in(source):
             raise spec.fail(where("source"), "source cannot use ${outputs...}: it must be known before running")
+        if interp.tracked(fields.get("source"), ("source",))[1]:
+            raise spec.fail(where("source"), "source cannot use a sensitive value: paths are "
+                            "printed and stored")
     inputs = tuple(_root_relative(spec, p, where("inputs", i), "inputs")
                    for i, p in enumerate(fields.get("inputs") or []))
 
     explicit = [d for d in ((fields.get("metadata") or {}).get("depends_on") or []) if d in enabled]
-    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run)
+    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run) | interp.refs_in(run_env)
     depends = sorted(set(explicit) | {ref[0] for ref in refs})
 
-    sensitive = set(fields.get("sensitive") or [])
-    sensitive |= {k for k in list(vars_) + list(env) if is_sensitive_name(k)}
+    sensitive = secret_names | interp.secret_vars
     timeout = fields.get("timeout")
     return ResolvedComponent(
         id=comp.id, type=comp.type, name=comp.name, source=source, vars=vars_, env=env, run=run,
@@ -137,6 +175,7 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         timeout=float(timeout) if timeout is not None else None,
         retries=fields.get("retries", 0), sensitive=tuple(sorted(sensitive)),
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
+        run_env=run_env, secret_run=tuple(secret_run), declared_sensitive=declared,
     )
 
 
@@ -152,11 +191,26 @@ def _root_relative(spec, path: str, where: tuple, what: str) -> str:
 class _Interpolator:
     """Interpolates one component's strings; vars may refer to other vars."""
 
-    def __init__(self, spec, target, cid, raw_vars, enabled, where) -> None:
+    def __init__(self, spec, target, cid, raw_vars, enabled, where, secret_names=frozenset()) -> None:
         self.spec, self.target, self.cid = spec, target, cid
         self.raw_vars, self.enabled, self.where = raw_vars, enabled, where
+        self.secret_names = secret_names
         self.done: dict[str, Any] = {}
         self.active: list[str] = []
+        # The vars looked up while interpolating the value being computed (a
+        # stack: a var's own value is computed inside another's); the vars
+        # found to be secret, directly or because they are built from one.
+        self.touched: list[set[str]] = [set()]
+        self.secret_vars: set[str] = set()
+
+    def tracked(self, value, path: tuple):
+        """(interpolated value, whether it is built from a secret var)."""
+        self.touched.append(set())
+        try:
+            out = self.value(value, path)
+        finally:
+            used = self.touched.pop()
+        return out, bool(used & self.secret_vars)
 
     def all_vars(self) -> dict:
         return {k: self._var(k) for k in self.raw_vars}
@@ -168,26 +222,77 @@ class _Interpolator:
             chain = " -> ".join(self.active[self.active.index(key):] + [key])
             raise self.spec.fail(self.where("vars", key), f"vars refer to each other in a cycle: {chain}")
         self.active.append(key)
+        self.touched.append(set())
         value = self.value(self.raw_vars[key], ("vars", key))
+        used = self.touched.pop()
         self.active.pop()
+        if key in self.secret_names or used & self.secret_vars:
+            self.secret_vars.add(key)
         self.done[key] = value
         return value
 
-    def value(self, value, path: tuple, quote: bool = False):
+    def shell_run(self, text: str, path: tuple) -> tuple[str, dict, list]:
+        """A string-form run: (template with each reference replaced by a
+        quoted expansion of ATMOS_V_n, ATMOS_V_n -> value, secret names)."""
+        if "${" not in text:
+            return text, {}, []
+        items: list = []
+        refs: list[str] = []
+        pos = 0
+        for m in _REF.finditer(text):
+            items.extend(text[pos:m.start()])
+            pos = m.end()
+            if m.group(1) is None:
+                items.extend("${")  # what the shell will see
+                continue
+            refs.append(m.group(1).strip())
+            items.append(Ref(len(refs) - 1))
+        items.extend(text[pos:])
+        if not refs:
+            return text, {}, []
+        try:
+            contexts = classify(items)
+        except ShellContextError as exc:
+            raise self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the run of {self.cid} "
+                                 f"cannot be passed safely where it stands: {exc.message}") from None
+        names: dict[str, str] = {}
+        run_env: dict[str, str] = {}
+        secret: list[str] = []
+        for expr in refs:
+            if expr in names:
+                continue
+            name = names[expr] = f"{RUN_VAR_PREFIX}{len(names) + 1}"
+            value, tainted = self.tracked("${" + expr + "}", path)
+            run_env[name] = as_text(value)
+            if tainted:
+                secret.append(name)
+        out, pos, k = [], 0, 0
+        for m in _REF.finditer(text):
+            out.append(text[pos:m.start()])
+            pos = m.end()
+            if m.group(1) is None:
+                out.append("$${")
+                continue
+            out.append(expansion(names[refs[k]], contexts[k]))
+            k += 1
+        out.append(text[pos:])
+        return "".join(out), run_env, secret
+
+    def value(self, value, path: tuple):
         if isinstance(value, str):
-            return self._string(value, path, quote)
+            return self._string(value, path)
         if isinstance(value, dict):
-            return {k: self.value(v, path + (k,), quote) for k, v in value.items()}
+            return {k: self.value(v, path + (k,)) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v, path + (i,), quote) for i, v in enumerate(value)]
+            return [self.value(v, path + (i,)) for i, v in enumerate(value)]
         return value
 
-    def _string(self, text: str, path: tuple, quote: bool):
+    def _string(self, text: str, path: tuple):
         if "${" not in text:
             return text
         matches = list(_REF.finditer(text))
         # A string that is exactly one ${var...} keeps the value's own type.
-        if (not quote and len(matches) == 1 and matches[0].group(1) is not None
+        if (len(matches) == 1 and matches[0].group(1) is not None
                 and matches[0].span() == (0, len(text))):
             expr = matches[0].group(1).strip()
             if expr.startswith("var."):
@@ -214,7 +319,7 @@ class _Interpolator:
                 raise self.spec.fail(self.where(*path), f"unknown reference '${{{expr}}}' in "
                                      f"{self.cid}; use ${{target}}, ${{deployment}}, ${{var.NAME}} "
                                      "or ${outputs.TYPE/NAME.KEY} (write $${ for a literal ${)")
-            out.append(_shell_quote(piece) if quote else piece)
+            out.append(piece)
         out.append(text[pos:])
         return "".join(out)
 
@@ -223,6 +328,7 @@ class _Interpolator:
         if not parts[0] or parts[0] not in self.raw_vars:
             raise self.spec.fail(self.where(*path), f"unknown var '{expr[4:]}' in ${{{expr}}} of {self.cid}")
         value = self._var(parts[0])
+        self.touched[-1].add(parts[0])
         for i, part in enumerate(parts[1:], 1):
             if isinstance(value, dict) and part in value:
                 value = value[part]
@@ -247,26 +353,6 @@ class _Interpolator:
         found: set[tuple[str, str]] = set()
         _walk_refs(value, self.spec.components, found)
         return found
-
-
-def _shell_quote(piece: str) -> str:
-    """shlex.quote for a value going into a string-form `run`. A value can
-    still hold `${outputs...}` references (a var set from an upstream output):
-    those stay bare, because render() shell-quotes what they become, and
-    quoting them twice would leave the output unquoted in the shell."""
-    if "${outputs." not in piece:
-        return shlex.quote(piece)
-    out, pos = [], 0
-    for m in _REF.finditer(piece):
-        if m.group(1) is None or not m.group(1).strip().startswith("outputs."):
-            continue  # `$${` and anything else stay inside the quoted text
-        if m.start() > pos:
-            out.append(shlex.quote(piece[pos:m.start()]))
-        out.append(m.group(0))
-        pos = m.end()
-    if pos < len(piece):
-        out.append(shlex.quote(piece[pos:]))
-    return "".join(out)
 
 
 def parse_outputs_ref(expr: str, component_ids) -> tuple[str, str] | None:
@@ -297,14 +383,16 @@ def _walk_refs(value, component_ids, found) -> None:
             _walk_refs(v, component_ids, found)
 
 
-def render(value, outputs: Mapping[str, Mapping[str, Any]], component_ids, quote: bool = False):
-    """Substitute upstream outputs and unescape `$${` just before running."""
+def render(value, outputs: Mapping[str, Mapping[str, Any]], component_ids):
+    """Substitute upstream outputs and unescape `$${` just before running.
+    Values are pasted as text: never into shell code (a string-form run holds
+    only expansions of its `run_env`, see `_Interpolator.shell_run`)."""
     if isinstance(value, str):
         if "${" not in value:
             return value
         matches = list(_REF.finditer(value))
         if (len(matches) == 1 and matches[0].group(1) is not None
-                and matches[0].span() == (0, len(value)) and not quote):
+                and matches[0].span() == (0, len(value))):
             expr = matches[0].group(1).strip()
             if expr.startswith("outputs."):
                 return _output_value(expr, outputs, component_ids)
@@ -315,14 +403,13 @@ def render(value, outputs: Mapping[str, Mapping[str, Any]], component_ids, quote
             if m.group(1) is None:
                 out.append("${")
                 continue
-            piece = as_text(_output_value(m.group(1).strip(), outputs, component_ids))
-            out.append(shlex.quote(piece) if quote else piece)
+            out.append(as_text(_output_value(m.group(1).strip(), outputs, component_ids)))
         out.append(value[pos:])
         return "".join(out)
     if isinstance(value, dict):
-        return {k: render(v, outputs, component_ids, quote) for k, v in value.items()}
+        return {k: render(v, outputs, component_ids) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(render(v, outputs, component_ids, quote) for v in value)
+        return type(value)(render(v, outputs, component_ids) for v in value)
     return value
 
 

@@ -8,8 +8,9 @@ done in this rollout (or cached), which is what gives early cutoff: an
 upstream that re-runs to the same outputs leaves its dependents' keys alone.
 
 The ingredients are kept (and stored) in a form that explains a change:
-values of sensitive vars/env are replaced by their digest, so nothing secret
-is ever stored, while any change to them still changes the key.
+values of sensitive vars/env, and every argv item or string-run value built
+from one, are replaced by their digest, so nothing secret is ever stored,
+while any change to them still changes the key.
 """
 
 from __future__ import annotations
@@ -53,15 +54,23 @@ def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None
     a new key because `replicas` differs between dev and prod.
     """
     hidden = set(comp.sensitive)
+    secret_run = set(comp.secret_run)
     vars_ = comp.vars if key_vars is None else {k: v for k, v in comp.vars.items() if k in key_vars}
-    return {
+    run = comp.run
+    if isinstance(run, tuple):
+        run = [secret_digest(a) if i in secret_run else a for i, a in enumerate(run)]
+    out = {
         "type": f"{comp.type}/{type_version}",
         "vars": {k: secret_digest(v) if k in hidden else v for k, v in vars_.items()},
         "env": {k: secret_digest(v) if k in hidden else v for k, v in comp.env.items()},
-        "run": list(comp.run) if isinstance(comp.run, tuple) else comp.run,
+        "run": run,
         "source": comp.source,
         "timeout": comp.timeout,
     }
+    if comp.run_env:  # the values a string-form run expands (the template holds none)
+        out["run_values"] = {k: secret_digest(v) if k in secret_run else v
+                             for k, v in comp.run_env.items()}
+    return out
 
 
 def file_ingredients(comp: ResolvedComponent, digester: FileDigester) -> dict:

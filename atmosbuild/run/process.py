@@ -114,7 +114,28 @@ def make_masker(secrets: Sequence[str]) -> Callable[[str], str]:
     if not parts:
         return lambda text: text
     pattern = re.compile("|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True)))
-    return lambda text: pattern.sub("***", text)
+
+    def mask(text: str) -> str:
+        # Again until nothing matches: `***` next to what is left of the text
+        # can spell a secret anew (secret `**x*` in `**x**x*`). Each pass
+        # shortens the text unless a secret is 3 characters or fewer.
+        for _ in range(8):
+            masked = pattern.sub("***", text)
+            if masked == text:
+                break
+            text = masked
+        return text
+
+    return mask
+
+
+def _shown_arg(arg: str, mask: Callable[[str], str]) -> str:
+    """One argument of the echoed command line: quoted for the shell, with
+    each secret in it shown as a bare `***`."""
+    masked = mask(arg)
+    if masked == arg:
+        return shlex.quote(arg)
+    return "***".join(shlex.quote(part) if part else "" for part in masked.split("***"))
 
 
 _resolved: dict[tuple[str, str | None], str | None] = {}
@@ -487,8 +508,11 @@ class ProcessRunner:
                 try:
                     spec.prepare()
                 except Exception as exc:
+                    action.mask = make_masker(spec.secrets)
                     log.write(action.mask(f"prepare failed: {_describe(exc)}") + "\n")
                     return _Outcome(FAILED, message=_describe(exc))
+                # prepare may add secrets (values known only once rendered)
+                action.mask = make_masker(spec.secrets)
             outcome, captured = self._attempt(action, 0, log)
             for attempt in range(1, spec.retries + 1):
                 if outcome.status not in (FAILED, TIMEOUT) or self._stopping(action):
@@ -541,7 +565,9 @@ class ProcessRunner:
     ) -> tuple[int | None, str, bytes | None]:
         """Run one process to the end: (exit code, failure message or "", captured stdout)."""
         spec, mask = action.spec, action.mask
-        log.write(mask("$ " + shlex.join(map(str, step.argv))) + "\n")
+        # Each argument masked before quoting: quoting splits a secret that
+        # holds a `'` into pieces the masker would not recognize.
+        log.write(mask("$ " + " ".join(_shown_arg(str(a), mask) for a in step.argv)) + "\n")
         errors = None
         if step.capture:
             import tempfile

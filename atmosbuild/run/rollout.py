@@ -11,7 +11,8 @@ import json
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..graph.dag import critical_path
@@ -26,6 +27,7 @@ from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_wor
                         vendor_dir)
 
 if TYPE_CHECKING:
+    from ..components.base import ActionContext
     from ..graph.actions import ActionGraph, ActionNode
     from ..state.rebuild import Decision, Rebuilder
 
@@ -53,7 +55,8 @@ class RolloutOptions:
 @dataclass
 class _Result:
     result: str  # result digest
-    outputs: dict
+    outputs: dict  # from state (cached): sensitive ones are markers (state/rebuild)
+    sensitive: frozenset = frozenset()  # names of the sensitive outputs
 
 
 class Rollout(ScheduleHooks):
@@ -80,6 +83,9 @@ class Rollout(ScheduleHooks):
         # on_up_to_date(rollout), if given, runs before the locks are released.
         self.everything_up_to_date = False
         self.on_up_to_date: Callable[["Rollout"], None] | None = None
+        # Reading back an upstream's sensitive outputs (workers of its
+        # dependents may ask at once): once per upstream and rollout.
+        self._recover_lock = threading.Lock()
 
     # -- the run ----------------------------------------------------------------
 
@@ -170,7 +176,10 @@ class Rollout(ScheduleHooks):
         self.decisions[nid] = decision
         if decision.run:
             return True
-        self.results[nid] = _Result(decision.result, dict(decision.outputs or {}))
+        from ..state.rebuild import marked_outputs
+
+        outputs = dict(decision.outputs or {})
+        self.results[nid] = _Result(decision.result, outputs, marked_outputs(outputs))
         last = self.rebuilder.applied(node)
         if decision.reused_build is not None and (last is None or last.key != decision.key):
             # This target now uses that build: record it, so status and
@@ -205,17 +214,26 @@ class Rollout(ScheduleHooks):
             self.running.remove(fin.node)
         self.done += 1
         if fin.ok:
-            outputs = fin.value or {}
             from ..graph.keys import result_digest
+            from ..state.rebuild import sensitive_output_names, storable_outputs
 
+            if isinstance(fin.value, tuple):  # what collect() returns
+                outputs, sensitive = fin.value
+            else:  # a runner that hands the outputs alone (a test double)
+                outputs = fin.value or {}
+                sensitive = sensitive_output_names(node.component, outputs)
+
+            # The result digest is over the real values (early cutoff); state
+            # keeps a marker for each sensitive one (SPEC 14).
             result = result_digest(decision.key, outputs)
-            self.results[fin.node] = _Result(result, outputs)
+            self.results[fin.node] = _Result(result, outputs, sensitive)
             upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
             # Recorded the moment it is known: an interrupted or crashed
             # rollout keeps every success it had.
             self.store.record_success(node.deployment, node.target, node.cid, Applied(
-                decision.key, result, outputs, self._ingredients(node, upstream),
-                time.time(), duration), self.run_id, build=node.mode == "build")
+                decision.key, result, storable_outputs(outputs, sensitive),
+                self._ingredients(node, upstream), time.time(), duration), self.run_id,
+                build=node.mode == "build")
         else:
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
@@ -239,21 +257,92 @@ class Rollout(ScheduleHooks):
             parts.append(f"{node.deployment.replace('/', '%2F')}@{node.target}")
         return os.path.join(*parts, *node.cid.split("/")) + ".log"
 
-    def _spec_for(self, nid: str) -> ActionSpec:
+    def _context(self, node, decision_key: str, vars_) -> "ActionContext":
         from ..components.base import ActionContext
+
+        label = node.label
+        workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
+        meta = os.path.join(self.workspaces[label], META_DIR, meta_stem(node.cid))
+        return ActionContext(
+            component_id=node.cid, name=node.component.name, target=node.target,
+            deployment=node.deployment, key=decision_key, workdir=workdir, vars=vars_,
+            run=None, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
+            meta_prefix=meta, toolchain=self.options.toolchain)
+
+    def _materialize(self, node, workdir: str) -> None:
+        comp = node.component
+        vendor = None
+        if comp.source is not None:
+            vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
+        try:
+            materialize(self.root, comp.source, vendor, workdir, node.local["files"])
+        except SourceChanged as exc:
+            raise ValueError(str(exc)) from None
+
+    def _upstream_outputs(self, node, refs) -> dict:
+        """Each dependency's outputs as this node renders them: sensitive
+        ones that state keeps only a marker for (the upstream is cached) are
+        read back from the upstream's type (recover_outputs), once per
+        rollout, checked against its recorded result digest."""
+        from ..graph.keys import result_digest
+        from ..state.rebuild import is_marker
+
+        outputs = {}
+        for dep in node.deps:
+            up = self.graph.nodes[dep]
+            res = self.results[dep]
+            needed = sorted(key for cid, key in refs if cid == up.cid
+                            and is_marker(res.outputs.get(key.split(".", 1)[0])))
+            if needed:
+                with self._recover_lock:
+                    res = self.results[dep]
+                    if any(is_marker(res.outputs.get(k.split(".", 1)[0])) for k in needed):
+                        res = self._recover(dep, up, res, needed[0])
+            outputs[up.cid] = res.outputs
+        return outputs
+
+    def _recover(self, dep: str, up, res: _Result, key: str) -> _Result:
+        from ..graph.keys import result_digest
+
+        hint = (f"needs the sensitive output '{key.split('.', 1)[0]}' of {up.cid}, which state never "
+                f"holds in clear, and {up.cid} did not run in this rollout")
+        recovered = None
+        ctype = getattr(up, "ctype", None)
+        if ctype is not None and getattr(up, "component", None) is not None:
+            decision = self.decisions.get(dep)
+            ctx = self._context(up, decision.key if decision else "", dict(up.component.vars))
+            self._materialize(up, ctx.workdir)
+            recovered = ctype.recover_outputs(ctx)
+        if recovered is None:
+            raise ValueError(f"{hint}; its type cannot read it back: run {up.cid} again "
+                             "(rollout with --force --only " + up.cid + ")")
+        key_ = self.decisions[dep].key if dep in self.decisions else ""
+        if result_digest(key_, recovered) != res.result:
+            raise ValueError(f"{hint}; the outputs read back from it differ from the recorded "
+                             f"ones (it changed outside atmosbuild): run {up.cid} again "
+                             "(rollout with --force --only " + up.cid + ")")
+        fresh = _Result(res.result, dict(recovered), res.sensitive)
+        self.results[dep] = fresh
+        return fresh
+
+    def _spec_for(self, nid: str) -> ActionSpec:
         from ..config.resolve import RenderError, as_text, render
-        from ..state.rebuild import secret_values
+        from ..state.rebuild import marked_outputs, secret_values, sensitive_output_names, sensitive_refs
 
         node = self.graph.nodes[nid]
         comp = node.component
         decision = self.decisions[nid]
         label = node.label
-        workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
-        meta = os.path.join(self.workspaces[label], META_DIR, meta_stem(node.cid))
-        outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
-        quote = isinstance(comp.run, str)
-        secrets = secret_values(comp)
+        upstream_sensitive = {}
+        for d in node.deps:
+            res = self.results[d]
+            upstream_sensitive[self.graph.nodes[d].cid] = res.sensitive | marked_outputs(res.outputs)
+        refs = sensitive_refs(comp, upstream_sensitive)
+        # Filled by prepare() before any step runs (the runner builds its
+        # masker after prepare): every secret text of this action, in the
+        # clear, as the action gets it.
+        secrets: list[str] = []
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -262,24 +351,18 @@ class Rollout(ScheduleHooks):
             return state["ctx"]
 
         def prepare() -> None:
+            outputs = self._upstream_outputs(node, refs)
             try:
                 vars_ = render(comp.vars, outputs, ids)
                 env = render(dict(comp.env), outputs, ids)
-                run = render(comp.run, outputs, ids, quote=quote)
+                run = render(comp.run, outputs, ids)
+                run_env = {k: as_text(v) for k, v in render(dict(comp.run_env), outputs, ids).items()}
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            vendor = None
-            if comp.source is not None:
-                vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
-            try:
-                materialize(self.root, comp.source, vendor, workdir, node.local["files"])
-            except SourceChanged as exc:
-                raise ValueError(str(exc)) from None
-            action_ctx = ActionContext(
-                component_id=node.cid, name=comp.name, target=node.target,
-                deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
-                run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
-                meta_prefix=meta, toolchain=self.options.toolchain)
+            secrets.extend(secret_values(comp, {"vars": vars_, "env": env, "run": run,
+                                                "run_env": run_env}, refs, outputs))
+            action_ctx = replace(self._context(node, decision.key, vars_), run=run)
+            self._materialize(node, action_ctx.workdir)
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
@@ -287,6 +370,7 @@ class Rollout(ScheduleHooks):
             full_env = self.base_env.copy()
             full_env.update({k: as_text(v) for k, v in env.items()})
             full_env.update(node.ctype.extra_env(action_ctx))
+            full_env.update(run_env)
             full_env.update({
                 "ATMOS_ROOT": self.root, "ATMOS_DEPLOYMENT": node.deployment,
                 "ATMOS_TARGET": node.target, "ATMOS_COMPONENT": node.cid,
@@ -297,9 +381,12 @@ class Rollout(ScheduleHooks):
             spec.steps = [Step(tuple(i.argv), i.capture) for i in node.ctype.invocations(action_ctx)]
 
         def collect(captured: str | None):
-            return node.ctype.outputs(ctx(), captured)
+            outputs = node.ctype.outputs(ctx(), captured)
+            typed = node.ctype.sensitive_outputs(ctx(), captured)
+            return outputs, sensitive_output_names(comp, outputs, typed, secrets)
 
-        spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
+        spec = ActionSpec(node=nid, steps=[], cwd=os.path.join(self.workspaces[label], *node.cid.split("/")),
+                          env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
                           prepare=prepare, collect=collect)
         return spec

@@ -16,31 +16,132 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..components import BUILD
+from ..config.values import as_text
 from ..graph.actions import ActionGraph, ActionNode
 from ..graph.keys import action_key, canonical
 from .store import Applied, Built, Snapshot, Store
 
 
-# Secret values shorter than this are not redacted or masked: they would
-# mask ordinary text ("1", "on").
-MIN_SECRET_LEN = 3
 _REDACTED = "***"
 # The ingredient sections that hold user text, where a secret can land when
 # it is interpolated (`run: ["deploy", "${var.db_password}"]`).
-_TEXT_SECTIONS = ("vars", "env", "run")
+_TEXT_SECTIONS = ("vars", "env", "run", "run_values")
+# What state holds instead of a sensitive output's value (SPEC 14). The
+# result digest is still computed over the real value, so early cutoff holds.
+SENSITIVE_MARKER = {"$atmosbuild": "sensitive"}
+# An output that holds one of its action's secrets is sensitive too (it was
+# built from it); only secrets at least this long are looked for inside
+# outputs, or a secret `1` would mark every output holding a digit. Masking
+# of printed text has no minimum (see README, "Secrets").
+MIN_TAINT_LEN = 4
 
 
-def secret_values(comp) -> list[str]:
-    """The clear values of a component's sensitive vars and env, as text."""
-    out = []
-    for name in comp.sensitive:
-        for source in (comp.vars, comp.env):
-            if name in source:
-                value = source[name]
-                text = value if isinstance(value, str) else canonical(value)
-                if len(text) >= MIN_SECRET_LEN:
-                    out.append(text)
+def is_marker(value: Any) -> bool:
+    return isinstance(value, dict) and value == SENSITIVE_MARKER
+
+
+def _texts(value: Any, out: list[str]) -> None:
+    """The value as text, and every string inside it (a secret map's leaves
+    are printed on their own too)."""
+    if isinstance(value, str):
+        if value:
+            out.append(value)
+        return
+    text = canonical(value) if isinstance(value, (dict, list, tuple)) else as_text(value)
+    if text:
+        out.append(text)
+    if isinstance(value, dict):
+        for v in value.values():
+            _texts(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _texts(v, out)
+
+
+def sensitive_refs(comp, upstream_sensitive: Mapping[str, frozenset]) -> set[tuple[str, str]]:
+    """The `${outputs...}` references of `comp` that name a sensitive output:
+    `upstream_sensitive` is upstream id -> its sensitive output names."""
+    out = set()
+    for up, key in comp.output_refs:
+        if key.split(".", 1)[0] in upstream_sensitive.get(up, ()):
+            out.add((up, key))
     return out
+
+
+def secret_values(comp, rendered: Mapping[str, Any] | None = None,
+                  refs: set[tuple[str, str]] = frozenset(), outputs: Mapping | None = None) -> list[str]:
+    """Every secret text of one action: the values of its sensitive vars and
+    env, of argv items and string-run values built from one, and (with
+    `refs`, the sensitive output references) the output values and every
+    value built from them. `rendered`: vars/env/run/run_env after render()
+    (the clear values the action gets); without it the resolved ones."""
+    from ..config.resolve import _walk_refs  # (no import cycle at module load)
+
+    ids = {up for up, _ in comp.output_refs}
+    r = rendered or {"vars": comp.vars, "env": comp.env, "run": comp.run, "run_env": comp.run_env}
+
+    def built_from_output(template) -> bool:
+        if not refs:
+            return False
+        found: set = set()
+        _walk_refs(template, ids, found)
+        return bool(found & refs)
+
+    out: list[str] = []
+    names = set(comp.sensitive)
+    for section, template in (("vars", comp.vars), ("env", comp.env)):
+        for name, value in template.items():
+            if name in names or built_from_output(value):
+                _texts(r[section].get(name), out)
+    secret_run = set(comp.secret_run)
+    if isinstance(comp.run, tuple):
+        for i, item in enumerate(comp.run):
+            if i in secret_run or built_from_output(item):
+                _texts(r["run"][i], out)
+    for name, value in comp.run_env.items():
+        if name in secret_run or built_from_output(value):
+            _texts(r["run_env"][name], out)
+    if refs and outputs is not None:
+        for up, key in refs:
+            value = outputs.get(up, {})
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None and not is_marker(value):
+                _texts(value, out)
+    return sorted(set(out), key=len, reverse=True)
+
+
+def sensitive_output_names(comp, outputs: Mapping[str, Any], typed=frozenset(),
+                           secrets: list[str] = ()) -> frozenset:
+    """Which of an action's outputs are sensitive: those its type marks
+    (`typed`), those `sensitive:` lists, those whose name says so, and those
+    that hold one of the action's secrets."""
+    from ..config.resolve import is_sensitive_name
+
+    declared = set(comp.declared_sensitive)
+    long = [s for s in secrets if len(s) >= MIN_TAINT_LEN]
+    names = set()
+    for name, value in outputs.items():
+        if name in typed or name in declared or is_sensitive_name(name):
+            names.add(name)
+        elif long:
+            texts: list[str] = []
+            _texts(value, texts)
+            if any(s in t for s in long for t in texts):
+                names.add(name)
+    return frozenset(names)
+
+
+def storable_outputs(outputs: Mapping[str, Any], sensitive: frozenset) -> dict:
+    """Outputs as state keeps them: sensitive ones replaced by the marker."""
+    if not sensitive:
+        return dict(outputs)
+    return {k: (dict(SENSITIVE_MARKER) if k in sensitive else v) for k, v in outputs.items()}
+
+
+def marked_outputs(outputs: Mapping[str, Any] | None) -> frozenset:
+    """The names of the outputs state holds only a marker for."""
+    return frozenset(k for k, v in (outputs or {}).items() if is_marker(v))
 
 
 def redact(value: Any, secrets: list[str]) -> Any:
@@ -60,10 +161,14 @@ def redact(value: Any, secrets: list[str]) -> Any:
 
 def storable_ingredients(node: ActionNode) -> dict:
     """The node's local ingredients with no secret in clear: what is stored
-    (for explain) and what stored ingredients are compared against. Sensitive
-    vars are already digests; this catches their values interpolated into
-    other vars, env or `run`. The key itself is computed from the clear text."""
-    secrets = secret_values(node.component)
+    (for explain) and what stored ingredients are compared against. Secret
+    values, and the values built from them, are digests already (graph/keys);
+    this also catches a secret's text written out literally elsewhere (a
+    password pasted into a plain var). The key is computed before this."""
+    comp = node.component
+    if not comp.sensitive:
+        return node.local
+    secrets = [s for s in secret_values(comp) if "${outputs." not in s]
     local = dict(node.local)
     for section in _TEXT_SECTIONS:
         if section in local:
@@ -169,6 +274,9 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
                 out.append(f"{word} `{name}` changed" + _values(before[name], after[name]))
     if _differs(old.get("run"), new_local.get("run")):
         out.append("run changed" + _values(old.get("run"), new_local.get("run")))
+    elif _differs(old.get("run_values"), new_local.get("run_values")):
+        out.append("run changed (a value it expands)"
+                   + _values(old.get("run_values"), new_local.get("run_values")))
     if old.get("source") != new_local.get("source"):
         out.append(f"source moved {old.get('source')} → {new_local.get('source')}")
     if old.get("timeout") != new_local.get("timeout"):
@@ -204,11 +312,22 @@ def _differs(before, after) -> bool:
 
 
 def _values(before, after) -> str:
-    if isinstance(before, dict) and "sha" in before and len(before) == 1:
-        return " (sensitive, values hidden)"
     a, b = canonical(before), canonical(after)
+    if _holds_digest(before) or _holds_digest(after):
+        return " (sensitive, values hidden)"
     if _REDACTED in a or _REDACTED in b:
         return " (values hidden: they hold a sensitive value)"
     if len(a) + len(b) > 120:
         return ""
     return f" {a} → {b}"
+
+
+def _holds_digest(value) -> bool:
+    """Whether a secret's digest (graph.keys.secret_digest) is inside `value`."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "sha" in value:
+            return True
+        return any(_holds_digest(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_digest(v) for v in value)
+    return False
