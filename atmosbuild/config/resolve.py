@@ -254,7 +254,8 @@ class _Interpolator:
             contexts = classify(items)
         except ShellContextError as exc:
             raise self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the run of {self.cid} "
-                                 f"cannot be passed safely where it stands: {exc.message}") from None
+                                 "cannot be passed safely where it stands: "
+                                 + exc.message.replace("${x}", "${" + refs[exc.ref] + "}")) from None
         names: dict[str, str] = {}
         run_env: dict[str, str] = {}
         secret: list[str] = []

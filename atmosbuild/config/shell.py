@@ -141,9 +141,12 @@ def classify(items: list) -> list[str]:
                 stack.append(["bq", 0])
                 word = "\0"
             elif c == "$":
+                depth = len(stack)
                 i = _dollar(items, i, stack)
                 word = "\0"
                 poisoned = poisoned or _dollar_poison(items, i)
+                if len(stack) > depth and stack[-1][0] == "cmd":
+                    word_start, word = True, ""  # a command starts
                 continue
             i += 1
             continue
@@ -154,6 +157,8 @@ def classify(items: list) -> list[str]:
                 stack.append(["bq", 0])
             elif c == "$":
                 i = _dollar(items, i, stack)
+                if stack[-1][0] == "cmd":
+                    word_start, word = True, ""
                 continue
             i += 1
             continue

@@ -132,12 +132,20 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
 
     compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
-    if write_cache and key:  # only once everything checked out
+    # Only once everything checked out; never a structure holding a secret
+    # (SPEC 14: caches hold none: the resolved vars are in it in clear).
+    if write_cache and key and not any(holds_secrets(c) for r in st.resolved.values()
+                                       for c in r.values()):
         if cached is None:
             cache.save(key, _picklable(st, configs))
         if not cache.has_nodes(key):
             cache.save_nodes(key, st, configs)
     return ActionGraph(tuple(labels), st.specs, nodes, st.dag)
+
+
+def holds_secrets(comp: ResolvedComponent) -> bool:
+    """Whether a resolved component holds a secret value in clear."""
+    return any(name in comp.vars or name in comp.env for name in comp.sensitive)
 
 
 class NodeCompiler:

@@ -297,15 +297,17 @@ class Rollout(ScheduleHooks):
                 with self._recover_lock:
                     res = self.results[dep]
                     if any(is_marker(res.outputs.get(k.split(".", 1)[0])) for k in needed):
-                        res = self._recover(dep, up, res, needed[0])
+                        res = self._recover(node, dep, up, res, needed[0])
             outputs[up.cid] = res.outputs
         return outputs
 
-    def _recover(self, dep: str, up, res: _Result, key: str) -> _Result:
+    def _recover(self, node, dep: str, up, res: _Result, key: str) -> _Result:
         from ..graph.keys import result_digest
 
         hint = (f"needs the sensitive output '{key.split('.', 1)[0]}' of {up.cid}, which state never "
                 f"holds in clear, and {up.cid} did not run in this rollout")
+        again = (f"run both again: atmosbuild rollout {node.label} --force --only {node.cid} "
+                 f"(runs {node.cid} and what it depends on)")
         recovered = None
         ctype = getattr(up, "ctype", None)
         if ctype is not None and getattr(up, "component", None) is not None:
@@ -314,13 +316,11 @@ class Rollout(ScheduleHooks):
             self._materialize(up, ctx.workdir)
             recovered = ctype.recover_outputs(ctx)
         if recovered is None:
-            raise ValueError(f"{hint}; its type cannot read it back: run {up.cid} again "
-                             "(rollout with --force --only " + up.cid + ")")
+            raise ValueError(f"{hint}; its type cannot read it back: {again}")
         key_ = self.decisions[dep].key if dep in self.decisions else ""
         if result_digest(key_, recovered) != res.result:
             raise ValueError(f"{hint}; the outputs read back from it differ from the recorded "
-                             f"ones (it changed outside atmosbuild): run {up.cid} again "
-                             "(rollout with --force --only " + up.cid + ")")
+                             f"ones (it changed outside atmosbuild): {again}")
         fresh = _Result(res.result, dict(recovered), res.sensitive)
         self.results[dep] = fresh
         return fresh

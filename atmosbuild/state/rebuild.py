@@ -12,6 +12,7 @@ all say the same precise thing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -87,27 +88,42 @@ def secret_values(comp, rendered: Mapping[str, Any] | None = None,
         _walk_refs(template, ids, found)
         return bool(found & refs)
 
-    out: list[str] = []
+    # Roots: the values that are secret in themselves; derived: values built
+    # from one. A derived value is masked whole only when it holds no root
+    # (a map's JSON, say): else masking the root in it is enough, and the
+    # log keeps `--password=***` rather than `***`.
+    from ..config.resolve import is_sensitive_name
+
+    roots: list[str] = []
+    derived: list[str] = []
+    declared = set(comp.declared_sensitive)
     names = set(comp.sensitive)
     for section, template in (("vars", comp.vars), ("env", comp.env)):
         for name, value in template.items():
-            if name in names or built_from_output(value):
-                _texts(r[section].get(name), out)
+            if name in declared or is_sensitive_name(name):
+                _texts(r[section].get(name), roots)
+            elif name in names or built_from_output(value):
+                _texts(r[section].get(name), derived)
     secret_run = set(comp.secret_run)
     if isinstance(comp.run, tuple):
         for i, item in enumerate(comp.run):
             if i in secret_run or built_from_output(item):
-                _texts(r["run"][i], out)
+                _texts(r["run"][i], derived)
     for name, value in comp.run_env.items():
         if name in secret_run or built_from_output(value):
-            _texts(r["run_env"][name], out)
+            _texts(r["run_env"][name], derived)
     if refs and outputs is not None:
         for up, key in refs:
             value = outputs.get(up, {})
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
             if value is not None and not is_marker(value):
-                _texts(value, out)
+                _texts(value, roots)
+    out = roots + [d for d in derived if not any(root in d for root in roots)]
+    # A program that prints a secret inside JSON (say, its vars file) shows
+    # it escaped: mask those forms too.
+    for text in list(out):
+        out.extend({json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]} - {text})
     return sorted(set(out), key=len, reverse=True)
 
 
