@@ -20,7 +20,8 @@ the group with setsid may still hold it; the log says so).
 Output is read in binary, split into lines, decoded with errors="replace", masked
 (secrets -> `***`) and written to the action's log and the console. Steps
 marked `capture` keep their raw stdout for `collect` (e.g. `terraform output
--json`); that stdout goes to the log only and their stderr is kept apart, so
+-json`); that stdout is not logged (it may hold sensitive outputs; the log
+says how many bytes were captured) and their stderr is kept apart, so
 warnings never corrupt the JSON.
 """
 
@@ -222,7 +223,8 @@ _ALARMS = _Alarms()
 
 
 class _Lines:
-    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
+    """Output bytes -> masked lines in the log and on the console, or (`capture`)
+    kept raw and only counted in the log."""
 
     __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending")
 
@@ -233,7 +235,11 @@ class _Lines:
 
     def feed(self, data: bytes) -> None:
         if self._kept is not None:
+            # Captured stdout is the outputs (`terraform output -json`): which
+            # of them are sensitive is known only once they are read, so none
+            # of it is logged (SPEC 14).
             self._kept.append(data)
+            return
         *lines, rest = data.split(b"\n")
         if lines:
             if self._pending:
@@ -247,6 +253,11 @@ class _Lines:
 
     def end(self) -> None:
         """The output ended: a last line without a newline is still a line."""
+        if self._kept is not None:
+            size = sum(len(part) for part in self._kept)
+            self._log.write(f"--- {size} bytes of output captured as the outputs (not logged: "
+                            "outputs may be sensitive)\n")
+            return
         if self._pending:
             raw = b"".join(self._pending)
             self._pending.clear()
