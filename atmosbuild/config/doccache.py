@@ -75,8 +75,27 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
         return Document(data=data, file=file, text=text, locate=_LazyLocate(parse, text, file),
                         kind=kind)
     doc = parse(text, file)
-    _store(directory, entry, doc.data)
+    if not _may_hold_secrets(doc.data):  # SPEC 14: no cache holds a secret
+        _store(directory, entry, doc.data)
     return doc
+
+
+def _may_hold_secrets(data) -> bool:
+    """Whether a document may hold a sensitive value: a `sensitive:` list, or
+    any key named like a secret (resolve.is_sensitive_name), anywhere."""
+    from .resolve import is_sensitive_name
+
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and (k == "sensitive" or is_sensitive_name(k)):
+                    return True
+                stack.append(v)
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return False
 
 
 def _store(directory: str, entry: str, data) -> None:
