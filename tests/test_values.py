@@ -362,12 +362,18 @@ def test_a_secret_holding_a_quote_never_shows_on_the_echoed_command_line(ws):
         "components": {"command": {
             "argv": {"run": ["echo", "--pw=${var.db_password}", "${var.db_password}"]},
             "shell": {"run": "echo ${var.db_password} \"${var.db_password}\""}}}}}))
-    proc = ws.run("rollout", "//app:dev", "-j1")
+    cache = ws.root.parent / "user-cache"  # the parsed-file cache lives there
+    proc = ws.run("rollout", "//app:dev", "-j1", env={"XDG_CACHE_HOME": str(cache)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     logs = {p.name: p.read_text() for p in ws.state.rglob("*.log")}
     assert logs["argv.log"].splitlines()[0] == "$ echo --pw=*** ***"
     assert logs["shell.log"].splitlines()[0].startswith("$ sh -c 'echo \"${ATMOS_V_1}\"")
-    _assert_nowhere([SECRET, "hunter2"], {**_state_files(ws), "console": proc.stdout.encode()})
+    # A clean run leaves its up-to-date record: the next one is decided from it.
+    again = ws.run("rollout", "//app:dev", "-j1", env={"XDG_CACHE_HOME": str(cache)})
+    assert again.returncode == 0 and "2 cached" in again.stdout
+    assert list((ws.state / "cache").glob("uptodate-*"))
+    cached = {str(p): p.read_bytes() for p in cache.rglob("*") if p.is_file()}
+    _assert_nowhere([SECRET, "hunter2"], {**_state_files(ws), **cached, "console": proc.stdout.encode()})
 
 
 def test_secrets_never_reach_explain_or_the_stored_ingredients(ws):
@@ -432,85 +438,110 @@ def test_sensitive_outputs_are_stored_as_a_marker_masked_in_dependents_and_keep_
 
 # -- type hooks: sensitive_outputs and recover_outputs ------------------------------------
 
-def _in_process_rollout(root: Path, monkeypatch, ctype) -> tuple[int, str]:
-    import io
+def _in_process_rollout(root: Path, monkeypatch, ctype, capsys=None) -> tuple[int, str]:
+    """`atmosbuild rollout //app:dev -j1` run in this process, with `ctype`
+    as the `command` type (a type of our own: the seam the terraform type
+    plugs into)."""
+    import gc
 
+    from atmosbuild import cli
     from atmosbuild.components import TYPES
-    from atmosbuild.config.labels import parse_label
-    from atmosbuild.graph.actions import compile_graph
-    from atmosbuild.run.rollout import Rollout, RolloutOptions
-    from atmosbuild.run.ui import Console
-    from atmosbuild.state.files import FileDigester
-    from atmosbuild.state.sqlite import open_store
 
     monkeypatch.setitem(TYPES, "command", ctype)
-    state = str(root / ".atmos")
-    store = open_store(state)
     try:
-        graph = compile_graph(str(root), [parse_label("//app:dev")], FileDigester(str(root)))
-        out = io.StringIO()
-        code = Rollout(str(root), state, graph, store, RolloutOptions(parallelism=1),
-                       Console(out, out, prefix=False, live=False, color=False)).run()
+        cli.main(["-C", str(root), "rollout", "//app:dev", "-j1"])
+    except SystemExit as exc:
+        code = exc.code
     finally:
-        store.close()
-    return code, out.getvalue()
+        gc.enable()
+        gc.unfreeze()
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
 
 
-def test_a_type_marks_outputs_sensitive_and_reads_them_back_for_a_dependent(ws, monkeypatch):
-    from atmosbuild.components.command import Command
+class _Marking:
+    """A command type whose `blob` output is sensitive and can be read back."""
 
-    reads = []
+    def __new__(cls, reads: list, value: str):
+        from atmosbuild.components.command import Command
 
-    class Marking(Command):
-        def sensitive_outputs(self, ctx, captured):
-            return frozenset({"blob"})
+        class Marking(Command):
+            def sensitive_outputs(self, ctx, captured):
+                return frozenset({"blob"})
 
-        def recover_outputs(self, ctx):
-            reads.append(ctx.component_id)
-            return {"blob": "tOpZq-secret", "url": "u"} if ctx.component_id == "command/up" else None
+            def recover_outputs(self, ctx):
+                reads.append(ctx.component_id)
+                if ctx.component_id != "command/up":
+                    return None
+                assert os.path.isdir(ctx.workdir)  # its source is there to read from
+                return {"blob": value, "url": "u"}
 
-    def write(n: int) -> None:
-        ws.write("app/deployment.yaml", json.dumps({"deployment": {
-            "targets": {"dev": {}},
-            "components": {"command": {
-                "up": {"run": ["sh", "-c", "printf '{\"blob\": \"%s\", \"url\": \"u\"}' "
-                               "\"$(printf tOpZq; printf -- -secret)\" > $ATMOS_OUTPUTS"]},
-                "down": {"vars": {"n": n}, "run": ["echo", "blob=${outputs.command/up.blob}"]}}}}}))
+        return Marking()
 
-    write(1)
-    code, out = _in_process_rollout(ws.root, monkeypatch, Marking())
+
+def _marking_deployment(ws, n: int, blob: str = "\"$(printf tOpZq; printf -- -secret)\"") -> None:
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {
+        "targets": {"dev": {}},
+        "components": {"command": {
+            "up": {"source": "src/up",
+                   "run": ["sh", "-c", f"printf '{{\"blob\": \"%s\", \"url\": \"u\"}}' {blob} "
+                           "> $ATMOS_OUTPUTS"]},
+            "down": {"source": "src/down", "vars": {"n": n},
+                     "run": ["echo", "blob=${outputs.command/up.blob}"]}}}}}))
+    ws.write("src/up/main.sh", "up\n")
+    ws.write("src/down/main.sh", "down\n")
+
+
+def test_a_type_marks_outputs_sensitive_and_reads_them_back_for_a_dependent(ws, monkeypatch, capsys):
+    reads: list = []
+    _marking_deployment(ws, 1)
+    code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "tOpZq-secret"), capsys)
     assert code == 0, out
     assert "blob=***" in out and reads == []
     assert _applied(ws, "command/up", "outputs")["blob"] == {"$atmosbuild": "sensitive"}
-    write(2)  # down runs, up is cached: the value is read back from the type
-    code, out = _in_process_rollout(ws.root, monkeypatch, Marking())
+    _marking_deployment(ws, 2)  # down runs, up is cached: the value is read back from the type
+    code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "tOpZq-secret"), capsys)
     assert code == 0, out
     assert reads == ["command/up"] and "blob=***" in out
     _assert_nowhere(["tOpZq-secret"], {**_state_files(ws), "console": out.encode()})
 
 
-def test_outputs_read_back_that_differ_from_the_recorded_ones_fail_the_dependent(ws, monkeypatch):
-    from atmosbuild.components.command import Command
+def test_a_partial_rollout_reads_a_sensitive_output_back_from_a_recorded_upstream(ws, monkeypatch, capsys):
+    import time
 
-    class Drifted(Command):
-        def sensitive_outputs(self, ctx, captured):
-            return frozenset({"blob"})
+    reads: list = []
+    _marking_deployment(ws, 1)
+    time.sleep(2.1)  # sources settle: the next rollout may be decided from its record
+    code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "tOpZq-secret"), capsys)
+    assert code == 0, out
+    assert list((ws.state / "cache").glob("uptodate-*"))  # recorded
+    ws.write("src/down/main.sh", "down, edited\n")  # only down's tree moved
+    from atmosbuild.run.uptodate import RecordedRollout
 
-        def recover_outputs(self, ctx):
-            return {"blob": "changed", "url": "u"}
+    compiled = []
+    original = RecordedRollout._compiled_upstream
 
-    def write(n: int) -> None:
-        ws.write("app/deployment.yaml", json.dumps({"deployment": {
-            "targets": {"dev": {}},
-            "components": {"command": {
-                "up": {"run": ["sh", "-c", "printf '{\"blob\": \"b\", \"url\": \"u\"}' > $ATMOS_OUTPUTS"]},
-                "down": {"vars": {"n": n}, "run": ["echo", "${outputs.command/up.blob}"]}}}}}))
+    def spy(self, dep, up):
+        node = original(self, dep, up)
+        compiled.append((dep, type(node).__name__))
+        return node
 
-    write(1)
-    assert _in_process_rollout(ws.root, monkeypatch, Drifted())[0] == 0
-    write(2)
-    code, out = _in_process_rollout(ws.root, monkeypatch, Drifted())
-    assert code == 1 and "differ from the recorded ones" in out and "--force --only command/down" in out
+    monkeypatch.setattr(RecordedRollout, "_compiled_upstream", spy)
+    code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "tOpZq-secret"), capsys)
+    assert code == 0, out
+    assert "[command/up] cached" in out and "blob=***" in out
+    # decided from the record: up was only a record until down needed its output
+    assert compiled == [("command/up", "ActionNode")] and reads == ["command/up"]
+
+
+def test_outputs_read_back_that_differ_from_the_recorded_ones_fail_the_dependent(ws, monkeypatch, capsys):
+    reads: list = []
+    _marking_deployment(ws, 1, blob="b")
+    assert _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "changed"), capsys)[0] == 0
+    _marking_deployment(ws, 2, blob="b")
+    code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "changed"), capsys)
+    assert code == 1 and "differ from the recorded ones" in out, out
+    assert "atmosbuild rollout //app:dev --force --only command/down" in out
 
 
 def test_masking_has_no_length_minimum_and_never_leaves_a_secret_spelled_by_the_mask():

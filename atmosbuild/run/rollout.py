@@ -309,21 +309,28 @@ class Rollout(ScheduleHooks):
         again = (f"run both again: atmosbuild rollout {node.label} --force --only {node.cid} "
                  f"(runs {node.cid} and what it depends on)")
         recovered = None
-        ctype = getattr(up, "ctype", None)
-        if ctype is not None and getattr(up, "component", None) is not None:
-            decision = self.decisions.get(dep)
-            ctx = self._context(up, decision.key if decision else "", dict(up.component.vars))
+        up = self._compiled_upstream(dep, up)
+        key = self._upstream_key(dep)
+        if getattr(up, "ctype", None) is not None:
+            ctx = self._context(up, key, dict(up.component.vars))
             self._materialize(up, ctx.workdir)
-            recovered = ctype.recover_outputs(ctx)
+            recovered = up.ctype.recover_outputs(ctx)
         if recovered is None:
             raise ValueError(f"{hint}; its type cannot read it back: {again}")
-        key_ = self.decisions[dep].key if dep in self.decisions else ""
-        if result_digest(key_, recovered) != res.result:
+        if result_digest(key, recovered) != res.result:
             raise ValueError(f"{hint}; the outputs read back from it differ from the recorded "
                              f"ones (it changed outside atmosbuild): {again}")
         fresh = _Result(res.result, dict(recovered), res.sensitive)
         self.results[dep] = fresh
         return fresh
+
+    def _compiled_upstream(self, dep: str, up):
+        """The action node of dependency `dep` (a recorded rollout may hold
+        only its record)."""
+        return up
+
+    def _upstream_key(self, dep: str) -> str:
+        return self.decisions[dep].key
 
     def _spec_for(self, nid: str) -> ActionSpec:
         from ..config.resolve import RenderError, as_text, render

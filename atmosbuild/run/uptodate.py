@@ -539,6 +539,7 @@ class RecordedRollout(Rollout):
         self.dirty = dirty or set()
         self.moved: set[str] = set()  # decided nodes whose result is not the recorded one
         self.upstreams = {d for node in self.compiled.values() for d in node.deps}
+        self.compiler = None  # set by rollout_if_up_to_date when it compiled nodes
 
     def read_state(self) -> None:
         # Keys, results and durations only: the rows' outputs and ingredients
@@ -589,6 +590,24 @@ class RecordedRollout(Rollout):
         if fin.ok and self.results[fin.node].result != self._recorded_result(fin.node):
             self.moved.add(fin.node)
 
+    def _compiled_upstream(self, dep: str, up):
+        # A dependent needs a sensitive output read back from this upstream's
+        # type: compile it (from the node pack) to have one.
+        if getattr(up, "ctype", None) is None and self.compiler is not None:
+            from ..graph.actions import NeedsFullCompile
+
+            try:
+                return self.compiler.node(dep)
+            except (NeedsFullCompile, OSError):
+                return up
+        return up
+
+    def _upstream_key(self, dep: str) -> str:
+        if dep in self.decisions:
+            return self.decisions[dep].key
+        node = self.graph.nodes[dep]
+        return self.rows[(node.deployment, node.target)][node.cid][0]
+
     def _recorded_result(self, nid: str) -> str:
         node = self.graph.nodes[nid]
         return self.rows[(node.deployment, node.target)][node.cid][1]
@@ -634,6 +653,8 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     store = open_store(state_dir, readonly=not compiled)
     rollout = RecordedRollout(root, state_dir, record, store, options, console,
                               compiled, dirty, components)
+    if compiled:
+        rollout.compiler = compiler
     if compiled:
         rollout.on_up_to_date = lambda done: record_partial(
             state_dir, keys, record, dirty, changed, trees, done, root, checked_at)
