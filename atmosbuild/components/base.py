@@ -85,8 +85,9 @@ class ComponentType:
 
         Asked when a dependent needs a sensitive output of this component
         while it is cached this rollout: state keeps only a marker for a
-        sensitive value. `ctx` is built as for a run (workdir holds the
-        materialized source, vars rendered), but `prepare` has not run. The
+        sensitive value. `ctx` is built as for a run (its workdir holds the
+        materialized source; `vars` as resolved, any `${outputs...}` in them
+        not substituted; `run` None), but `prepare` has not run. The
         result must be the outputs the recorded result digest was computed
         over, or the dependent fails (they changed since: re-run)."""
         return None

@@ -284,7 +284,6 @@ class Rollout(ScheduleHooks):
         ones that state keeps only a marker for (the upstream is cached) are
         read back from the upstream's type (recover_outputs), once per
         rollout, checked against its recorded result digest."""
-        from ..graph.keys import result_digest
         from ..state.rebuild import is_marker
 
         outputs = {}
@@ -301,10 +300,10 @@ class Rollout(ScheduleHooks):
             outputs[up.cid] = res.outputs
         return outputs
 
-    def _recover(self, node, dep: str, up, res: _Result, key: str) -> _Result:
+    def _recover(self, node, dep: str, up, res: _Result, output: str) -> _Result:
         from ..graph.keys import result_digest
 
-        hint = (f"needs the sensitive output '{key.split('.', 1)[0]}' of {up.cid}, which state never "
+        hint = (f"needs the sensitive output '{output.split('.', 1)[0]}' of {up.cid}, which state never "
                 f"holds in clear, and {up.cid} did not run in this rollout")
         again = (f"run both again: atmosbuild rollout {node.label} --force --only {node.cid} "
                  f"(runs {node.cid} and what it depends on)")
