@@ -194,7 +194,7 @@ CLI_RUNS = {
 
 # Real CLI runs: few examples, and no shrinking (each costs seconds); the
 # direct test above covers the quoting with many more.
-CLI = settings(max_examples=6, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+CLI = settings(max_examples=15, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -317,7 +317,7 @@ def _everything(ws, report: Path, *outputs) -> dict[str, bytes]:
     return haystacks
 
 
-@CLI
+@settings(CLI, max_examples=5)  # each example: 9 CLI runs
 @given(s1=SECRETS, s2=SECRETS)
 @example(s1="it's-Zq-\"x\"", s2="$(id)Zq`id`\\")
 def test_secrets_never_reach_any_output_stream_or_any_byte_under_the_state_dir(s1, s2):
