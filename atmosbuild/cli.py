@@ -75,10 +75,13 @@ def _root(ctx: click.Context) -> _Root:
 @click.option("--force", is_flag=True, help="Run every selected component, up to date or not.")
 @click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
 @click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report to FILE.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a run report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False),
+              help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing).")
 @click.pass_context
 def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
-            keep_workspace, force, only, wait, report):
+            keep_workspace, force, only, wait, report, profile):
     """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
     r = _root(ctx)
     if parallelism is None:
@@ -105,12 +108,12 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+                             profile=profile, toolchain=dict(r.settings.toolchain))
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
     record_keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
-    if not force and not report:  # (a report describes each node's decision: the full path)
+    if not (force or report or profile):  # (a report describes each node's decision: the full path)
         code = uptodate.rollout_if_up_to_date(record_keys, r.root, r.state_dir, options, console,
                                               open_store)
         if code is not None:
