@@ -173,3 +173,16 @@ def test_a_screenshot_of_a_failed_run_is_a_real_picture(page, tmp_path):
     (background, count), = colours.most_common(1)
     assert len(pixels) - count > 0.05 * len(pixels)
     assert FAILED_RED in colours  # the failure is drawn in its colour
+
+
+def test_the_filter_box_hides_what_does_not_match(page):
+    """The script's filter, given by the link (`#filter=...`) as a user's
+    typing would: only matching rows stay; chips and bars are dimmed."""
+    proc = chromium("--dump-dom", page.as_uri() + "#filter=bad")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    shown = [line for line in dom.split("<tr ")[1:] if "hidden" not in line.split(">", 1)[0]]
+    assert sorted(row.split('class="id">', 1)[1].split("<", 1)[0] for row in shown) == [
+        "command/after_bad", "command/bad"]
+    assert "2 of 6 components match" in dom
+    assert 'class="bar dim"' in dom or 'class="bar crit dim"' in dom

@@ -90,6 +90,13 @@ class _Page:
         self.index = {n.id: i for i, n in enumerate(self.nodes)}
         self.critical = report.critical_path()
         self.on_path = set(self.critical)
+        logs = [n.log for n in self.nodes if n.log]
+        self.log_dir = os.path.commonpath(logs) if len(logs) > 1 else (
+            os.path.dirname(logs[0]) if logs else "")
+        if self.log_dir and self.r.run_id and self.r.run_id in self.log_dir:
+            # the run's own directory, not a component's subdirectory
+            head, _, _ = self.log_dir.partition(self.r.run_id)
+            self.log_dir = head + self.r.run_id
         self.counts = {s: 0 for s in STATUSES}
         for n in self.nodes:
             self.counts[n.status] = self.counts.get(n.status, 0) + 1
@@ -110,8 +117,8 @@ class _Page:
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
             self.header(),
             self.failures(),
-            self.graph(),
             self.timeline(),
+            self.graph(),
             self.table(),
             f"<script>{JS}</script></body></html>\n",
         ])
@@ -131,7 +138,8 @@ class _Page:
             f"<p class=\"facts\">{len(self.nodes)} components · {counts} · took "
             f"{_e(_seconds(r.duration_s))} at -j{r.parallelism} ({_e(r.schedule)}) · slots busy {use}"
             f" · critical path {len(self.critical)} actions, {_e(_seconds(crit))}</p>"
-            f"<p class=\"meta\">run {_e(r.run_id)} · workspace <code>{_e(ws)}</code></p>"
+            f"<p class=\"meta\">run {_e(r.run_id)} · workspace <code>{_e(ws)}</code>"
+            + (f" · logs <code>{_e(self.log_dir)}/</code>" if self.log_dir else "") + "</p>"
             "<div id=\"tools\" hidden><input id=\"filter\" type=\"search\" "
             "placeholder=\"filter: id, status or reason\" aria-label=\"filter components\">"
             " <button type=\"button\" id=\"expand\">expand all waves</button>"
@@ -148,7 +156,9 @@ class _Page:
             out.append(
                 f"<div class=\"failure\"><h3><a href=\"#{self.anchor(n)}\">{_e(n.id)}</a> "
                 f"<span class=\"pill s-{n.status}\">{n.status}</span></h3>"
-                f"<p>{_e(n.reason)}{' · exit code ' + str(n.exit_code) if n.exit_code is not None else ''}"
+                f"<p>{_e(n.reason)}"
+                + (f" · exit code {n.exit_code}" if n.exit_code is not None
+                   and f"exit code {n.exit_code}" not in n.reason else "") +
                 f" · log <code>{_e(n.log)}</code></p>"
                 + (f"<pre>{_e(chr(10).join(tail))}</pre>" if tail else "") + "</div>")
         if len(bad) > FAILURES_SHOWN:
@@ -171,14 +181,17 @@ class _Page:
         return (f"<section id=\"graph\"><h2>Graph by waves{note}</h2>{self.legend()}{body}</section>")
 
     def graph_svg(self, waves: list[list[NodeRun]]) -> str:
-        cw, w, h, gap, top = 230, 200, 24, 8, 30
+        longest = max((len(n.id) for n in self.nodes), default=10)
+        chars = min(max(longest, 16), 48)  # ids longer than this are cut (the tooltip has them whole)
+        w = int(chars * 6.7) + 14
+        cw, h, gap, top = w + 30, 24, 8, 30
         pos = {}
         for k, wave in enumerate(waves):
             for i, n in enumerate(wave):
                 pos[n.id] = (10 + k * cw, top + i * (h + gap))
         width = 20 + len(waves) * cw
         height = top + max((len(wv) for wv in waves), default=0) * (h + gap) + 10
-        out = [f"<div class=\"scroll\"><svg class=\"dag\" width=\"{width}\" height=\"{height}\" "
+        out = [f"<div class=\"scroll dagbox\"><svg class=\"dag\" width=\"{width}\" height=\"{height}\" "
                f"viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"dependency graph by waves\">"]
         for k, wave in enumerate(waves):
             x = 10 + k * cw
@@ -200,12 +213,12 @@ class _Page:
             tip = f"{n.id}: {n.status}" + (f" in {_seconds(n.duration)}" if n.ran else "") + \
                   (f" — {n.reason}" if n.reason else "")
             out.append(
-                f"<a href=\"#{self.anchor(n)}\"><g class=\"node{crit}\" data-f=\"{_e(self.key(n))}\">"
+                f"<a href=\"#{self.anchor(n)}\"><g class=\"node{crit}\">"
                 f"<title>{_e(tip)}</title>"
                 f"<rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"4\" "
                 f"fill=\"{COLOURS.get(n.status, '#fff')}\"/>"
                 f"<text x=\"{x + 6}\" y=\"{y + 16}\" fill=\"{TEXT_COLOURS.get(n.status, '#000')}\">"
-                f"{_e(_short(n.id, 30))}</text></g></a>")
+                f"{_e(_short(n.id, chars))}</text></g></a>")
         out.append("</svg></div>")
         return "".join(out)
 
@@ -224,7 +237,7 @@ class _Page:
             for n in wave:
                 crit = " crit" if n.id in self.on_path else ""
                 out.append(f"<a class=\"chip s-{n.status}{crit}\" href=\"#{self.anchor(n)}\" "
-                           f"data-f=\"{_e(self.key(n))}\" title=\"{_e(n.status + ': ' + n.reason)}\">"
+                           f"title=\"{_e(n.status + ': ' + n.reason)}\">"
                            f"{_e(n.id)}</a>")
             out.append("</div></details>")
         out.append("</div>")
@@ -259,13 +272,15 @@ class _Page:
             x = left + at * scale
             out.append(f"<line class=\"wavemark\" x1=\"{x:.1f}\" y1=\"18\" x2=\"{x:.1f}\" "
                        f"y2=\"{height - 8}\"><title>wave {wave} opens at {_e(_seconds(at))}</title></line>")
-        for n, lane in zip(ran, lanes):
+        # Failures last, so they are drawn on top, and never thinner than 3 px.
+        drawn = sorted(zip(ran, lanes), key=lambda nl: nl[0].status in ("failed", "cancelled"))
+        for n, lane in drawn:
             x = left + n.started * scale
-            bw = max(n.duration * scale, 1.0)
+            bw = max(n.duration * scale, 1.0 if n.status == "succeeded" else 3.0)
             y = 22 + lane * row_h + 2
             crit = " crit" if n.id in self.on_path else ""
             tip = f"{n.id}: {n.status}, {_seconds(n.duration)} (from {_seconds(n.started)}), wave {n.wave}"
-            out.append(f"<a href=\"#{self.anchor(n)}\"><rect class=\"bar{crit}\" data-f=\"{_e(self.key(n))}\" "
+            out.append(f"<a href=\"#{self.anchor(n)}\"><rect class=\"bar{crit}\" "
                        f"x=\"{x:.2f}\" y=\"{y}\" width=\"{bw:.2f}\" height=\"{row_h - 4}\" "
                        f"fill=\"{COLOURS[n.status]}\"><title>{_e(tip)}</title></rect></a>")
             if bw > 60:
@@ -290,14 +305,14 @@ class _Page:
             crit = " <span class=\"crit-mark\" title=\"on the critical path\">critical</span>" \
                 if n.id in self.on_path else ""
             if tail:
-                log = (f"<details><summary>last {len(tail)} lines</summary><pre>{_e(chr(10).join(tail))}"
-                       f"</pre><code>{_e(n.log)}</code></details>")
+                log = (f"<details><summary>{'last line' if len(tail) == 1 else f'last {len(tail)} lines'}</summary><pre>{_e(chr(10).join(tail))}"
+                       f"</pre><code>{_e(self.log_name(n))}</code></details>")
             elif n.log:
-                log = f"<code>{_e(n.log)}</code>"
+                log = f"<code>{_e(self.log_name(n))}</code>"
             else:
                 log = ""
             out.append(
-                f"<tr id=\"{self.anchor(n)}\" class=\"s-{n.status}\" data-f=\"{_e(self.key(n))}\">"
+                f"<tr id=\"{self.anchor(n)}\" class=\"s-{n.status}\">"
                 f"<td class=\"id\">{_e(n.id)}{crit}</td><td>{n.wave}</td>"
                 f"<td><span class=\"pill s-{n.status}\">{n.status}</span></td>"
                 f"<td class=\"num\">{_e(_seconds(n.duration)) if n.ran else ''}</td>"
@@ -305,10 +320,11 @@ class _Page:
         out.append("</tbody></table></section>")
         return "".join(out)
 
-    @staticmethod
-    def key(n: NodeRun) -> str:
-        """What the filter box matches."""
-        return f"{n.id} {n.status} {n.reason}".lower()
+    def log_name(self, n: NodeRun) -> str:
+        """A log's path below the run's log directory (named once, in the header)."""
+        if self.log_dir and n.log and n.log.startswith(self.log_dir + os.sep):
+            return n.log[len(self.log_dir) + 1:]
+        return n.log or ""
 
 
 def _tick(end: float) -> float:
@@ -358,14 +374,16 @@ padding:8px;overflow:auto;max-height:24em;white-space:pre-wrap;word-break:break-
 .s-succeeded.pill,.chip.s-succeeded{background:#6aa84f;color:#fff}.s-cached.pill,.chip.s-cached{background:#b6d7a8}
 .s-failed.pill,.chip.s-failed{background:#e06666;color:#fff}.s-skipped.pill,.chip.s-skipped{background:#cccccc}
 .s-cancelled.pill,.chip.s-cancelled{background:#f6b26b}
-.failure{border-left:4px solid #e06666;background:#fff;padding:4px 10px;margin:8px 0}
+.failure{border-left:4px solid #e06666;background:#fff;padding:2px 10px;margin:6px 0}
+.failure p{margin:2px 0}.failure pre{max-height:12em}
 .legend{margin:4px 0;font-size:12px}.key{margin-right:14px;white-space:nowrap}
 .key i{display:inline-block;width:12px;height:12px;border-radius:2px;vertical-align:-2px;margin-right:4px}
 .key i.crit{border:2px solid #1c4587;width:10px;height:10px}
 .scroll{overflow:auto;background:#fff;border:1px solid #e3e3e3;max-height:80vh}
+.dagbox{max-height:min(70vh,560px)}
 svg text{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 svg .wave{font-weight:bold;fill:#444}
-.edge{fill:none;stroke:#9aa;stroke-width:1}.edge.crit{stroke:#1c4587;stroke-width:2.5}
+.edge{fill:none;stroke:#9aa;stroke-width:1;stroke-opacity:.45}.edge.crit{stroke:#1c4587;stroke-width:2.5;stroke-opacity:1}
 .node.crit rect{stroke:#1c4587;stroke-width:3}
 .bar.crit{stroke:#1c4587;stroke-width:2.5}.bar{stroke:#fff;stroke-width:.5}
 .tick{stroke:#eee}.axis{fill:#888}.lane{fill:#555}.barlabel{fill:#fff;pointer-events:none;font-size:10px}
@@ -374,6 +392,7 @@ svg .wave{font-weight:bold;fill:#444}
 .path{font-size:12px;color:#444}
 .waves details{background:#fff;border:1px solid #e3e3e3;margin:3px 0;padding:2px 8px}
 .waves summary{cursor:pointer}
+td summary{white-space:nowrap;cursor:pointer}
 .mix{display:inline-flex;width:200px;height:9px;vertical-align:middle;margin-left:8px}
 .mix i{display:block;height:9px}
 .chips{display:flex;flex-wrap:wrap;gap:3px;padding:4px 0}
@@ -395,19 +414,24 @@ JS = """
 (function(){
 var tools=document.getElementById('tools');tools.hidden=false;
 var box=document.getElementById('filter'),shown=document.getElementById('shown');
-var rows=[].slice.call(document.querySelectorAll('tbody tr'));
-var marks=[].slice.call(document.querySelectorAll('.chip,.node,.bar[data-f]'));
+function low(t){return (t||'').toLowerCase();}
+var rows=[].slice.call(document.querySelectorAll('tbody tr')).map(function(r){
+  return [r,low(r.cells[0].textContent+' '+r.cells[2].textContent+' '+r.cells[4].textContent)];});
+var marks=[].slice.call(document.querySelectorAll('.chip,.node,rect.bar')).map(function(m){
+  var t=m.querySelector('title');return [m,low(m.textContent+' '+(m.getAttribute('title')||'')+' '+(t?t.textContent:''))];});
 var timer=null;
 function apply(){
   var q=box.value.trim().toLowerCase(),n=0;
-  rows.forEach(function(r){var hit=!q||r.getAttribute('data-f').indexOf(q)>=0;r.hidden=!hit;if(hit)n++;});
-  marks.forEach(function(m){var hit=!q||m.getAttribute('data-f').indexOf(q)>=0;
+  rows.forEach(function(e){var hit=!q||e[1].indexOf(q)>=0;e[0].hidden=!hit;if(hit)n++;});
+  marks.forEach(function(e){var m=e[0],hit=!q||e[1].indexOf(q)>=0;
     if(m.classList.contains('chip'))m.hidden=!hit;else m.classList.toggle('dim',!hit);});
   if(q){[].forEach.call(document.querySelectorAll('.waves details'),function(d){
     d.open=!!d.querySelector('.chip:not([hidden])');});}
   shown.textContent=q?(n+' of '+rows.length+' components match'):'';
 }
 box.addEventListener('input',function(){clearTimeout(timer);timer=setTimeout(apply,120);});
+// A link can carry a filter: report.html#filter=failed
+var m=/^#filter=(.*)$/.exec(location.hash);if(m){box.value=decodeURIComponent(m[1]);apply();}
 function all(open){[].forEach.call(document.querySelectorAll('.waves details'),function(d){d.open=open;});}
 document.getElementById('expand').onclick=function(){all(true);};
 document.getElementById('collapse').onclick=function(){all(false);};
