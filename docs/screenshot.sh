@@ -16,7 +16,7 @@ cp -r examples "$TMP/examples"
 rm -rf "$TMP/examples/.atmos" "$TMP/examples/.local-cloud"
 # -k: a component that fails here (nixpacks is rarely installed) shows what a failure looks like.
 PYTHONPATH=$REPO "$PYTHON" -m atmosbuild -C "$TMP/examples" rollout '//...:dev' -j2 -k \
-  --report "$TMP/report.html" >/dev/null || true
+  --report "$TMP/report.html" >/dev/null 2>&1 || true
 test -s "$TMP/report.html"
 
 flags=(--headless --disable-gpu --disable-quic --no-first-run --disable-background-networking

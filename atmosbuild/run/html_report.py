@@ -38,6 +38,7 @@ LOG_TAIL_LINES = 20
 LOG_LINE_MAX = 400
 LOG_BUDGET = 4_000_000
 FAILURES_SHOWN = 20
+TABLE_CHUNK = 200  # table rows per chunk
 
 COLOURS = {
     "succeeded": "#6aa84f", "cached": "#b6d7a8", "failed": "#e06666",
@@ -131,14 +132,18 @@ class _Page:
         use = f"{100 * busy / (r.parallelism * span):.0f}%" if span > 0 else "–"
         counts = " ".join(
             f"<span class=\"pill s-{s}\">{self.counts[s]} {s}</span>" for s in STATUSES if self.counts[s])
-        ws = r.workspace if isinstance(r.workspace, str) else ", ".join(r.workspace)
+        if isinstance(r.workspace, str):
+            ws = f"workspace <code>{_e(r.workspace)}</code>"
+        else:  # one per label
+            ws = (f"{len(r.workspace)} workspaces <code>"
+                  + ", ".join(_e(os.path.basename(w)) for w in r.workspace) + "</code>")
         crit = sum(self.nodes[self.index[c]].duration for c in self.critical)
         return (
             f"<header><h1>{_e(r.label)} <span class=\"result r-{_e(r.result)}\">{_e(r.result)}</span></h1>"
             f"<p class=\"facts\">{len(self.nodes)} components · {counts} · took "
             f"{_e(_seconds(r.duration_s))} at -j{r.parallelism} ({_e(r.schedule)}) · slots busy {use}"
             f" · critical path {len(self.critical)} actions, {_e(_seconds(crit))}</p>"
-            f"<p class=\"meta\">run {_e(r.run_id)} · workspace <code>{_e(ws)}</code>"
+            f"<p class=\"meta\">run {_e(r.run_id)} · {ws}"
             + (f" · logs <code>{_e(self.log_dir)}/</code>" if self.log_dir else "") + "</p>"
             "<div id=\"tools\" hidden><input id=\"filter\" type=\"search\" "
             "placeholder=\"filter: id, status or reason\" aria-label=\"filter components\">"
@@ -232,8 +237,9 @@ class _Page:
                           for s in STATUSES if counts.get(s))
             said = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
             opened = " open" if len(wave) <= WAVES_OPEN_MAX and len(waves) <= 12 else ""
-            out.append(f"<details class=\"wave\"{opened}><summary>Wave {wave[0].wave}: {len(wave)} "
-                       f"components ({said}) <span class=\"mix\">{bar}</span></summary><div class=\"chips\">")
+            out.append(f"<details class=\"wave\"{opened}><summary><span class=\"what\">Wave {wave[0].wave}: "
+                       f"{len(wave)} components ({said})</span> <span class=\"mix\">{bar}</span></summary>"
+                       "<div class=\"chips\">")
             for n in wave:
                 crit = " crit" if n.id in self.on_path else ""
                 out.append(f"<a class=\"chip s-{n.status}{crit}\" href=\"#{self.anchor(n)}\" "
@@ -255,8 +261,9 @@ class _Page:
         left, width, row_h = 70, 1100, 22
         scale = width / end
         height = 24 + rows * row_h + 10
-        total = left + width + 10
-        out = [f"<div class=\"scroll\"><svg class=\"timeline\" width=\"{total}\" height=\"{height}\" "
+        total = left + width + 40  # room for the last tick's label
+        dense = " dense" if len(ran) > width // 4 else ""  # bars of a pixel or two: no outlines
+        out = [f"<div class=\"scroll\"><svg class=\"timeline{dense}\" width=\"{total}\" height=\"{height}\" "
                f"viewBox=\"0 0 {total} {height}\" role=\"img\" aria-label=\"timeline by slot\">"]
         step = _tick(end)
         t = 0.0
@@ -294,9 +301,21 @@ class _Page:
 
     def table(self) -> str:
         budget = LOG_BUDGET
-        out = ["<section id=\"components\"><h2>Components</h2><table><thead><tr><th>component</th>"
-               "<th>wave</th><th>status</th><th>duration</th><th>reason</th><th>log</th></tr></thead><tbody>"]
-        for n in self.nodes:
+        # Fixed column widths (no pass over every cell to size them), and the
+        # rows in chunks the browser may skip laying out while off screen
+        # (content-visibility does not apply to rows themselves).
+        cols = ("<colgroup><col style=\"width:28%\"><col style=\"width:5%\"><col style=\"width:9%\">"
+                "<col style=\"width:8%\"><col style=\"width:32%\"><col style=\"width:18%\"></colgroup>")
+        out = ["<section id=\"components\"><h2>Components</h2><table class=\"head\">", cols,
+               "<thead><tr><th>component</th><th>wave</th><th>status</th><th>duration</th>"
+               "<th>reason</th><th>log</th></tr></thead></table>"]
+        for i, n in enumerate(self.nodes):
+            if i % TABLE_CHUNK == 0:
+                if i:
+                    out.append("</tbody></table></div>")
+                rows = min(TABLE_CHUNK, len(self.nodes) - i)
+                out.append(f"<div class=\"chunk\" style=\"contain-intrinsic-size:auto {rows * 25}px\">"
+                           f"<table>{cols}<tbody>")
             tail: list[str] = []
             if n.ran and (n.status != "succeeded" or budget > 0):
                 tail = log_tail(n.log)
@@ -305,8 +324,9 @@ class _Page:
             crit = " <span class=\"crit-mark\" title=\"on the critical path\">critical</span>" \
                 if n.id in self.on_path else ""
             if tail:
-                log = (f"<details><summary>{'last line' if len(tail) == 1 else f'last {len(tail)} lines'}</summary><pre>{_e(chr(10).join(tail))}"
-                       f"</pre><code>{_e(self.log_name(n))}</code></details>")
+                lines = "last line" if len(tail) == 1 else f"last {len(tail)} lines"
+                log = (f"<details><summary>{lines}</summary><pre>{_e(chr(10).join(tail))}</pre>"
+                       f"<code>{_e(self.log_name(n))}</code></details>")
             elif n.log:
                 log = f"<code>{_e(self.log_name(n))}</code>"
             else:
@@ -317,7 +337,9 @@ class _Page:
                 f"<td><span class=\"pill s-{n.status}\">{n.status}</span></td>"
                 f"<td class=\"num\">{_e(_seconds(n.duration)) if n.ran else ''}</td>"
                 f"<td>{_e(n.reason)}</td><td>{log}</td></tr>")
-        out.append("</tbody></table></section>")
+        if self.nodes:
+            out.append("</tbody></table></div>")
+        out.append("</section>")
         return "".join(out)
 
     def log_name(self, n: NodeRun) -> str:
@@ -388,21 +410,23 @@ svg .wave{font-weight:bold;fill:#444}
 .bar.crit{stroke:#1c4587;stroke-width:2.5}.bar{stroke:#fff;stroke-width:.5}
 .tick{stroke:#eee}.axis{fill:#888}.lane{fill:#555}.barlabel{fill:#fff;pointer-events:none;font-size:10px}
 .wavemark{stroke:#777;stroke-dasharray:3 3}
+.dense .bar{stroke:none}.dense .bar.crit{stroke:#1c4587;stroke-width:1.5}
 .dim{opacity:.15}
 .path{font-size:12px;color:#444}
 .waves details{background:#fff;border:1px solid #e3e3e3;margin:3px 0;padding:2px 8px}
 .waves summary{cursor:pointer}
 td summary{white-space:nowrap;cursor:pointer}
+.what{display:inline-block;min-width:26em}
 .mix{display:inline-flex;width:200px;height:9px;vertical-align:middle;margin-left:8px}
 .mix i{display:block;height:9px}
 .chips{display:flex;flex-wrap:wrap;gap:3px;padding:4px 0}
 .chip{font:11px ui-monospace,Menlo,Consolas,monospace;padding:1px 5px;border-radius:3px;text-decoration:none;color:#222}
 .chip.crit{outline:2px solid #1c4587}
-table{border-collapse:collapse;width:100%;background:#fff}
+table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
+.chunk{content-visibility:auto}
 th,td{border-bottom:1px solid #eee;padding:3px 6px;text-align:left;vertical-align:top}
-th{position:sticky;top:0;background:#f0f0f0}
+th{background:#f0f0f0}
 td.id{font:12px ui-monospace,Menlo,Consolas,monospace;word-break:break-all}td.num{text-align:right;white-space:nowrap}
-tbody tr{content-visibility:auto;contain-intrinsic-size:auto 24px}
 tr.s-failed td.id{color:#990000;font-weight:bold}
 .crit-mark{font:10px system-ui,sans-serif;color:#fff;background:#1c4587;border-radius:3px;padding:0 4px;margin-left:4px}
 tr:target{background:#fff2cc}

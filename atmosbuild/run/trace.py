@@ -71,15 +71,16 @@ def to_trace(report: RunReport) -> dict:
         spans.append((ts, max(_us(n.finished), ts + 1)))  # a slice is at least 1 µs
     lanes = assign_lanes(spans, max(report.parallelism, 1))
     events: list[dict] = [
-        {"ph": "M", "pid": PID, "tid": 0, "name": "process_name",
+        {"ph": "M", "pid": PID, "tid": 0, "ts": 0, "name": "process_name",
          "args": {"name": f"atmosbuild {report.label}"}},
-        {"ph": "M", "pid": PID, "tid": 0, "name": "thread_name", "args": {"name": "waves"}},
-        {"ph": "M", "pid": PID, "tid": 0, "name": "thread_sort_index", "args": {"sort_index": 0}},
+        {"ph": "M", "pid": PID, "tid": 0, "ts": 0, "name": "thread_name", "args": {"name": "waves"}},
+        {"ph": "M", "pid": PID, "tid": 0, "ts": 0, "name": "thread_sort_index",
+         "args": {"sort_index": 0}},
     ]
     for lane in sorted(set(lanes)):
-        events.append({"ph": "M", "pid": PID, "tid": lane + 1, "name": "thread_name",
+        events.append({"ph": "M", "pid": PID, "tid": lane + 1, "ts": 0, "name": "thread_name",
                        "args": {"name": f"slot {lane + 1}"}})
-        events.append({"ph": "M", "pid": PID, "tid": lane + 1, "name": "thread_sort_index",
+        events.append({"ph": "M", "pid": PID, "tid": lane + 1, "ts": 0, "name": "thread_sort_index",
                        "args": {"sort_index": lane + 1}})
     waves = report.waves()
     for wave, at in report.wave_marks:
