@@ -256,3 +256,39 @@ def test_json_output_on_bad_input_is_one_error_line_and_an_empty_stdout(ws):
         proc = ws.run(*args, "--format", "json")
         assert proc.returncode == 2 and proc.stdout == ""
         assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+@st.composite
+def runs(draw):
+    """A RunReport of a random DAG in which a random subset ran."""
+    from atmosbuild.run.report import NodeRun, RunReport
+
+    n = draw(st.integers(1, 25))
+    nodes = []
+    for i in range(n):
+        deps = tuple(sorted(draw(st.sets(st.integers(0, i - 1), max_size=3)))) if i else ()
+        ran = draw(st.booleans())
+        start = draw(st.floats(0, 100)) if ran else None
+        nodes.append(NodeRun(id=f"command/n{i}", wave=1, status="succeeded" if ran else "cached",
+                             key=None, reason="", deps=tuple(f"command/n{d}" for d in deps),
+                             started=start, finished=start + draw(st.floats(0, 10)) if ran else None))
+    return RunReport(label="//x:dev", workspace="", result="success", duration_s=0.0, run_id="r",
+                     parallelism=2, schedule="waves", wall_start=0.0, nodes=tuple(nodes))
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs())
+def test_the_critical_path_is_a_chain_of_ran_dependencies_ending_last(report):
+    path = report.critical_path()
+    nodes = report.by_id()
+    ran = [n for n in report.nodes if n.ran]
+    if not ran:
+        assert path == []
+        return
+    assert nodes[path[-1]].finished == max(n.finished for n in ran)  # it ends with the last to end
+    assert all(nodes[c].ran for c in path)
+    for before, after in zip(path, path[1:]):  # each step is a dependency edge...
+        assert before in nodes[after].deps
+        # ...to the dependency that finished last
+        assert nodes[before].finished == max(nodes[d].finished for d in nodes[after].deps if nodes[d].ran)
+    assert not any(nodes[d].ran for d in nodes[path[0]].deps)  # it starts where nothing ran before
