@@ -111,6 +111,11 @@ def test_a_cached_run_traces_no_slices(ws):
     assert {n["status"] for n in report["nodes"]} == {"cached"}
     assert [e for e in trace["traceEvents"] if e["ph"] in ("X", "i")] == []
     assert trace["otherData"]["result"] == "success"
+    page = ws.root.parent / "cached.html"
+    assert ws.run("rollout", "//app:dev", "--report", str(page)).returncode == 0
+    text = " ".join(parse(page).text)
+    assert "Nothing ran: every component was cached or skipped." in text
+    assert "command/one" in text and "command/two" in text and "cached" in text
 
 
 @settings(max_examples=200, deadline=None)

@@ -416,7 +416,7 @@ svg .wave{font-weight:bold;fill:#444}
 .waves details{background:#fff;border:1px solid #e3e3e3;margin:3px 0;padding:2px 8px}
 .waves summary{cursor:pointer}
 td summary{white-space:nowrap;cursor:pointer}
-.what{display:inline-block;min-width:26em}
+.what{display:inline-block;min-width:31em}
 .mix{display:inline-flex;width:200px;height:9px;vertical-align:middle;margin-left:8px}
 .mix i{display:block;height:9px}
 .chips{display:flex;flex-wrap:wrap;gap:3px;padding:4px 0}
