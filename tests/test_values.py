@@ -237,9 +237,12 @@ SECRETS = st.tuples(_PRINTABLE, _PRINTABLE).map(lambda p: f"{p[0]}Zq{p[1]}")
 
 
 def _encodings(secret: str) -> set[bytes]:
-    """The bytes a leaked secret would show as: raw, and JSON-escaped."""
+    """The bytes a leaked secret would show as: raw, JSON- and HTML-escaped."""
+    import html
+
     return {secret.encode(), json.dumps(secret)[1:-1].encode(),
-            json.dumps(secret, ensure_ascii=False)[1:-1].encode()}
+            json.dumps(secret, ensure_ascii=False)[1:-1].encode(), html.escape(secret).encode(),
+            html.escape(secret, quote=False).encode()}
 
 
 def _state_files(ws) -> dict[str, bytes]:
@@ -339,12 +342,20 @@ def test_secrets_never_reach_any_output_stream_or_any_byte_under_the_state_dir(s
         ws.write("app/deployment.yaml", _secret_deployment(s1[::-1] + "!", s2, n="N2"))
         views = [ws.run("plan", "//app:dev"), ws.run("explain", "//app:dev", "command/up"),
                  ws.run("explain", "//app:dev", "command/shell"), ws.run("status", "//app:dev"),
-                 ws.run("rollout", "//app:dev", "--dry-run", "--graph", "json")]
+                 ws.run("rollout", "//app:dev", "--dry-run", "--graph", "json"),
+                 ws.run("plan", "//app:dev", "--format", "json"),
+                 ws.run("status", "//app:dev", "--format", "json"),
+                 ws.run("explain", "//app:dev", "command/down", "--format", "json")]
         assert "(sensitive, values hidden)" in views[1].stdout
+        page, trace = Path(tmp) / "report.html", Path(tmp) / "trace.json"
         third = ws.run("rollout", "//app:dev", "-j1", "-k", "--report", str(report))
+        fourth = ws.run("rollout", "//app:dev", "-j1", "-k", "--force", "--report", str(page),
+                        "--profile", str(trace))
         assert third.returncode == 1 and (ws.root / "snap" / "state.db").exists()
-        _assert_nowhere([s1, s2, s1[::-1] + "!"],
-                        _everything(ws, report, first, second, third, *views))
+        assert fourth.returncode == 1 and page.exists() and trace.exists()
+        haystacks = _everything(ws, report, first, second, third, fourth, *views)
+        haystacks.update({"html report": page.read_bytes(), "profile": trace.read_bytes()})
+        _assert_nowhere([s1, s2, s1[::-1] + "!"], haystacks)
 
 
 def _applied(ws, component: str, column: str):
