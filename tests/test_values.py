@@ -562,3 +562,19 @@ def test_masking_has_no_length_minimum_and_never_leaves_a_secret_spelled_by_the_
     assert make_masker(["**x*"])("**x**x*") .count("**x*") == 0
     # each line of a multi-line secret is masked on its own, whatever its length
     assert make_masker(["a\nb"])("a and b") == "*** ***nd ***"
+
+
+def test_a_config_error_quoting_a_line_with_a_secret_masks_it(ws):
+    ws.write("app/deployment.yaml", """\
+        deployment:
+          targets: {dev: {}}
+          components:
+            command:
+              c:
+                vars: {db_password: "hunter2-Zq-x", other: "${var.nope}"}
+                run: ["true"]
+        """)
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 2 and "unknown var 'nope'" in proc.stderr, proc.stderr
+    assert 'vars: {db_password: "***"' in proc.stderr  # the quoted line, masked
+    assert "hunter2-Zq-x" not in proc.stdout + proc.stderr

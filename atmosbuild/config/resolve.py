@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..errors import ConfigError
 from .model import DeploymentSpec
 from .shell import Ref, ShellContextError, classify, expansion
 from .values import as_text
@@ -95,8 +96,48 @@ def resolve_target(spec: DeploymentSpec, target: str) -> dict[str, ResolvedCompo
         if fields.get("enabled", True):
             enabled[cid] = (comp, override, fields)
     for cid, (comp, override, fields) in enabled.items():
-        resolved[cid] = _resolve_component(spec, target, comp, override, fields, enabled)
+        try:
+            resolved[cid] = _resolve_component(spec, target, comp, override, fields, enabled)
+        except ConfigError as err:
+            raise _without_secrets(err, spec, tspec, comp, override, fields) from None
     return resolved
+
+
+def _without_secrets(err: ConfigError, spec, tspec, comp, override, fields) -> ConfigError:
+    """`err` with the values of the component's sensitive vars and env masked
+    in its message and in the lines of the file it quotes (SPEC 14: an error
+    is printed too)."""
+    declared = set(fields.get("sensitive") or [])
+    secrets: list[str] = []
+    for layer in (spec.vars, tspec.vars, comp.fields.get("vars"), override.get("vars"),
+                  spec.env, tspec.env, comp.fields.get("env"), override.get("env")):
+        for name, value in (layer or {}).items():
+            if name in declared or is_sensitive_name(name):
+                _leaves(value, secrets)
+    if not secrets:
+        return err
+    secrets.sort(key=len, reverse=True)
+
+    def mask(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    err.message = mask(err.message)
+    err.context = tuple(mask(line) for line in err.context)
+    err.args = (err.message,)
+    return err
+
+
+def _leaves(value, out: list[str]) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _leaves(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _leaves(v, out)
+    elif value is not None and as_text(value):
+        out.append(as_text(value))
 
 
 def _resolve_component(spec, target, comp, override, fields, enabled) -> ResolvedComponent:
