@@ -578,3 +578,15 @@ def test_a_config_error_quoting_a_line_with_a_secret_masks_it(ws):
     assert proc.returncode == 2 and "unknown var 'nope'" in proc.stderr, proc.stderr
     assert 'vars: {db_password: "***"' in proc.stderr  # the quoted line, masked
     assert "hunter2-Zq-x" not in proc.stdout + proc.stderr
+
+
+def test_a_secret_is_masked_in_a_shell_trace_too(ws):
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {
+        "vars": {"api_token": "it's-Zq-tok"}, "targets": {"dev": {}},
+        "components": {"command": {"c": {"run": "set -x; : \"${var.api_token}\""}}}}}))
+    proc = ws.run("rollout", "//app:dev", "-j1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = next(ws.state.rglob("c.log")).read_text()
+    assert "***" in log.splitlines()[-1], log  # the trace line
+    for form in ("it's-Zq-tok", "'it'\"'\"'s-Zq-tok'", "'it'\\''s-Zq-tok'"):
+        assert form not in log and form not in proc.stdout

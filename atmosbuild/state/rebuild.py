@@ -13,6 +13,7 @@ all say the same precise thing.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -121,9 +122,13 @@ def secret_values(comp, rendered: Mapping[str, Any] | None = None,
                 _texts(value, roots)
     out = roots + [d for d in derived if not any(root in d for root in roots)]
     # A program that prints a secret inside JSON (say, its vars file) shows
-    # it escaped: mask those forms too.
+    # it escaped, and a shell tracing its commands (`set -x`) shell-quoted:
+    # mask those forms too.
     for text in list(out):
-        out.extend({json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]} - {text})
+        forms = {json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+        if "'" in text:
+            forms |= {shlex.quote(text), "'" + text.replace("'", "'\\''") + "'"}
+        out.extend(forms - {text})
     return sorted(set(out), key=len, reverse=True)
 
 
