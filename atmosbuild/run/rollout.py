@@ -373,7 +373,10 @@ class Rollout(ScheduleHooks):
                                                 "run_env": run_env}, refs, outputs))
             action_ctx = replace(self._context(node, decision.key, vars_), run=run)
             self._materialize(node, action_ctx.workdir)
-            with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
+            # Readable by its owner only: it may hold secrets, and a workspace
+            # outlives a rollout that was killed (until `clean`).
+            fd = os.open(action_ctx.vars_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
             state["ctx"] = action_ctx
