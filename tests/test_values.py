@@ -590,3 +590,19 @@ def test_a_secret_is_masked_in_a_shell_trace_too(ws):
     assert "***" in log.splitlines()[-1], log  # the trace line
     for form in ("it's-Zq-tok", "'it'\"'\"'s-Zq-tok'", "'it'\\''s-Zq-tok'"):
         assert form not in log and form not in proc.stdout
+
+
+def test_the_error_points_at_the_reference_itself(ws):
+    ws.write("app/BUILD.atmos", """\
+        deployment "app" {
+          vars { x = "a" }
+          target "dev" {}
+          command "c" {
+            run = "echo ${var.x} '${var.x}'"
+          }
+        }
+        """)
+    proc = ws.run("validate")
+    first, source, caret = proc.stderr.splitlines()[:3]
+    assert proc.returncode == 2 and first.startswith("error: app/BUILD.atmos:5:27: "), proc.stderr
+    assert source[caret.index("^"):].startswith("${var.x}'")  # the second one, in quotes

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, caret_context
 from .model import DeploymentSpec
 from .shell import Ref, ShellContextError, classify, expansion
 from .values import as_text
@@ -220,6 +220,30 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
     )
 
 
+def _at_reference(err: ConfigError, source: str | None, text: str, index: int) -> ConfigError:
+    """`err` (positioned at the `run` value) moved to the reference itself
+    when the source line shows it as written: the `index`-th reference of
+    `text`, found after the value's column on its line exactly as often as
+    the references before it."""
+    if not source or err.line is None or err.col is None:
+        return err
+    refs = [m for m in _REF.finditer(text) if m.group(1) is not None]
+    ref = refs[index].group(0)
+    before = sum(1 for m in refs[:index] if m.group(0) == ref)
+    lines = source.splitlines()
+    if not 1 <= err.line <= len(lines):
+        return err
+    line = lines[err.line - 1]
+    pos = err.col - 2
+    for _ in range(before + 1):
+        pos = line.find(ref, pos + 1)
+        if pos < 0:
+            return err
+    err.col = pos + 1
+    err.context = tuple(caret_context(source, err.line, err.col))
+    return err
+
+
 def _root_relative(spec, path: str, where: tuple, what: str) -> str:
     if not isinstance(path, str) or not path:
         raise spec.fail(where, f"{what} must be a non-empty path relative to the workspace root")
@@ -294,9 +318,10 @@ class _Interpolator:
         try:
             contexts = classify(items)
         except ShellContextError as exc:
-            raise self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the run of {self.cid} "
+            err = self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the run of {self.cid} "
                                  "cannot be passed safely where it stands: "
-                                 + exc.message.replace("${x}", "${" + refs[exc.ref] + "}")) from None
+                                 + exc.message.replace("${x}", "${" + refs[exc.ref] + "}"))
+            raise _at_reference(err, self.spec.document.text, text, exc.ref) from None
         names: dict[str, str] = {}
         run_env: dict[str, str] = {}
         secret: list[str] = []
