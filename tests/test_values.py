@@ -85,6 +85,11 @@ POSITIONS = {
     "after escapes": ("printf '%s' \\'\\\"${var.v}", lambda v: f"'\"{v}"),
     "after $${ }": ("X=1; printf '%s' \"$${X}\"${var.v}", lambda v: f"1{v}"),
     "as an assignment": ("x=${var.v}; printf '%s' \"$x\"", lambda v: v),
+    "in a here-document": ("cat <<EOF\n<${var.v}>\nEOF", lambda v: f"<{v}>\n"),
+    "after a here-document": ("cat <<'E' # it's\n'$${x}' \"\nE\nprintf '%s' ${var.v}",
+                              lambda v: "'${x}' \"\n" + v),
+    "in the second of two": ("cat <<A <<-B\na'\nA\n\t<${var.v}>\n\tB\n",
+                             lambda v: f"<{v}>\n"),
 }
 
 
@@ -107,7 +112,10 @@ def test_the_shell_prints_exactly_the_value_wherever_the_reference_stands(positi
     ("echo ${HOME:-${var.v}}".replace("${HOME", "$${HOME"), "${...}"),
     ("echo $(( ${var.v} + 1 ))", "$(( ))"),
     ("echo \\${var.v}", "backslash"),
-    ("cat <<EOF\n${var.v}\nEOF", "here-document"),
+    ("cat <<'EOF'\n${var.v}\nEOF", "delimiter is quoted"),
+    ("cat <<\\EOF\n${var.v}\nEOF", "delimiter is quoted"),
+    ("x=$(cat <<EOF\na\nEOF\n)\necho ${var.v}", "here-document inside $( )"),
+    ("cat <<<a; echo ${var.v}", "<<<"),
     ("echo $(case a in a) echo ${var.v};; esac)", "case"),
     ("echo $'\\'' ${var.v}", "ANSI-C"),
 ])

@@ -8,21 +8,25 @@ reference stands, so the text before each reference is lexed:
 
   bare (a word, or a word inside `$( )`)     -> "${ATMOS_V_1}"
   inside double quotes                        -> ${ATMOS_V_1}
+  in a here-document's body (<<EOF)           -> ${ATMOS_V_1}
   a comment                                   -> "${ATMOS_V_1}" (never expanded)
 
 and these are refused, since no expansion written there is data:
 
-  inside single quotes  (no expansion happens at all)
+  inside single quotes, or a here-document with a quoted delimiter
+                        (<<'EOF': no expansion happens at all)
   inside backquotes     (their text is parsed twice: use $( ) instead)
   inside ${...} or $((...)) (arithmetic evaluates what it expands)
   right after a backslash
-  after `<<` (a here-document's body has its own rules), after `$'`
+  after a here-document started inside $( ), after `<<<`, after `$'`
   (bash's ANSI-C quotes), inside `case` in a `$( )`, or after a quote inside
   ${...} or $((...)): places this lexer cannot follow exactly.
 
 The lexer knows: blanks and operators, `#` comments at the start of a word,
-backslash escapes, '...', "...", `...`, $( ), $(( )), ${ }. Anything it
-cannot classify is refused: it never guesses.
+backslash escapes, '...', "...", `...`, $( ), $(( )), ${ }, and
+here-documents started at the script's top level (<<WORD, <<-WORD, quoted
+or not; several on one line). Anything it cannot classify is refused: it
+never guesses.
 """
 
 from __future__ import annotations
@@ -59,17 +63,38 @@ def classify(items: list) -> list[str]:
     word_start = True
     word = ""
     poisoned = ""  # why the lexer cannot follow the text from here on
+    pending: list[tuple[str, bool, bool]] = []  # here-documents: (delimiter, quoted, strip tabs)
     i, n = 0, len(items)
     while i < n:
         item = items[i]
         kind = stack[-1][0]
+        if kind in ("hdoc", "hsq") and stack[-1][1]:  # at the start of a body line
+            end = _line_end(items, i)
+            line = items[i:end]
+            delimiter, _, strip = stack[-1][2]
+            if not any(isinstance(x, Ref) for x in line):
+                text = "".join(line)
+                if (text.lstrip("\t") if strip else text) == delimiter:
+                    stack.pop()
+                    i = end + 1
+                    if pending:
+                        stack.append(_heredoc(pending.pop(0)))
+                    else:
+                        word_start, word = True, ""
+                    continue
+            stack[-1][1] = False
+            continue
         if isinstance(item, Ref):
             if poisoned and kind != "comment":
                 raise ShellContextError(item.index, poisoned)
             if kind in ("top", "cmd", "comment"):
                 out.append(BARE)
-            elif kind == "dq":
+            elif kind in ("dq", "hdoc"):
                 out.append(DQ)
+            elif kind == "hsq":
+                raise ShellContextError(item.index, "it is in a here-document whose delimiter is "
+                                        "quoted (<<'EOF'), where the shell expands nothing: "
+                                        "unquote the delimiter (<<EOF)")
             elif kind == "sq":
                 raise ShellContextError(item.index, "it is inside single quotes, where the shell "
                                         "expands nothing: write it outside the quotes or inside "
@@ -96,8 +121,17 @@ def classify(items: list) -> list[str]:
             continue
         if kind == "comment":
             if c == "\n":
-                stack.pop()
-                word_start, word = True, ""
+                stack.pop()  # the newline itself ends the command line, below
+                continue
+            i += 1
+            continue
+        if kind == "hsq":
+            if c == "\n":
+                stack[-1][1] = True
+            i += 1
+            continue
+        if kind == "hdoc" and c == "\n":
+            stack[-1][1] = True
             i += 1
             continue
         if c == "\\":
@@ -120,9 +154,22 @@ def classify(items: list) -> list[str]:
                         word_start, word = False, "\0"
                     elif stack[-1][1] > 0:
                         stack[-1][1] -= 1
-                elif c == "<" and nxt == "<" and not poisoned:
-                    poisoned = ("it comes after a here-document (<<), whose body follows rules of "
-                                "its own: pass the value as an argument or through `env:`")
+                elif c == "<" and nxt == "<":
+                    if len(stack) > 1 or (i + 2 < n and items[i + 2] == "<"):
+                        poisoned = poisoned or (
+                            "it comes after a here-document inside $( ) or a `<<<`, which this "
+                            "lexer cannot follow: pass the value as an argument or through `env:`")
+                    else:
+                        i, heredoc = _heredoc_word(items, i + 2)
+                        if heredoc is None:
+                            poisoned = poisoned or ("it comes after a here-document whose "
+                                                    "delimiter this lexer cannot read")
+                        else:
+                            pending.append(heredoc)
+                        word_start, word = False, "\0"
+                        continue
+                elif c == "\n" and pending and len(stack) == 1:
+                    stack.append(_heredoc(pending.pop(0)))
                 i += 1
                 continue
             if c == "#" and word_start:
@@ -150,8 +197,8 @@ def classify(items: list) -> list[str]:
                 continue
             i += 1
             continue
-        if kind == "dq":
-            if c == '"':
+        if kind in ("dq", "hdoc"):
+            if c == '"' and kind == "dq":
                 stack.pop()
             elif c == "`":
                 stack.append(["bq", 0])
@@ -193,6 +240,56 @@ def classify(items: list) -> list[str]:
             continue
         i += 1
     return out
+
+
+def _line_end(items: list, i: int) -> int:
+    """The index of the newline ending the line that starts at `i` (or the end)."""
+    while i < len(items) and items[i] != "\n":
+        i += 1
+    return i
+
+
+def _heredoc(spec: tuple) -> list:
+    """The frame of a here-document's body: [kind, at a line start, spec]."""
+    return ["hsq" if spec[1] else "hdoc", True, spec]
+
+
+def _heredoc_word(items: list, i: int):
+    """After `<<`: (index after the delimiter word, (delimiter, quoted, strip
+    tabs)), or (index, None) when the word cannot be read."""
+    strip = i < len(items) and items[i] == "-"
+    if strip:
+        i += 1
+    while i < len(items) and items[i] in (" ", "\t"):
+        i += 1
+    word: list[str] = []
+    quoted = False
+    quote = ""
+    while i < len(items):
+        c = items[i]
+        if isinstance(c, Ref):
+            return i, None
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                word.append(c)
+        elif c in "'\"":
+            quote, quoted = c, True
+        elif c == "\\":
+            quoted = True
+            if i + 1 < len(items) and isinstance(items[i + 1], str):
+                word.append(items[i + 1])
+            i += 2
+            continue
+        elif c in _BLANK_OR_OPERATOR or c in "$`":
+            break
+        else:
+            word.append(c)
+        i += 1
+    if quote or not word:
+        return i, None
+    return i, ("".join(word), quoted, strip)
 
 
 def _dollar(items: list, i: int, stack: list) -> int:
