@@ -57,8 +57,9 @@ def classify(items: list) -> list[str]:
     reference stands. The context (BARE or DQ) of each Ref, in order; raises
     ShellContextError for the first one that cannot be made safe."""
     out: list[str] = []
-    # Frames: [kind, paren depth]; kinds: top (the script or a $( )), cmd
-    # (a $( )), dq, sq, bq, param, arith, comment.
+    # Frames: [kind, paren depth]; kinds: top (the script), cmd (a $( )),
+    # dq, sq, bq, param, arith, comment; and here-document bodies, hdoc
+    # (unquoted delimiter) and hsq (quoted): [kind, at a line start, spec].
     stack: list[list] = [["top", 0]]
     word_start = True
     word = ""
