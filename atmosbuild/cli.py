@@ -105,7 +105,8 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+                             toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)})
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.

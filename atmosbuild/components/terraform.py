@@ -1,56 +1,578 @@
-"""`terraform` (or OpenTofu via `toolchain.terraform: tofu`).
+"""`terraform` (or OpenTofu via `toolchain.terraform: tofu`), SPEC 4 and 9.
 
-Each component keeps its `.terraform` data dir inside its own workspace
-directory, so parallel components of one module never share it.
+Plan time (`compile`): the module's files are read (tfmodule.py) for the
+variables it declares and the local modules it calls; only declared vars
+enter the key and the var file, the local modules' files enter the key, and
+so do the backend (secrets as digests) and the toolchain's identity
+(`terraform version -json`).
+
+Run time, per (deployment, component, target), nothing of which lives in
+the rollout workspace:
+
+    STATE_DIR/tfstate/DEPLOYMENT/TYPE/NAME/TARGET/terraform.tfstate  default local backend
+    STATE_DIR/terraform/data/DEPLOYMENT@TARGET/ID                    TF_DATA_DIR (persisted)
+    STATE_DIR/terraform/plugin-cache/                                TF_PLUGIN_CACHE_DIR (shared)
+
+The backend is set by `atmos_backend_override.tf.json` beside the module.
+`init` (and `workspace select -or-create`) run only when the digest of what
+init depends on (module calls, provider requirements, backend, toolchain,
+the lock file) differs from the stamp in the data dir, or the data dir is
+new. Inits are serialized on the plugin cache with a file lock
+(flockrun.py): Terraform's cache is not safe for concurrent writers.
+
+A component whose local modules live outside its own directory runs in a
+mirror of the root's layout (WORKSPACE/.atmos/ID.root/SOURCE, holding the
+modules at their root-relative places); WORKSPACE/TYPE/NAME is a symlink to
+it, so `../modules/label` resolves as it does in the repository.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 
-from .base import APPLY, ActionContext, ComponentType, Invocation, parse_json_object, require_binary
+from .base import (APPLY, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
+                   parse_json_object, require_binary)
+
+OVERRIDE_FILE = "atmos_backend_override.tf.json"
+LOCK_FILE = ".terraform.lock.hcl"
+STAMP_FILE = "atmos-init.json"  # in the data dir: the digest init last succeeded with
+SAVED_LOCK = "atmos.lock.hcl"  # in the data dir: the lock file of the last success
+# Terraform's own backends (1.x). `module` keeps the module's own backend block.
+BACKENDS = ("local", "remote", "azurerm", "consul", "cos", "gcs", "http", "kubernetes", "oss",
+            "pg", "s3", "module")
+_FLOCKRUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flockrun.py")
+
+
+# -- backends --------------------------------------------------------------------------
+
+def backend_problem(value) -> tuple[tuple, str] | None:
+    """What is wrong with a `backend:` value: (path below it, message), or None."""
+    if not isinstance(value, dict):
+        return (), "backend must be a map: {type: pg, config: {...}} (or {type: module})"
+    for key in value:
+        if key not in ("type", "config"):
+            from ..errors import did_you_mean
+
+            return (key,), f"unknown key '{key}' in backend" + did_you_mean(str(key), ("type", "config")) \
+                + "; allowed: type, config"
+    btype = value.get("type")
+    if not isinstance(btype, str):
+        return ("type",) if "type" in value else (), "backend needs a `type` (a Terraform backend name)"
+    if btype not in BACKENDS:
+        from ..errors import did_you_mean
+
+        return ("type",), f"unknown backend type '{btype}'" + did_you_mean(btype, BACKENDS) \
+            + f"; known: {', '.join(BACKENDS)}"
+    config = value.get("config", {})
+    if config is None:
+        config = {}
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        return ("config",), "backend config must be a map of settings"
+    if btype == "module" and config:
+        return ("config",), "backend {type: module} takes no config: the module's own backend block is used"
+    for key, item in config.items():
+        bad = _bad_value(item)
+        if bad:
+            return ("config", key), f"backend config '{key}': {bad}"
+    return None
+
+
+def _bad_value(value) -> str:
+    if value is None:
+        return "null is not a setting (leave it out)"
+    if isinstance(value, dict):
+        return next((b for b in map(_bad_value, value.values()) if b), "")
+    if isinstance(value, list):
+        return next((b for b in map(_bad_value, value) if b), "")
+    if isinstance(value, str):
+        import re
+
+        for m in re.finditer(r"\$\$\{|\$\{([^{}]*)\}", value):
+            if m.group(1) is not None and m.group(1).strip() not in ("deployment", "component", "target"):
+                return (f"unknown reference '${{{m.group(1).strip()}}}'; a backend config may use "
+                        "${deployment}, ${component} and ${target} ($${ for a literal ${)")
+    return ""
+
+
+def _interpolate(value, names: dict):
+    if isinstance(value, str):
+        import re
+
+        return re.sub(r"\$\$\{|\$\{([^{}]*)\}",
+                      lambda m: "${" if m.group(1) is None else names[m.group(1).strip()], value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, names) for v in value]
+    return value
+
+
+def chosen_backend(comp, settings, deployment: str, target: str) -> dict | None:
+    """The backend for one component at one target, interpolated: the
+    component's `backend:` wins over atmos.yaml's `terraform.backend`; None
+    is the embedded default (local backend under STATE_DIR)."""
+    value = comp.backend if getattr(comp, "backend", None) is not None else \
+        (settings or {}).get("backend")
+    if value is None:
+        return None
+    names = {"deployment": deployment, "component": comp.id, "target": target}
+    return {"type": value["type"], "config": _interpolate(value.get("config") or {}, names)}
+
+
+def _secret_setting(name: str) -> bool:
+    from ..config.resolve import is_sensitive_name
+
+    return name == "conn_str" or (name != "key" and is_sensitive_name(name))
+
+
+def backend_ingredient(backend: dict | None) -> dict:
+    """The backend as it enters the key: no absolute paths (the default is
+    just "default"), secret settings as digests."""
+    if backend is None:
+        return {"type": "default"}
+    if backend["type"] == "module":
+        return {"type": "module"}
+    from ..graph.keys import secret_digest
+
+    return {"type": backend["type"],
+            "config": {k: secret_digest(v) if _secret_setting(k) else v
+                       for k, v in backend["config"].items()}}
+
+
+def backend_secrets(backend: dict | None) -> list[str]:
+    if not backend or backend["type"] == "module":
+        return []
+    return [v for k, v in backend["config"].items() if _secret_setting(k) and isinstance(v, str) and v]
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("/", "%2F")
+
+
+def state_paths(state_dir: str, deployment: str, cid: str) -> str:
+    """The default local backend's directory for one component (SPEC 9)."""
+    return os.path.join(state_dir, "tfstate", *deployment.split("/"), *cid.split("/"))
+
+
+def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
+    return os.path.join(state_dir, "terraform", "data", f"{_escape(deployment)}@{target}", _escape(cid))
+
+
+def override_document(backend: dict | None, state_dir: str, deployment: str, cid: str) -> dict | None:
+    if backend is None:
+        base = state_paths(state_dir, deployment, cid)
+        return {"terraform": {"backend": {"local": {
+            "path": os.path.join(base, "default.tfstate"), "workspace_dir": base}}}}
+    if backend["type"] == "module":
+        return None
+    return {"terraform": {"backend": {backend["type"]: backend["config"]}}}
+
+
+# -- the toolchain ---------------------------------------------------------------------
+
+_identities: dict[tuple, dict] = {}
+_identity_lock = threading.Lock()
+
+
+def resolve_binary(binary: str, root: str) -> str | None:
+    import shutil
+
+    if os.sep in binary:
+        path = binary if os.path.isabs(binary) else os.path.join(root, binary)
+        return path if os.path.isfile(path) else None
+    return shutil.which(binary)
+
+
+def toolchain_identity(binary: str, root: str, state_dir: str) -> dict:
+    """`terraform version -json`'s version and platform, read once per
+    binary (by real path, size, mtime, ctime) in this process and cached on
+    disk; a binary that cannot be found or run says so (the run fails then)."""
+    path = resolve_binary(binary, root)
+    if path is None:
+        return {"binary": binary, "missing": True}
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return {"binary": binary, "missing": True}
+    sig = (real, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _identity_lock:
+        hit = _identities.get(sig)
+        if hit is not None:
+            return hit
+        cache_path = os.path.join(state_dir, "cache", "terraform-toolchain.json")
+        disk = {}
+        try:
+            with open(cache_path, "rb") as fh:
+                disk = json.loads(fh.read())
+        except (OSError, ValueError):
+            disk = {}
+        name = "\0".join(map(str, sig))
+        hit = disk.get(name) if isinstance(disk, dict) else None
+        if not isinstance(hit, dict):
+            hit = _read_version(path)
+            if "version" in hit and not os.environ.get("ATMOS_NO_CACHE"):
+                disk = disk if isinstance(disk, dict) else {}
+                disk = {k: v for k, v in disk.items() if k.split("\0", 1)[0] != real} | {name: hit}
+                try:
+                    from ..fileops import write_atomic
+
+                    write_atomic(cache_path, json.dumps(disk).encode())
+                except OSError:
+                    pass
+        _identities[sig] = hit
+        return hit
+
+
+def _read_version(path: str) -> dict:
+    import subprocess
+
+    env = dict(os.environ, TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1")
+    try:
+        proc = subprocess.run([path, "version", "-json"], capture_output=True, timeout=120,
+                              env=env, stdin=subprocess.DEVNULL)
+        data = json.loads(proc.stdout.decode("utf-8", "replace"))
+        return {"version": str(data["terraform_version"]), "platform": str(data.get("platform", ""))}
+    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
+        return {"binary": os.path.basename(path), "error": "`version -json` gave no version"}
+
+
+def describe_toolchain(value) -> str:
+    if not isinstance(value, dict):
+        return str(value)
+    if "version" in value:
+        return value["version"]
+    return f"{value.get('binary')} ({'missing' if value.get('missing') else value.get('error')})"
+
+
+# -- plan time ---------------------------------------------------------------------------
+
+def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
+    """One module directory's summaries (its top-level .tf/.tf.json files),
+    digests through the keys' digester and parses through the cache."""
+    from .tfmodule import Module, ModuleOutside, is_module_file
+
+    base = root if rel_dir == "." else f"{root}/{rel_dir}"
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(base)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise ModuleOutside(rel_dir)
+    files = {}
+    for rel, kind, digest, _ in digester.tree(rel_dir):
+        if kind != "f" or "/" in rel or not is_module_file(rel):
+            continue
+        path = f"{base}/{rel}"
+
+        def read(path=path) -> str:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        files[rel] = cache.get(digest, rel, read)
+    return Module(rel_dir, files)
 
 
 class Terraform(ComponentType):
     name = "terraform"
     mode = APPLY
-    version = "1"
+    version = "2"  # 2: SPEC 9 (declared vars only, local modules, backend, toolchain in the key)
     forbidden = ("run",)
 
-    def _binary(self, ctx: ActionContext) -> str:
-        return ctx.toolchain.get("terraform") or "terraform"
+    def __init__(self) -> None:
+        self._runs: dict[str, dict] = {}  # per running action (meta prefix): init or not, paths
+
+    def _binary(self, ctx_or_toolchain) -> str:
+        toolchain = getattr(ctx_or_toolchain, "toolchain", ctx_or_toolchain)
+        return (toolchain or {}).get("terraform") or "terraform"
+
+    # -- the key ---------------------------------------------------------------
+
+    def compile(self, comp, config: dict, files: dict, env: CompileEnv) -> Compiled:
+        from ..errors import ConfigError, did_you_mean
+        from ..graph.keys import digest
+        from .tfmodule import ModuleError, SummaryCache, init_inputs, local_modules
+
+        cache = env.caches.get("tf-summaries")
+        if cache is None:
+            cache = env.caches["tf-summaries"] = SummaryCache(
+                os.path.join(env.state_dir, "cache", "terraform-modules.json") if env.state_dir else None)
+        modules = []
+        if comp.source is not None:
+            try:
+                modules = local_modules(comp.source, lambda d: read_module_dir(env.root, d, env.digester, cache))
+            except ModuleError as exc:
+                from ..config.workspace import shown_path
+
+                raise ConfigError(exc.message + f" (in {comp.id})",
+                                  file=shown_path(os.path.join(env.root, exc.file)),
+                                  line=exc.line, col=exc.col) from None
+        declared = modules[0].variables() if modules else set()
+        for name in sorted(env.set_vars):
+            if name not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                raise env.fail(("vars", name), f"var '{name}' of {comp.id} is not declared by its module "
+                               f"({comp.source})" + did_you_mean(name, declared)
+                               + f"; the module declares: {known}")
+        config = dict(config)
+        config["vars"] = {k: v for k, v in config["vars"].items() if k in declared}
+        outside = []
+        files = dict(files)
+        src = comp.source
+        for mod in modules[1:]:
+            inside = src == "." or mod.dir == src or mod.dir.startswith(src + "/")
+            if inside:
+                continue  # already among the source's files
+            outside.append(mod.dir)
+            for rel, kind, dig, exe in env.digester.tree(mod.dir):
+                files[f"module:{mod.dir}/{rel}"] = [kind, dig, exe]
+        toolchain = env.caches.get(("tf-toolchain", self._binary(env.toolchain)))
+        if toolchain is None:
+            toolchain = toolchain_identity(self._binary(env.toolchain), env.root, env.state_dir)
+            env.caches[("tf-toolchain", self._binary(env.toolchain))] = toolchain
+        backend = chosen_backend(comp, env.settings, env.deployment, env.target)
+        config["toolchain"] = toolchain
+        config["backend"] = backend_ingredient(backend)
+        config["modules"] = [m.dir for m in modules[1:]]
+        init = digest(["init", init_inputs(modules), config["backend"], toolchain])
+        sensitive = sorted(modules[0].sensitive_outputs()) if modules else []
+        binary = resolve_binary(self._binary(env.toolchain), env.root)
+        return Compiled(config, files, {"declared": sorted(declared), "outside": outside,
+                                        "init": init, "sensitive_outputs": sensitive,
+                                        "binary": os.path.realpath(binary) if binary else None})
+
+    # -- the run -----------------------------------------------------------------
 
     def tfvars_path(self, ctx: ActionContext) -> str:
         return ctx.meta_prefix + ".tfvars.json"
 
+    def _data_dir(self, ctx: ActionContext) -> str:
+        return data_dir(ctx.state_dir or os.path.join(ctx.root, ".atmos"), ctx.deployment, ctx.target,
+                        ctx.component_id)
+
+    def _plugin_cache(self, ctx: ActionContext) -> str:
+        return os.environ.get("TF_PLUGIN_CACHE_DIR") or os.path.join(ctx.state_dir, "terraform",
+                                                                      "plugin-cache")
+
+    def _backend(self, ctx: ActionContext) -> dict | None:
+        return chosen_backend(ctx.component, ctx.settings, ctx.deployment, ctx.target) \
+            if ctx.component is not None else None
+
     def prepare(self, ctx: ActionContext) -> None:
         require_binary(self._binary(ctx), "toolchain.terraform")
-        path = self.tfvars_path(ctx)
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(dict(ctx.vars), fh, indent=2, sort_keys=True)
+        extra = ctx.extra or {}
+        if extra.get("outside"):
+            self._mirror(ctx, extra["outside"])
+        backend = self._backend(ctx)
+        override = override_document(backend, ctx.state_dir, ctx.deployment, ctx.component_id)
+        if override is not None:
+            if backend is None:
+                os.makedirs(override["terraform"]["backend"]["local"]["workspace_dir"], exist_ok=True)
+            with open(os.path.join(ctx.workdir, OVERRIDE_FILE), "w", encoding="utf-8") as fh:
+                json.dump(override, fh, indent=2, sort_keys=True)
+        declared = set(extra.get("declared", ctx.vars))
+        with open(self.tfvars_path(ctx), "w", encoding="utf-8") as fh:
+            json.dump({k: v for k, v in ctx.vars.items() if k in declared}, fh, indent=2, sort_keys=True)
+        data = self._data_dir(ctx)
+        lock = os.path.join(ctx.workdir, LOCK_FILE)
+        saved = os.path.join(data, SAVED_LOCK)
+        if not os.path.exists(lock) and os.path.isfile(saved):
+            # No lock file in the source (not copied back yet): the one the
+            # last init wrote, so the installed providers still match.
+            with open(saved, "rb") as src, open(lock, "wb") as dst:
+                dst.write(src.read())
+        stamp = self._stamp(extra.get("init", ""), lock)
+        try:
+            with open(os.path.join(data, STAMP_FILE), encoding="utf-8") as fh:
+                fresh = json.load(fh).get("stamp") != stamp
+        except (OSError, ValueError, AttributeError):
+            fresh = True
+        os.makedirs(data, exist_ok=True)
+        self._runs[ctx.meta_prefix] = {"init": fresh, "backend": backend}
+
+    @staticmethod
+    def _stamp(init: str, lock: str) -> str:
+        from ..graph.keys import digest
+        from ..state.files import file_digest
+
+        return digest([init, file_digest(lock) if os.path.exists(lock) else None])
+
+    def _mirror(self, ctx: ActionContext, outside: list[str]) -> None:
+        """Move the materialized source into a mirror of the root's layout,
+        add the local modules at their places (checked against the key's
+        digests), and leave a symlink at the workdir."""
+        import xxhash
+
+        comp = ctx.component
+        mirror = ctx.meta_prefix + ".root"
+        home = mirror if comp.source == "." else os.path.join(mirror, *comp.source.split("/"))
+        os.makedirs(os.path.dirname(home), exist_ok=True)
+        os.rename(ctx.workdir, home)
+        os.symlink(home, ctx.workdir)
+        for name, (kind, dig, exe) in (ctx.ingredients.get("files") or {}).items():
+            if not name.startswith("module:"):
+                continue
+            rel = name[len("module:"):]
+            dst = os.path.join(mirror, *rel.split("/"))
+            if os.path.lexists(dst):
+                continue
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            src = os.path.join(ctx.root, *rel.split("/"))
+            if kind == "l":
+                if os.readlink(src) != dig:
+                    raise ValueError(f"{rel} changed since the rollout was planned; run again")
+                os.symlink(dig, dst)
+                continue
+            with open(src, "rb") as fh:
+                data = fh.read()
+            if xxhash.xxh3_128_hexdigest(data) != dig:
+                raise ValueError(f"{rel} changed since the rollout was planned; run again")
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if exe else 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
 
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
+        cache = self._plugin_cache(ctx)
+        os.makedirs(cache, exist_ok=True)
         return {
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
-            "TF_DATA_DIR": os.path.join(ctx.workdir, ".terraform"),
+            "TF_DATA_DIR": self._data_dir(ctx),
+            "TF_PLUGIN_CACHE_DIR": cache,
+            "CHECKPOINT_DISABLE": "1",
         }
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
-        return [
-            Invocation((tf, "init", "-input=false")),
-            Invocation((tf, "workspace", "select", "-or-create=true", ctx.target)),
-            Invocation((tf, "apply", "-auto-approve", "-input=false",
-                        f"-var-file={self.tfvars_path(ctx)}")),
-            Invocation((tf, "output", "-json"), capture=True),
-        ]
+        run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
+        steps = []
+        if run["init"]:
+            lock = self._plugin_cache(ctx).rstrip("/") + ".lock"
+            steps.append(Invocation((sys.executable, "-S", "-E", _FLOCKRUN, lock, "--",
+                                     tf, "init", "-input=false", "-no-color", "-reconfigure")))
+            backend = run["backend"]
+            if backend is None or backend["type"] != "module":
+                steps.append(Invocation((tf, "workspace", "select", "-or-create=true", "-no-color",
+                                         ctx.target)))
+        steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", "-no-color",
+                                 f"-var-file={self.tfvars_path(ctx)}")))
+        # Its stdout holds every output in clear, sensitive ones too: never logged.
+        steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))
+        return steps
 
     def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
+        raw = self._raw_outputs(captured)
+        self._after_success(ctx)
+        return {name: (item.get("value") if isinstance(item, dict) else item)
+                for name, item in raw.items()}
+
+    @staticmethod
+    def _raw_outputs(captured: str | None) -> dict:
         text = (captured or "").strip()
         if not text:
             return {}
-        raw = parse_json_object(text, "what `terraform output -json` printed")
-        return {name: (item.get("value") if isinstance(item, dict) else item)
-                for name, item in raw.items()}
+        return parse_json_object(text, "what `terraform output -json` printed")
+
+    def sensitive_outputs(self, ctx: ActionContext, captured: str | None) -> frozenset[str]:
+        raw = self._raw_outputs(captured)
+        marked = {name for name, item in raw.items() if isinstance(item, dict) and item.get("sensitive")}
+        return frozenset(marked | set((ctx.extra or {}).get("sensitive_outputs", ())) & set(raw))
+
+    def _after_success(self, ctx: ActionContext) -> None:
+        """Every step succeeded: stamp the data dir with what init ran with,
+        keep its lock file, and copy that into the source when it has none."""
+        from ..fileops import write_atomic
+
+        run = self._runs.pop(ctx.meta_prefix, None)
+        data = self._data_dir(ctx)
+        lock = os.path.join(ctx.workdir, LOCK_FILE)
+        stamp = self._stamp((ctx.extra or {}).get("init", ""), lock)
+        write_atomic(os.path.join(data, STAMP_FILE), json.dumps({"stamp": stamp}).encode())
+        if not os.path.isfile(lock):
+            return
+        with open(lock, "rb") as fh:
+            content = fh.read()
+        if run is not None and run["init"]:
+            write_atomic(os.path.join(data, SAVED_LOCK), content)
+        comp = ctx.component
+        if comp is None or comp.source is None:
+            return
+        src_dir = ctx.root if comp.source == "." else os.path.join(ctx.root, *comp.source.split("/"))
+        target = os.path.join(src_dir, LOCK_FILE)
+        if os.path.lexists(target) or not os.path.isdir(src_dir):
+            return
+        # Create-if-absent, atomically: a private file, then a hard link
+        # (which fails if another component of the same module got there first).
+        tmp = os.path.join(src_dir, f".{LOCK_FILE}.atmos-{os.getpid()}-{threading.get_ident()}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(content)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                pass
+        except OSError:
+            pass  # a read-only source: the data dir keeps the lock file
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def source_additions(self, ctx: ActionContext) -> dict[str, list]:
+        comp = ctx.component
+        if comp is None or comp.source is None:
+            return {}
+        name = f"source:{LOCK_FILE}"
+        if name in (ctx.ingredients.get("files") or {}):
+            return {}
+        src_dir = ctx.root if comp.source == "." else os.path.join(ctx.root, *comp.source.split("/"))
+        path = os.path.join(src_dir, LOCK_FILE)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return {}
+        import stat as stat_mod
+
+        if not stat_mod.S_ISREG(st.st_mode):
+            return {}
+        from ..state.files import file_digest
+
+        return {name: ["f", file_digest(path), bool(st.st_mode & 0o111)]}
+
+    def recover_outputs(self, ctx: ActionContext) -> dict | None:
+        """Run `terraform output -json` against the persisted data dir and
+        the backend: the outputs with their values, sensitive ones included."""
+        import subprocess
+        import tempfile
+
+        data = self._data_dir(ctx)
+        if not os.path.isdir(data):
+            return None
+        backend = self._backend(ctx)
+        override = override_document(backend, ctx.state_dir, ctx.deployment, ctx.component_id)
+        comp = ctx.component
+        with tempfile.TemporaryDirectory(prefix="atmos-tf-") as tmp:
+            if override is not None:
+                with open(os.path.join(tmp, OVERRIDE_FILE), "w", encoding="utf-8") as fh:
+                    json.dump(override, fh)
+                cwd = tmp
+            elif comp is not None and comp.source is not None:
+                cwd = ctx.root if comp.source == "." else os.path.join(ctx.root, comp.source)
+            else:
+                return None
+            env = dict(os.environ, TF_IN_AUTOMATION="1", TF_INPUT="0", TF_DATA_DIR=data,
+                       CHECKPOINT_DISABLE="1")
+            try:
+                proc = subprocess.run([self._binary(ctx), "output", "-json", "-no-color"], cwd=cwd,
+                                      env=env, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+        if proc.returncode != 0:
+            return None
+        try:
+            raw = self._raw_outputs(proc.stdout.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+

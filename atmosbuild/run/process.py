@@ -59,6 +59,7 @@ class Step:
 
     argv: tuple[str, ...]
     capture: bool = False
+    log: bool = True  # False (with capture): the stdout is not written to the log either
 
 
 @dataclass
@@ -203,12 +204,14 @@ _ALARMS = _Alarms()
 class _Lines:
     """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
 
-    __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending")
+    __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending", "_logged")
 
-    def __init__(self, node: str, mask: Callable[[str], str], log: IO[str], console: Console, capture: bool) -> None:
+    def __init__(self, node: str, mask: Callable[[str], str], log: IO[str], console: Console, capture: bool,
+                 logged: bool = True) -> None:
         self._node, self._mask, self._log, self._console = node, mask, log, console
         self._kept: list[bytes] | None = [] if capture else None
         self._pending: list[bytes] = []  # the start of an unfinished line
+        self._logged = logged or not capture
 
     def feed(self, data: bytes) -> None:
         if self._kept is not None:
@@ -235,6 +238,8 @@ class _Lines:
         return None if self._kept is None else b"".join(self._kept)
 
     def _emit(self, raw: bytes) -> None:
+        if not self._logged:
+            return
         line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
         self._log.write(line + "\n")
         if self._kept is None:
@@ -564,7 +569,7 @@ class ProcessRunner:
             action.proc = proc
             if action.stop_signal is not None:  # stop() came while we were spawning
                 _killpg(proc.pid, action.stop_signal)
-        lines = _Lines(spec.node, mask, log, self._console, step.capture)
+        lines = _Lines(spec.node, mask, log, self._console, step.capture, step.log)
         output = _Output(proc, lines)
         try:
             try:
@@ -586,6 +591,8 @@ class ProcessRunner:
         finally:
             output.close()
         out = lines.captured()
+        if not step.log and out is not None:
+            log.write(f"--- {len(out)} bytes of output captured, not logged (they may hold secrets)\n")
         if errors is not None:
             with errors:
                 errors.seek(0)
