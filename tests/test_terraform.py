@@ -13,7 +13,8 @@ import json
 
 import pytest
 
-from tfhelpers import (ANSI, LABEL_MODULE, atmos_yaml, deployment, logs, needs_terraform, outputs_of,
+from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, atmos_yaml, deployment, logs, needs_terraform,
+                       outputs_of, provider_env,
                        rollout, shim, state_files, tf_env)
 
 pytestmark = needs_terraform
@@ -209,12 +210,15 @@ def test_init_runs_once_and_logs_hold_no_ansi(ws, tf, env):
     assert (ws.state / "terraform" / "data" / "app@dev" / "terraform%2Fapi" / "environment").exists()
 
 
-def test_a_toolchain_change_reruns_and_explain_names_the_versions(ws, tf, env):
+@pytest.mark.parametrize("in_place", [False, True], ids=["new-binary", "upgraded-in-place"])
+def test_a_toolchain_change_reruns_and_explain_names_the_versions(ws, tf, env, in_place):
     ws.write("modules/label/main.tf", LABEL_MODULE)
     deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}})
     assert rollout(ws, env, "//app:dev").returncode == 0
-    # Another "terraform" that reports another version, then runs the real one.
-    fake = ws.root.parent / "bin" / "terraform-1.99"
+    assert "] cached" in rollout(ws, env, "//app:dev").stdout  # (now recorded as up to date)
+    # A "terraform" that reports another version, then runs the real one:
+    # a new binary in atmos.yaml, or the same path upgraded in place.
+    fake = tf if in_place else ws.root.parent / "bin" / "terraform-1.99"
     fake.write_text(tf.read_text().replace(
         "import sys\n", "import sys, json\nif sys.argv[1:] == ['version', '-json']:\n"
         "    print(json.dumps({'terraform_version': '1.99.0', 'platform': 'linux_amd64'})); sys.exit(0)\n", 1))
@@ -226,6 +230,21 @@ def test_a_toolchain_change_reruns_and_explain_names_the_versions(ws, tf, env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ran_ids(proc) == {"terraform/api"}
     assert "No changes." in proc.stdout
+    assert "] cached" in rollout(ws, env, "//app:dev").stdout
+
+
+def test_flockrun_serializes_what_it_runs(tmp_path):
+    import subprocess
+    import sys
+
+    from atmosbuild.components.terraform import _FLOCKRUN
+
+    out = tmp_path / "order"
+    script = f'echo start >> {out}; sleep 0.3; echo end >> {out}'
+    procs = [subprocess.Popen([sys.executable, "-S", "-E", _FLOCKRUN, str(tmp_path / "lock"), "--",
+                               "sh", "-c", script]) for _ in range(3)]
+    assert [p.wait(timeout=30) for p in procs] == [0, 0, 0]
+    assert out.read_text().split() == ["start", "end"] * 3
 
 
 SECRET_MODULE = """\
@@ -294,3 +313,105 @@ def test_a_sensitive_output_reaches_a_dependent_even_when_the_upstream_is_cached
     for p, b in _all_bytes_under(ws.state).items():
         if not p.name.endswith(".tfstate"):
             assert b"pw-db-Zq8" not in b, p
+
+
+# -- init, the plugin cache and the lock file ----------------------------------------------
+
+def _provider_module(ws, rel: str) -> None:
+    ws.write(f"{rel}/main.tf", PROVIDER_BLOCK + 'variable "n" {}\n'
+             'resource "terraform_data" "x" { input = var.n }\n')
+
+
+def test_init_installs_into_the_shared_cache_and_the_lock_file_is_copied_once(ws, tf):
+    env = provider_env(ws.root.parent)
+    _provider_module(ws, "components/a")
+    _provider_module(ws, "components/b")
+    comps = {"a": {"source": "components/a", "vars": {"n": "1"}},
+             "b": {"source": "components/b", "vars": {"n": "1"}}}
+    deployment(ws, comps)
+    first = rollout(ws, env, "//app:dev", "-j1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    cache = ws.state / "terraform" / "plugin-cache" / "example.com" / "test" / "null" / "1.0.0"
+    assert [p.name for p in cache.iterdir()], "the provider went to the shared plugin cache"
+    # Each data dir links to the shared cache: one copy of the provider.
+    for name in ("a", "b"):
+        [link] = (ws.state / "terraform" / "data" / "app@dev" / f"terraform%2F{name}" / "providers"
+                  / "example.com" / "test" / "null" / "1.0.0").iterdir()
+        assert link.is_symlink() and link.resolve().parent == cache.resolve()
+    lock_a = ws.root / "components" / "a" / ".terraform.lock.hcl"
+    assert 'provider "example.com/test/null"' in lock_a.read_text()
+    written = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in
+               (lock_a, ws.root / "components" / "b" / ".terraform.lock.hcl")}
+
+    # Writing the lock file does not make the next rollout run anything.
+    second = rollout(ws, env, "//app:dev", "-j1")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert statuses(second) == {"terraform/a": "cached", "terraform/b": "cached"}
+    assert "up to date" in ws.run("explain", "//app:dev", "terraform/a", env=env).stdout
+
+    # A var change re-applies without init, and leaves the lock file alone.
+    comps["a"]["vars"]["n"] = "2"
+    deployment(ws, comps)
+    third = rollout(ws, env, "//app:dev", "-j1")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert ran_ids(third) == {"terraform/a"}
+    assert "Initializing" not in third.stdout
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
+
+    # An edited lock file (providers upgraded elsewhere) is an init input.
+    lock_a.write_text(lock_a.read_text() + "\n")
+    fourth = rollout(ws, env, "//app:dev", "-j1")
+    assert ran_ids(fourth) == {"terraform/a"}
+    assert "Initializing provider plugins" in fourth.stdout
+
+
+def test_concurrent_inits_on_one_provider_leave_a_valid_cache(ws, tf):
+    env = provider_env(ws.root.parent)
+    comps = {}
+    for i in range(4):
+        _provider_module(ws, f"components/c{i}")
+        comps[f"c{i}"] = {"source": f"components/c{i}", "vars": {"n": str(i)}}
+    deployment(ws, comps)
+    proc = rollout(ws, env, "//app:dev", "-j4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(statuses(proc).values()) == {"succeeded"} and len(statuses(proc)) == 4
+    cache = ws.state / "terraform" / "plugin-cache" / "example.com" / "test" / "null" / "1.0.0"
+    [platform_dir] = list(cache.iterdir())
+    [binary] = list(platform_dir.iterdir())
+    assert binary.stat().st_mode & 0o111 and b"tfplugin5" in binary.read_bytes()
+    # Every lock file agrees, and a fresh data dir still installs from this cache.
+    locks = {(ws.root / "components" / f"c{i}" / ".terraform.lock.hcl").read_text() for i in range(4)}
+    assert len(locks) == 1
+    import shutil
+
+    shutil.rmtree(ws.state / "terraform" / "data")
+    again = rollout(ws, env, "//app:dev", "-j4", "--force")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("from the shared cache directory") == 4
+
+
+# -- the example -----------------------------------------------------------------------------
+
+def test_the_terraform_example_runs_end_to_end(tmp_path):
+    import shutil
+
+    from conftest import REPO, run_cli
+
+    root = tmp_path / "examples"
+    shutil.copytree(REPO / "examples", root, ignore=shutil.ignore_patterns(".atmos", ".local-cloud"))
+    tf = shim(tmp_path)
+    (root / "atmos.yaml").write_text(f"toolchain:\n  terraform: {tf}\n")
+    env = tf_env(tmp_path)
+    for target in ("dev", "prod"):
+        proc = run_cli("-C", str(root), "rollout", f"//api-terraform:{target}", "-j2", env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Summary: 4 ran, 0 cached" in proc.stdout
+        assert "token-" not in proc.stdout + proc.stderr  # the sensitive output
+    again = run_cli("-C", str(root), "rollout", "//api-terraform:dev", env=env, timeout=300)
+    assert "Summary: 0 ran, 4 cached" in again.stdout, again.stdout
+    # An edit of the shared local module re-applies exactly its two callers.
+    label = root / "components" / "terraform" / "modules" / "label" / "main.tf"
+    label.write_text(label.read_text().replace('target = var.target }', 'target = var.target, team = "api" }'))
+    edit = run_cli("-C", str(root), "rollout", "//api-terraform:dev", env=env, timeout=300)
+    assert edit.returncode == 0, edit.stdout + edit.stderr
+    assert ran_ids(edit) == {"terraform/ecr/api", "terraform/ecs/service-api"}

@@ -111,3 +111,77 @@ def rollout(ws, env: dict, *args: str):
     proc = ws.run("rollout", *args, env=env, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
+
+
+# -- a provider, installed by `init` from a filesystem mirror ----------------------------
+# `plan`/`apply` launch every provider in required_providers to read its
+# schema, so the provider must answer Terraform's plugin protocol: this one
+# serves protocol 5 over gRPC without TLS (TF_DISABLE_PLUGIN_TLS=1) and has
+# an empty schema. Messages are raw protobuf bytes: an empty response is b"".
+
+PROVIDER = '''#!{python}
+import sys
+from concurrent import futures
+import grpc
+
+
+def unary(fn):
+    return grpc.unary_unary_rpc_method_handler(fn)
+
+
+METHODS = {{
+    "/tfplugin5.Provider/GetMetadata": unary(lambda req, ctx: b""),
+    # GetProviderSchema.Response{{provider (1): Schema{{block (2): Block{{}}}}}}
+    "/tfplugin5.Provider/GetSchema": unary(lambda req, ctx: b"\\x0a\\x02\\x12\\x00"),
+    # PrepareProviderConfig: the response's prepared_config (1) is the request's config (1)
+    "/tfplugin5.Provider/PrepareProviderConfig": unary(lambda req, ctx: req),
+    "/tfplugin5.Provider/Configure": unary(lambda req, ctx: b""),
+    "/tfplugin5.Provider/GetFunctions": unary(lambda req, ctx: b""),
+    "/tfplugin5.Provider/Stop": unary(lambda req, ctx: b""),
+    "/grpc.health.v1.Health/Check": unary(lambda req, ctx: b"\\x08\\x01"),  # SERVING
+    "/plugin.GRPCController/Shutdown": unary(lambda req, ctx: (server.stop(0.2), b"")[1]),
+}}
+
+
+class Handler(grpc.GenericRpcHandler):
+    def service(self, details):
+        return METHODS.get(details.method)
+
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((Handler(),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+sys.stdout.write(f"1|5|tcp|127.0.0.1:{{port}}|grpc\\n")  # go-plugin's handshake
+sys.stdout.flush()
+server.wait_for_termination()
+'''
+
+PROVIDER_BLOCK = """\
+terraform {
+  required_providers {
+    null = { source = "example.com/test/null", version = "1.0.0" }
+  }
+}
+"""
+
+
+def provider_env(where: Path) -> dict:
+    """Env for a rollout whose modules require example.com/test/null: a CLI
+    config that installs it from a filesystem mirror holding its zip."""
+    import platform
+    import zipfile
+
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "amd64")
+    osname = sys.platform if sys.platform != "linux" else "linux"
+    mirror = where / "mirror"
+    pkg = mirror / "example.com" / "test" / "null"
+    pkg.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(pkg / f"terraform-provider-null_1.0.0_{osname}_{arch}.zip", "w") as z:
+        info = zipfile.ZipInfo("terraform-provider-null_v1.0.0")
+        info.external_attr = 0o100755 << 16
+        z.writestr(info, PROVIDER.format(python=sys.executable))
+    body = ('provider_installation {\n'
+            f'  filesystem_mirror {{\n    path = "{mirror}"\n    include = ["example.com/test/*"]\n  }}\n'
+            '  direct { exclude = ["example.com/test/*"] }\n}\n')
+    return {**tf_env(where, body), "TF_DISABLE_PLUGIN_TLS": "1"}
