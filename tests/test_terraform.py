@@ -415,3 +415,50 @@ def test_the_terraform_example_runs_end_to_end(tmp_path):
     edit = run_cli("-C", str(root), "rollout", "//api-terraform:dev", env=env, timeout=300)
     assert edit.returncode == 0, edit.stdout + edit.stderr
     assert ran_ids(edit) == {"terraform/ecr/api", "terraform/ecs/service-api"}
+
+
+# -- backends --------------------------------------------------------------------------------
+
+def test_a_backend_from_atmos_yaml_is_interpolated_and_module_keeps_its_own(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    own_state = ws.root.parent / "own.tfstate"
+    ws.write("modules/own/main.tf", 'terraform {\n  backend "local" { path = "%s" }\n}\n'
+             'resource "terraform_data" "o" { input = "own" }\n' % own_state)
+    atmos_yaml(ws, tf, "terraform:\n  backend:\n    type: local\n    config:\n"
+               f"      path: {ws.root.parent}/elsewhere/default.tfstate\n"
+               f"      workspace_dir: \"{ws.root.parent}/elsewhere/${{deployment}}/${{component}}\"\n")
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}},
+                    "own": {"source": "modules/own", "backend": {"type": "module"}}})
+    proc = rollout(ws, env, "//app:dev", "-j1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (ws.root.parent / "elsewhere" / "app" / "terraform" / "api" / "dev" / "terraform.tfstate").is_file()
+    assert not (ws.state / "tfstate").exists() or not state_files(ws)
+    # {type: module}: the module's own backend block as written, in the default workspace.
+    own = json.loads(own_state.read_text())
+    assert own["resources"][0]["type"] == "terraform_data"
+    # The backend is in the key: changing it re-runs exactly that component.
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"},
+                            "backend": {"type": "local", "config": {
+                                "workspace_dir": str(ws.root.parent / "moved")}}},
+                    "own": {"source": "modules/own", "backend": {"type": "module"}}})
+    explain = ws.run("explain", "//app:dev", "terraform/api", env=env)
+    assert "backend config changed" in explain.stdout, explain.stdout
+    moved = rollout(ws, env, "//app:dev", "-j1")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert ran_ids(moved) == {"terraform/api"}
+
+
+def test_backend_secrets_enter_the_key_only_as_digests():
+    from atmosbuild.components.terraform import backend_ingredient, chosen_backend
+    from atmosbuild.graph.keys import canonical
+
+    class Comp:
+        id, backend = "terraform/db", {"type": "pg", "config": {
+            "conn_str": "postgres://u:hunter2@db/${deployment}", "schema_name": "${target}"}}
+
+    backend = chosen_backend(Comp, {}, "app", "prod")
+    assert backend == {"type": "pg", "config": {"conn_str": "postgres://u:hunter2@db/app", "schema_name": "prod"}}
+    text = canonical(backend_ingredient(backend))
+    assert "hunter2" not in text and "prod" in text
+    other = dict(backend, config=dict(backend["config"], conn_str="postgres://u:other@db/app"))
+    assert canonical(backend_ingredient(other)) != text
