@@ -186,7 +186,51 @@ def resolve_binary(binary: str, root: str) -> str | None:
     return shutil.which(binary)
 
 
-def toolchain_identity(binary: str, root: str, state_dir: str) -> dict:
+class ToolchainCache:
+    """`terraform version -json` answers on disk, by (real path, size,
+    mtime, ctime) of the binary; written only by commands that write caches."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "cache", "terraform-toolchain.json") if state_dir else ""
+        self._data: dict | None = None
+        self.dirty = False
+
+    def _load(self) -> dict:
+        if self._data is None:
+            self._data = {}
+            if self.path and not os.environ.get("ATMOS_NO_CACHE"):
+                try:
+                    with open(self.path, "rb") as fh:
+                        data = json.loads(fh.read())
+                    self._data = data if isinstance(data, dict) else {}
+                except (OSError, ValueError):
+                    pass
+        return self._data
+
+    def get(self, name: str):
+        hit = self._load().get(name)
+        return hit if isinstance(hit, dict) else None
+
+    def put(self, name: str, real: str, value: dict) -> None:
+        data = self._load()
+        for old in [k for k in data if k.split("\0", 1)[0] == real]:
+            del data[old]
+        data[name] = value
+        self.dirty = True
+
+    def save(self) -> None:
+        if not (self.dirty and self.path) or os.environ.get("ATMOS_NO_CACHE"):
+            return
+        from ..fileops import write_atomic
+
+        try:
+            write_atomic(self.path, json.dumps(self._load()).encode())
+        except OSError:
+            pass
+        self.dirty = False
+
+
+def toolchain_identity(binary: str, root: str, cache: ToolchainCache | None = None) -> dict:
     """`terraform version -json`'s version and platform, read once per
     binary (by real path, size, mtime, ctime) in this process and cached on
     disk; a binary that cannot be found or run says so (the run fails then)."""
@@ -203,26 +247,12 @@ def toolchain_identity(binary: str, root: str, state_dir: str) -> dict:
         hit = _identities.get(sig)
         if hit is not None:
             return hit
-        cache_path = os.path.join(state_dir, "cache", "terraform-toolchain.json")
-        disk = {}
-        try:
-            with open(cache_path, "rb") as fh:
-                disk = json.loads(fh.read())
-        except (OSError, ValueError):
-            disk = {}
         name = "\0".join(map(str, sig))
-        hit = disk.get(name) if isinstance(disk, dict) else None
-        if not isinstance(hit, dict):
+        hit = cache.get(name) if cache is not None else None
+        if hit is None:
             hit = _read_version(path)
-            if "version" in hit and not os.environ.get("ATMOS_NO_CACHE"):
-                disk = disk if isinstance(disk, dict) else {}
-                disk = {k: v for k, v in disk.items() if k.split("\0", 1)[0] != real} | {name: hit}
-                try:
-                    from ..fileops import write_atomic
-
-                    write_atomic(cache_path, json.dumps(disk).encode())
-                except OSError:
-                    pass
+            if "version" in hit and cache is not None:
+                cache.put(name, real, hit)
         _identities[sig] = hit
         return hit
 
@@ -326,20 +356,28 @@ class Terraform(ComponentType):
             outside.append(mod.dir)
             for rel, kind, dig, exe in env.digester.tree(mod.dir):
                 files[f"module:{mod.dir}/{rel}"] = [kind, dig, exe]
-        toolchain = env.caches.get(("tf-toolchain", self._binary(env.toolchain)))
-        if toolchain is None:
-            toolchain = toolchain_identity(self._binary(env.toolchain), env.root, env.state_dir)
-            env.caches[("tf-toolchain", self._binary(env.toolchain))] = toolchain
+        binary, toolchain = self._toolchain(env)
         backend = chosen_backend(comp, env.settings, env.deployment, env.target)
         config["toolchain"] = toolchain
         config["backend"] = backend_ingredient(backend)
         config["modules"] = [m.dir for m in modules[1:]]
         init = digest(["init", init_inputs(modules), config["backend"], toolchain])
         sensitive = sorted(modules[0].sensitive_outputs()) if modules else []
-        binary = resolve_binary(self._binary(env.toolchain), env.root)
         return Compiled(config, files, {"declared": sorted(declared), "outside": outside,
-                                        "init": init, "sensitive_outputs": sensitive,
-                                        "binary": os.path.realpath(binary) if binary else None})
+                                        "init": init, "sensitive_outputs": sensitive, "binary": binary})
+
+    def _toolchain(self, env: CompileEnv) -> tuple[str | None, dict]:
+        """(the binary's real path, its identity), once per compile."""
+        name = self._binary(env.toolchain)
+        hit = env.caches.get(("tf-binary", name))
+        if hit is None:
+            cache = env.caches.get("tf-toolchain")
+            if cache is None:
+                cache = env.caches["tf-toolchain"] = ToolchainCache(env.state_dir)
+            path = resolve_binary(name, env.root)
+            hit = env.caches[("tf-binary", name)] = (os.path.realpath(path) if path else None,
+                                                     toolchain_identity(name, env.root, cache))
+        return hit
 
     # -- the run -----------------------------------------------------------------
 
