@@ -246,7 +246,9 @@ def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
     from .config.labels import Label
     from .config.workspace import discover_packages, load_package
-    from .graph.actions import SourceChecker, build_structure, load_specs
+    from .components import TYPES, ComponentType
+    from .graph.actions import SourceChecker, build_structure, compile_graph, load_specs
+    from .state.files import FileDigester
 
     r = _root(ctx)
     if labels:
@@ -267,6 +269,10 @@ def validate(ctx, labels):
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
+            if any(type(TYPES[c.type]).compile is not ComponentType.compile for c in st.resolved[label].values()):
+                # A type that reads its sources (terraform: declared vars,
+                # local modules) finds its errors only with them at hand.
+                compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=specs)
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 

@@ -117,6 +117,7 @@ def test_an_undeclared_component_var_is_a_config_error_at_its_line(ws, tf, env):
                 vars: {name: api, replica: 2}
         """)
     before = ws.snapshot_tree()
+    assert "'replica'" in ws.run("validate", env=env).stderr  # validate reads the module too
     proc = ws.run("rollout", "//app:dev", env=env)
     assert proc.returncode == 2
     first = proc.stderr.splitlines()[0]
@@ -462,3 +463,16 @@ def test_backend_secrets_enter_the_key_only_as_digests():
     assert "hunter2" not in text and "prod" in text
     other = dict(backend, config=dict(backend["config"], conn_str="postgres://u:other@db/app"))
     assert canonical(backend_ingredient(other)) != text
+
+
+def test_a_backend_password_is_masked_in_the_log(ws, tf, env):
+    # A conn_str with a bad port: Terraform's init error quotes the whole
+    # URL, and the log and console show it masked.
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}, "backend": {
+        "type": "pg", "config": {"conn_str": "postgres://u:Hunter2secret@127.0.0.1:port/db"}}}})
+    proc = rollout(ws, env, "//app:dev")
+    assert proc.returncode == 1
+    assert "Hunter2secret" not in proc.stdout + proc.stderr + logs(ws)
+    assert 'Error: parse "***"' in logs(ws)  # (the whole conn_str is the secret)
+    assert b"Hunter2secret" not in (ws.state / "state.db").read_bytes()

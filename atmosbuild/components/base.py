@@ -105,6 +105,11 @@ class ComponentType:
         raise env.fail(...) or AtmosError for bad input."""
         return None
 
+    def config_secrets(self, comp, settings: Mapping[str, Any], deployment: str, target: str) -> list[str]:
+        """Secret values in the type's own configuration (terraform: backend
+        passwords), masked in the action's output like sensitive vars."""
+        return []
+
     def source_additions(self, ctx: ActionContext) -> dict[str, list]:
         """Files the action added to its *source* directory that the next
         compile will see (`.terraform.lock.hcl`), as key file entries

@@ -381,6 +381,18 @@ class Terraform(ComponentType):
 
     # -- the run -----------------------------------------------------------------
 
+    def config_secrets(self, comp, settings, deployment: str, target: str) -> list[str]:
+        secrets = backend_secrets(chosen_backend(comp, settings, deployment, target))
+        out = []
+        for value in secrets:  # a password inside a URL is a secret on its own too
+            out.append(value)
+            import re
+
+            m = re.match(r"^[a-z][a-z0-9+.-]*://[^:/@]*:([^@]+)@", value)
+            if m and len(m.group(1)) >= 3:
+                out.append(m.group(1))
+        return out
+
     def tfvars_path(self, ctx: ActionContext) -> str:
         return ctx.meta_prefix + ".tfvars.json"
 

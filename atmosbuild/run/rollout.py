@@ -278,7 +278,8 @@ class Rollout(ScheduleHooks):
         outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
         quote = isinstance(comp.run, str)
-        secrets = secret_values(comp)
+        secrets = secret_values(comp) + node.ctype.config_secrets(
+            comp, self.options.settings.get(comp.type, {}), node.deployment, node.target)
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
