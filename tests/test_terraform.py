@@ -476,3 +476,19 @@ def test_a_backend_password_is_masked_in_the_log(ws, tf, env):
     assert "Hunter2secret" not in proc.stdout + proc.stderr + logs(ws)
     assert 'Error: parse "***"' in logs(ws)  # (the whole conn_str is the secret)
     assert b"Hunter2secret" not in (ws.state / "state.db").read_bytes()
+
+
+def test_two_components_of_one_module_write_its_lock_file_once_and_both_stay_cached(ws, tf):
+    env = provider_env(ws.root.parent)
+    _provider_module(ws, "modules/shared")
+    deployment(ws, {"a": {"source": "modules/shared", "vars": {"n": "a"}},
+                    "b": {"source": "modules/shared", "vars": {"n": "b"}}},
+               targets={"dev": {}, "prod": {}})
+    for target in ("dev", "prod"):
+        proc = rollout(ws, env, f"//app:{target}", "-j2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The lock file, and nothing else (no temporary file left behind).
+    assert sorted(p.name for p in (ws.root / "modules" / "shared").iterdir()) == [".terraform.lock.hcl", "main.tf"]
+    for target in ("dev", "prod"):
+        again = rollout(ws, env, f"//app:{target}", "-j2")
+        assert statuses(again) == {"terraform/a": "cached", "terraform/b": "cached"}, again.stdout
