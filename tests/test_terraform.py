@@ -492,3 +492,31 @@ def test_two_components_of_one_module_write_its_lock_file_once_and_both_stay_cac
     for target in ("dev", "prod"):
         again = rollout(ws, env, f"//app:{target}", "-j2")
         assert statuses(again) == {"terraform/a": "cached", "terraform/b": "cached"}, again.stdout
+
+
+def test_recover_outputs_reads_sensitive_values_back_from_the_terraform_state(ws, tf, env, monkeypatch):
+    from atmosbuild.components.base import ActionContext
+    from atmosbuild.components.terraform import Terraform
+
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db"}}})
+    assert rollout(ws, env, "//app:dev").returncode == 0
+
+    class Comp:  # what recover_outputs reads of the resolved component
+        id, source, backend = "terraform/db", "modules/secret", None
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ctx = ActionContext(component_id="terraform/db", name="db", target="dev", deployment="app", key="",
+                        workdir="", vars={}, run=None, outputs_path="", vars_path="",
+                        toolchain={"terraform": str(tf)}, state_dir=str(ws.state), root=str(ws.root),
+                        component=Comp)
+    tf_type = Terraform()
+    assert tf_type.recover_outputs(ctx) == {"password": "pw-db-Zq8", "plain": "plain-db"}
+    # And which of them are sensitive, from what `output -json` says.
+    captured = json.dumps({"password": {"sensitive": True, "value": "x"}, "plain": {"sensitive": False,
+                                                                                   "value": "y"}})
+    assert tf_type.sensitive_outputs(ctx, captured) == frozenset({"password"})
+    # Another target has no state yet: nothing to recover.
+    other = ActionContext(**{**ctx.__dict__, "target": "prod"})
+    assert not tf_type.recover_outputs(other)
