@@ -410,6 +410,17 @@ def test_the_terraform_example_runs_end_to_end(tmp_path):
         assert "token-" not in proc.stdout + proc.stderr  # the sensitive output
     again = run_cli("-C", str(root), "rollout", "//api-terraform:dev", env=env, timeout=300)
     assert "Summary: 0 ran, 4 cached" in again.stdout, again.stdout
+    # prod replicas 4 -> 6: only the module that declares `replicas` re-applies.
+    dep = root / "api-terraform" / "deployment.yaml"
+    dep.write_text(dep.read_text().replace("vars: {replicas: 4, cpu: 1024}", "vars: {replicas: 6, cpu: 1024}"))
+    plan = run_cli("-C", str(root), "plan", "//api-terraform:prod", env=env)
+    assert "var `replicas` changed 4 → 6" in plan.stdout, plan.stdout
+    prod = run_cli("-C", str(root), "rollout", "//api-terraform:prod", env=env, timeout=300)
+    assert prod.returncode == 0, prod.stdout + prod.stderr
+    # (the command re-runs, as commands see every var, to the same image tag:
+    # early cutoff keeps the task definition cached)
+    assert ran_ids(prod) == {"terraform/ecs/service-api", "command/image/api"}
+    assert "1 to change" in prod.stdout and "undeclared variable" not in prod.stdout
     # An edit of the shared local module re-applies exactly its two callers.
     label = root / "components" / "terraform" / "modules" / "label" / "main.tf"
     label.write_text(label.read_text().replace('target = var.target }', 'target = var.target, team = "api" }'))
