@@ -10,6 +10,7 @@ modules, init only when needed, secrets kept, no ANSI in logs.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -234,18 +235,33 @@ def test_a_toolchain_change_reruns_and_explain_names_the_versions(ws, tf, env, i
     assert "] cached" in rollout(ws, env, "//app:dev").stdout
 
 
-def test_flockrun_serializes_what_it_runs(tmp_path):
+def _flockrun_order(tmp_path, *locks_per_process) -> list[str]:
     import subprocess
     import sys
 
     from atmosbuild.components.terraform import _FLOCKRUN
 
     out = tmp_path / "order"
+    out.unlink(missing_ok=True)
     script = f'echo start >> {out}; sleep 0.3; echo end >> {out}'
-    procs = [subprocess.Popen([sys.executable, "-S", "-E", _FLOCKRUN, str(tmp_path / "lock"), "--",
-                               "sh", "-c", script]) for _ in range(3)]
-    assert [p.wait(timeout=30) for p in procs] == [0, 0, 0]
-    assert out.read_text().split() == ["start", "end"] * 3
+    procs = []
+    for locks in locks_per_process:
+        procs.append(subprocess.Popen([sys.executable, "-S", "-E", _FLOCKRUN,
+                                       *[lk.replace("@", str(tmp_path) + "/") for lk in locks],
+                                       "--", "sh", "-c", script]))
+        time.sleep(0.05)
+    assert [p.wait(timeout=30) for p in procs] == [0] * len(procs)
+    return out.read_text().split()
+
+
+def test_flockrun_serializes_exclusive_holders_and_lets_shared_ones_overlap(tmp_path):
+    assert _flockrun_order(tmp_path, ["@a"], ["@a"], ["@a"]) == ["start", "end"] * 3
+    # Two inits of different providers (both `all` shared) run together...
+    assert _flockrun_order(tmp_path, ["sh:@all", "@p1"], ["sh:@all", "@p2"]) == \
+        ["start", "start", "end", "end"]
+    # ...and one whose providers are unknown (`all` exclusive) waits for them.
+    assert _flockrun_order(tmp_path, ["sh:@all", "@p1"], ["@all"], ["sh:@all", "@p1"]) == \
+        ["start", "end"] * 3
 
 
 SECRET_MODULE = """\

@@ -102,3 +102,20 @@ def test_a_parse_error_is_a_summary_with_its_position():
     assert line in (2, 3) and col and "cannot parse" in message
     j = summarize("x.tf.json", '{"variable": {"x": }}')
     assert j["error"][0] == 1 and "JSON" in j["error"][2]
+
+
+def test_the_providers_init_may_install_are_known_from_the_files():
+    from atmosbuild.components.tfmodule import provider_addresses
+
+    def mod(d, **files):
+        return Module(d, {name: summarize(name, text) for name, text in files.items()})
+
+    builtin = mod("a", **{"main.tf": 'resource "terraform_data" "x" {}\n'})
+    assert provider_addresses([builtin]) == []
+    explicit = mod("b", **{"versions.tf": 'terraform {\n  required_providers {\n'
+                           '    null = { source = "Example.com/Test/Null" }\n  }\n}\n',
+                           "main.tf": 'resource "null_thing" "x" {}\nresource "aws_instance" "y" {}\n'
+                                      'data "http" "z" {}\nprovider "google" {}\n'})
+    assert provider_addresses([builtin, explicit]) == [
+        "example.com/test/null", "registry.terraform.io/hashicorp/aws",
+        "registry.terraform.io/hashicorp/google", "registry.terraform.io/hashicorp/http"]

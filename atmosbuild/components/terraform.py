@@ -303,6 +303,16 @@ def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     return Module(rel_dir, files)
 
 
+def _remote_calls(modules) -> bool:
+    """Whether some module calls a non-local one (registry, git): its
+    providers are not known before init fetches it."""
+    from .tfmodule import is_local_source
+
+    return any(not (isinstance(src, str) and is_local_source(src))
+               for mod in modules for summary in mod.files.values()
+               for _, src, _, _ in summary.get("modules", ()))
+
+
 class Terraform(ComponentType):
     name = "terraform"
     mode = APPLY
@@ -321,7 +331,7 @@ class Terraform(ComponentType):
     def compile(self, comp, config: dict, files: dict, env: CompileEnv) -> Compiled:
         from ..errors import ConfigError, did_you_mean
         from ..graph.keys import digest
-        from .tfmodule import ModuleError, SummaryCache, init_inputs, local_modules
+        from .tfmodule import ModuleError, SummaryCache, init_inputs, local_modules, provider_addresses
 
         cache = env.caches.get("tf-summaries")
         if cache is None:
@@ -364,7 +374,9 @@ class Terraform(ComponentType):
         init = digest(["init", init_inputs(modules), config["backend"], toolchain])
         sensitive = sorted(modules[0].sensitive_outputs()) if modules else []
         return Compiled(config, files, {"declared": sorted(declared), "outside": outside,
-                                        "init": init, "sensitive_outputs": sensitive, "binary": binary})
+                                        "init": init, "sensitive_outputs": sensitive, "binary": binary,
+                                        "providers": None if _remote_calls(modules) else
+                                        provider_addresses(modules)})
 
     def _toolchain(self, env: CompileEnv) -> tuple[str | None, dict]:
         """(the binary's real path, its identity), once per compile."""
@@ -497,9 +509,15 @@ class Terraform(ComponentType):
         run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
         steps = []
         if run["init"]:
-            lock = self._plugin_cache(ctx).rstrip("/") + ".lock"
-            steps.append(Invocation((sys.executable, "-S", "-E", _FLOCKRUN, lock, "--",
-                                     tf, "init", "-input=false", "-no-color", "-reconfigure")))
+            init = (tf, "init", "-input=false", "-no-color", "-reconfigure")
+            providers = (ctx.extra or {}).get("providers", None)
+            if providers is None or providers:
+                # Serialized per provider on the shared cache (a lock file
+                # each, taken in sorted order); built-ins only: no lock.
+                steps.append(Invocation((sys.executable, "-S", "-E", _FLOCKRUN,
+                                         *self._cache_locks(ctx, providers), "--", *init)))
+            else:
+                steps.append(Invocation(init))
             backend = run["backend"]
             if backend is None or backend["type"] != "module":
                 steps.append(Invocation((tf, "workspace", "select", "-or-create=true", "-no-color",
@@ -509,6 +527,17 @@ class Terraform(ComponentType):
         # Its stdout holds every output in clear, sensitive ones too: never logged.
         steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))
         return steps
+
+    def _cache_locks(self, ctx: ActionContext, providers) -> list[str]:
+        """An init whose providers are known holds `all` shared and each of
+        its providers exclusively; one whose providers are not known (a
+        remote module may require any) holds `all` exclusively. Always in
+        this order, so no two inits wait on each other in a cycle."""
+        base = self._plugin_cache(ctx).rstrip("/") + ".locks"
+        everything = os.path.join(base, "all.lock")
+        if providers is None:
+            return [everything]
+        return ["sh:" + everything] + [os.path.join(base, _escape(p) + ".lock") for p in sorted(providers)]
 
     def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
         raw = self._raw_outputs(captured)

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 class ModuleError(Exception):
@@ -56,7 +56,13 @@ def summarize(name: str, text: str) -> dict:
     except _ParseFailure as exc:
         return {"v": SUMMARY_VERSION, "error": [exc.line, exc.col, exc.message]}
     out = {"v": SUMMARY_VERSION, "variables": [], "modules": [], "providers": {},
-           "backend": None, "cloud": False, "sensitive_outputs": []}
+           "backend": None, "cloud": False, "sensitive_outputs": [], "uses": []}
+    # Provider local names the file uses (resource and data types' prefixes,
+    # provider blocks): what init installs besides `required_providers`.
+    uses = {rtype.split("_", 1)[0] for kind in ("resource", "data", "ephemeral")
+            for rtype, _ in data.get(kind, [])}
+    uses |= {pname for pname, _ in data.get("provider", [])}
+    out["uses"] = sorted(uses)
     for vname, _ in data.get("variable", []):
         out["variables"].append(vname)
     for mname, body in data.get("module", []):
@@ -107,7 +113,7 @@ def _hcl_blocks(text: str) -> dict:
                             col if isinstance(col, int) and col > 0 else None,
                             f"cannot parse Terraform file: {first}") from None
     out: dict[str, list] = {}
-    for kind in ("variable", "module", "output"):
+    for kind in ("variable", "module", "output", "resource", "data", "ephemeral", "provider"):
         for block in _as_list(raw.get(kind)):
             if isinstance(block, dict):
                 for label, body in block.items():
@@ -126,7 +132,7 @@ def _json_blocks(text: str) -> dict:
     if not isinstance(raw, dict):
         raise _ParseFailure(1, 1, "a Terraform JSON file must hold an object")
     out: dict[str, list] = {}
-    for kind in ("variable", "module", "output"):
+    for kind in ("variable", "module", "output", "resource", "data", "ephemeral", "provider"):
         for block in _as_list(raw.get(kind)):
             if isinstance(block, dict):
                 for label, body in block.items():
@@ -284,6 +290,31 @@ def local_modules(root_dir: str, read_module: Callable[[str], Module]) -> list[M
 
 class ModuleOutside(Exception):
     """read_module found that a directory is outside the tree once symlinks are followed."""
+
+
+def provider_addresses(modules: list[Module]) -> list[str]:
+    """The provider source addresses init may install for these modules
+    (normalized: registry.terraform.io/hashicorp/aws), built-in `terraform`
+    left out: what must not be installed into a shared cache concurrently."""
+    out = set()
+    for mod in modules:
+        sources = {}
+        for summary in mod.files.values():
+            for pname, spec in summary.get("providers", {}).items():
+                src = spec.get("source") if isinstance(spec, dict) else None
+                sources[pname] = src if isinstance(src, str) and src else f"hashicorp/{pname}"
+        names = set(sources)
+        for summary in mod.files.values():
+            names |= set(summary.get("uses", ()))
+        for name in names:
+            address = (sources.get(name) or f"hashicorp/{name}").lower()
+            if address.count("/") == 1:
+                address = "registry.terraform.io/" + address
+            if address.endswith("terraform.io/builtin/terraform") or (name == "terraform"
+                                                                       and name not in sources):
+                continue  # built in: nothing to install
+            out.add(address)
+    return sorted(out)
 
 
 def init_inputs(modules: list[Module]) -> dict:
