@@ -354,8 +354,17 @@ def clean(ctx, workspaces, cache, all_):
 
         raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
     removed = []
+    kept = None
     if all_:
-        removed.append(r.state_dir)
+        # Everything but Terraform's state (the default backend's, SPEC 9):
+        # it describes real infrastructure, and losing it orphans that.
+        tfstate = os.path.join(r.state_dir, "tfstate")
+        if os.path.isdir(tfstate) and os.listdir(tfstate):
+            kept = tfstate
+            removed += [os.path.join(r.state_dir, name) for name in sorted(os.listdir(r.state_dir))
+                        if name != "tfstate"]
+        else:
+            removed.append(r.state_dir)
     else:
         if workspaces:
             removed.append(os.path.join(r.state_dir, "workspaces"))
@@ -369,6 +378,9 @@ def clean(ctx, workspaces, cache, all_):
         elif os.path.exists(path):
             os.unlink(path)
             click.echo(f"removed {os.path.relpath(path, r.root)}")
+    if kept:
+        click.echo(f"kept {os.path.relpath(kept, r.root)}/: Terraform state of real infrastructure "
+                   "(destroy it first, or remove the directory yourself)")
 
 
 # -- entry point ------------------------------------------------------------------

@@ -547,3 +547,17 @@ def test_recover_outputs_reads_sensitive_values_back_from_the_terraform_state(ws
     # Another target has no state yet: nothing to recover.
     other = ActionContext(**{**ctx.__dict__, "target": "prod"})
     assert not tf_type.recover_outputs(other)
+
+
+def test_clean_all_keeps_terraform_state(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}})
+    assert rollout(ws, env, "//app:dev").returncode == 0
+    before = outputs_of(ws, "terraform/api")["id"]
+    proc = ws.run("clean", "--all")
+    assert proc.returncode == 0 and "kept .atmos/tfstate/" in proc.stdout
+    assert state_files(ws) and not (ws.state / "state.db").exists()
+    # The next rollout finds the resource in its state: nothing is created again.
+    again = rollout(ws, env, "//app:dev")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "No changes." in again.stdout and outputs_of(ws, "terraform/api")["id"] == before
