@@ -561,3 +561,41 @@ def test_clean_all_keeps_terraform_state(ws, tf, env):
     again = rollout(ws, env, "//app:dev")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "No changes." in again.stdout and outputs_of(ws, "terraform/api")["id"] == before
+
+
+def test_yaml_and_dsl_with_a_backend_give_the_same_keys(ws, tf, env):
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    ws.write("y/deployment.yaml", """\
+        deployment:
+          name: same
+          targets: {dev: {}}
+          components:
+            terraform:
+              api:
+                source: modules/label
+                vars: {name: api}
+                backend: {type: local, config: {workspace_dir: "/tmp/x/${deployment}/${target}"}}
+        """)
+    ws.write("d/BUILD.atmos", """\
+        deployment "same" {
+          target "dev" {}
+          terraform "api" {
+            source = "modules/label"
+            vars { name = "api" }
+            backend {
+              type = "local"
+              config { workspace_dir = "/tmp/x/${deployment}/${target}" }
+            }
+          }
+        }
+        """)
+    keys = [json.loads(ws.run("graph", label, "--format", "json", env=env).stdout)["nodes"][0]["key"]
+            for label in ("//y:dev", "//d:dev")]
+    assert keys[0] == keys[1]
+    converted = ws.run("convert", str(ws.root / "y" / "deployment.yaml"), "--to", "dsl")
+    assert "backend {" in converted.stdout and 'workspace_dir = "/tmp/x/${deployment}/${target}"' in converted.stdout
+    # convert writes the canonical layout, and fmt keeps the backend as it is.
+    ws.write("c/BUILD.atmos", converted.stdout)
+    fmt = ws.run("fmt", "--check", str(ws.root / "c" / "BUILD.atmos"))
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    assert json.loads(ws.run("graph", "//c:dev", "--format", "json", env=env).stdout)["nodes"][0]["key"] == keys[0]
