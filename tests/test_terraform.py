@@ -599,3 +599,43 @@ def test_yaml_and_dsl_with_a_backend_give_the_same_keys(ws, tf, env):
     fmt = ws.run("fmt", "--check", str(ws.root / "c" / "BUILD.atmos"))
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
     assert json.loads(ws.run("graph", "//c:dev", "--format", "json", env=env).stdout)["nodes"][0]["key"] == keys[0]
+
+
+def test_on_a_terminal_the_console_has_terraforms_colours_and_the_log_none(ws, tf, env):
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    deployment(ws, {"api": {"source": "modules/label", "vars": {"name": "api"}}})
+    master, slave = pty.openpty()
+    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    full_env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), "rollout", "//app:dev"],
+                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=full_env)
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, out.decode(errors="replace")
+    text = out.decode(errors="replace")
+    # Terraform's own colours (the green `+` of a create) reach the terminal...
+    assert re.search(r"\[terraform/api\] .*\x1b\[32m\+", text), text[-1500:]
+    # ...and none of them the log.
+    log = logs(ws)
+    assert "Apply complete" in log and "+ resource" in log and not ANSI.search(log)

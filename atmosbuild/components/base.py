@@ -55,6 +55,7 @@ class ActionContext:
     ingredients: Mapping[str, Any] = field(default_factory=dict)  # the node's local key ingredients
     extra: Mapping[str, Any] = field(default_factory=dict)  # what the type's `compile` kept
     settings: Mapping[str, Any] = field(default_factory=dict)  # atmos.yaml, per type (`terraform:`)
+    color: bool = False  # the console shows colours (a terminal, no NO_COLOR): tools may colour
 
 
 @dataclass

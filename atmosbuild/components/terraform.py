@@ -506,10 +506,12 @@ class Terraform(ComponentType):
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
+        # Colours only for a terminal (the log is stripped of them anyway).
+        nc = () if ctx.color else ("-no-color",)
         run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
         steps = []
         if run["init"]:
-            init = (tf, "init", "-input=false", "-no-color", "-reconfigure")
+            init = (tf, "init", "-input=false", *nc, "-reconfigure")
             providers = (ctx.extra or {}).get("providers", None)
             if providers is None or providers:
                 # Serialized per provider on the shared cache (a lock file
@@ -520,9 +522,9 @@ class Terraform(ComponentType):
                 steps.append(Invocation(init))
             backend = run["backend"]
             if backend is None or backend["type"] != "module":
-                steps.append(Invocation((tf, "workspace", "select", "-or-create=true", "-no-color",
+                steps.append(Invocation((tf, "workspace", "select", "-or-create=true", *nc,
                                          ctx.target)))
-        steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", "-no-color",
+        steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", *nc,
                                  f"-var-file={self.tfvars_path(ctx)}")))
         # Its stdout holds every output in clear, sensitive ones too: never logged.
         steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))

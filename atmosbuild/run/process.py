@@ -201,6 +201,9 @@ class _Alarms:
 _ALARMS = _Alarms()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class _Lines:
     """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
 
@@ -241,7 +244,8 @@ class _Lines:
         if not self._logged:
             return
         line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        self._log.write(line + "\n")
+        # Logs hold no colour codes, whatever a tool printed for the console.
+        self._log.write((_ANSI.sub("", line) if "\x1b" in line else line) + "\n")
         if self._kept is None:
             self._console.component_line(self._node, line)
 

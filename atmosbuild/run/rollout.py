@@ -307,7 +307,8 @@ class Rollout(ScheduleHooks):
                 run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
                 meta_prefix=meta, toolchain=self.options.toolchain,
                 state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
-                ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}))
+                ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
+                color=bool(getattr(self.console, "color", False)))
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
