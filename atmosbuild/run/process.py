@@ -18,7 +18,8 @@ what is left in the pipe is read for at most DRAIN_SECONDS (a process that left
 the group with setsid may still hold it; the log says so).
 
 Output is read in binary, split into lines, decoded with errors="replace", masked
-(secrets -> `***`) and written to the action's log and the console. Steps
+(secrets -> `***`) and written to the action's log (without ANSI colour codes)
+and the console. Steps
 marked `capture` keep their raw stdout for `collect` (e.g. `terraform output
 -json`); that stdout goes to the log only and their stderr is kept apart, so
 warnings never corrupt the JSON.
