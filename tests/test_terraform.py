@@ -375,6 +375,16 @@ def test_init_installs_into_the_shared_cache_and_the_lock_file_is_copied_once(ws
     assert "Initializing" not in third.stdout
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
 
+    # A removed plugin cache is noticed (the data dir's links lead nowhere): init again.
+    import shutil
+
+    shutil.rmtree(ws.state / "terraform" / "plugin-cache")
+    comps["a"]["vars"]["n"] = "3"
+    deployment(ws, comps)
+    recache = rollout(ws, env, "//app:dev", "-j1")
+    assert recache.returncode == 0, recache.stdout + recache.stderr
+    assert "Initializing provider plugins" in recache.stdout and cache.is_dir()
+
     # An edited lock file (providers upgraded elsewhere) is an init input.
     lock_a.write_text(lock_a.read_text() + "\n")
     fourth = rollout(ws, env, "//app:dev", "-j1")

@@ -80,6 +80,16 @@ def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     return Module(rel_dir, files)
 
 
+def _providers_intact(data: str) -> bool:
+    """Every provider the data dir holds is still there (they are links
+    into the shared plugin cache, which a user may have removed)."""
+    for base, dirs, files in os.walk(os.path.join(data, "providers")):
+        for name in dirs + files:
+            if not os.path.exists(os.path.join(base, name)):
+                return False
+    return True
+
+
 def _remote_calls(modules) -> bool:
     """Whether some module calls a non-local one (registry, git): its
     providers are not known before init fetches it."""
@@ -226,6 +236,8 @@ class Terraform(ComponentType):
                 fresh = json.load(fh).get("stamp") != stamp
         except (OSError, ValueError, AttributeError):
             fresh = True
+        if not fresh and not _providers_intact(data):
+            fresh = True  # the plugin cache was cleaned: its links in the data dir lead nowhere
         os.makedirs(data, exist_ok=True)
         self._runs[ctx.meta_prefix] = {"init": fresh, "backend": backend}
 
