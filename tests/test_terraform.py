@@ -481,9 +481,13 @@ def test_a_backend_from_atmos_yaml_is_interpolated_and_module_keeps_its_own(ws, 
                     "own": {"source": "modules/own", "backend": {"type": "module"}}})
     explain = ws.run("explain", "//app:dev", "terraform/api", env=env)
     assert "backend config changed" in explain.stdout, explain.stdout
+    before = outputs_of(ws, "terraform/api")["id"]
     moved = rollout(ws, env, "//app:dev", "-j1")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert ran_ids(moved) == {"terraform/api"}
+    # The state moved along to the new backend: nothing was created again.
+    assert "No changes." in moved.stdout and outputs_of(ws, "terraform/api")["id"] == before
+    assert (ws.root.parent / "moved" / "dev" / "terraform.tfstate").is_file()
 
 
 def test_backend_secrets_enter_the_key_only_as_digests():

@@ -300,7 +300,9 @@ class Terraform(ComponentType):
         run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
         steps = []
         if run["init"]:
-            init = (tf, "init", "-input=false", *nc, "-reconfigure")
+            # A changed backend moves the state along (every workspace):
+            # -reconfigure would start from none and create it all again.
+            init = (tf, "init", "-input=false", *nc, "-migrate-state", "-force-copy")
             providers = (ctx.extra or {}).get("providers", None)
             if providers is None or providers:
                 # Serialized per provider on the shared cache (a lock file
