@@ -147,6 +147,15 @@ def test_bad_modules_are_config_errors_in_the_tf_file(ws, tf, env, files, where,
     assert ws.snapshot_tree() == before
 
 
+def test_a_module_with_its_own_backend_needs_a_choice(ws, tf, env):
+    ws.write("modules/own/main.tf", 'terraform {\n  backend "s3" {}\n}\nresource "terraform_data" "o" {}\n')
+    deployment(ws, {"own": {"source": "modules/own"}})
+    proc = ws.run("rollout", "//app:dev", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "app/deployment.yaml:" in proc.stderr
+    assert 'declares backend "s3" (in main.tf)' in proc.stderr and "{type: module}" in proc.stderr
+
+
 @pytest.mark.parametrize("backend, words", [
     ({"type": "s4", "config": {}}, "unknown backend type 's4'"),
     ({"type": "pg", "config": {"conn_str": "${var.x}"}}, "unknown reference"),

@@ -90,6 +90,18 @@ def _providers_intact(data: str) -> bool:
     return True
 
 
+def _own_backend(module) -> str:
+    """'backend "s3" (in main.tf)' when the module declares a backend or a
+    cloud block, else ''."""
+    for name in sorted(module.files):
+        summary = module.files[name]
+        if summary.get("cloud"):
+            return f"a `cloud` block (in {name})"
+        if summary.get("backend"):
+            return f'backend "{summary["backend"][0]}" (in {name})'
+    return ""
+
+
 def _remote_calls(modules) -> bool:
     """Whether some module calls a non-local one (registry, git): its
     providers are not known before init fetches it."""
@@ -155,6 +167,15 @@ class Terraform(ComponentType):
                 files[f"module:{mod.dir}/{rel}"] = [kind, dig, exe]
         binary, toolchain = self._toolchain(env)
         backend = chosen_backend(comp, env.settings, env.deployment, env.target)
+        if backend is None and modules:
+            own = _own_backend(modules[0])
+            if own:
+                # Replacing it silently with the default would put the state
+                # somewhere the module's author did not mean.
+                raise env.fail(("source",), f"the module of {comp.id} declares {own}: atmosbuild "
+                               "keeps state itself unless told otherwise; set `backend: {type: module}` "
+                               "on the component to keep the module's, or `terraform: {backend: ...}` in "
+                               "atmos.yaml (or `backend:` on it) to choose one, or remove the block")
         config["toolchain"] = toolchain
         config["backend"] = backend_ingredient(backend)
         config["modules"] = [m.dir for m in modules[1:]]
