@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, atmos_yaml, deployment, logs, needs_terraform,
+from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, PgServer, atmos_yaml, deployment, have_postgres, logs,
+                       needs_terraform,
                        outputs_of, provider_env,
                        rollout, shim, state_files, tf_env)
 
@@ -662,3 +663,33 @@ def test_on_a_terminal_the_console_has_terraforms_colours_and_the_log_none(ws, t
     # ...and none of them the log.
     log = logs(ws)
     assert "Apply complete" in log and "+ resource" in log and not ANSI.search(log)
+
+
+@pytest.mark.skipif(not have_postgres(), reason="needs the PostgreSQL server binaries and a postgres user")
+def test_a_pg_backend_keeps_each_components_state_in_its_schema(ws, tf, env):
+    server = PgServer()
+    try:
+        ws.write("modules/label/main.tf", LABEL_MODULE)
+        comps = {name: {"source": "modules/label", "vars": {"name": name},
+                        "backend": {"type": "pg", "config": {"conn_str": server.url,
+                                                             "schema_name": f"tf_${{deployment}}_{name}"}}}
+                 for name in ("api", "worker")}
+        deployment(ws, comps, targets={"dev": {"vars": {"replicas": 1}}, "prod": {"vars": {"replicas": 2}}})
+        for target in ("dev", "prod"):
+            proc = rollout(ws, env, f"//app:{target}", "-j2")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        # One schema per component, one row (Terraform workspace) per target; nothing local.
+        rows = server.query("SELECT table_schema FROM information_schema.tables WHERE table_name = 'states' "
+                            "ORDER BY 1")
+        assert rows.split() == ["tf_app_api", "tf_app_worker"]
+        names = set(server.query("SELECT name FROM tf_app_api.states").split())
+        assert {"dev", "prod"} <= names <= {"default", "dev", "prod"}
+        assert not (ws.state / "tfstate").exists()
+        before = outputs_of(ws, "terraform/api", "prod")["id"]
+        deployment(ws, comps, targets={"dev": {"vars": {"replicas": 1}}, "prod": {"vars": {"replicas": 3}}})
+        again = rollout(ws, env, "//app:prod", "-j2")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count("0 to add, 1 to change") == 2
+        assert outputs_of(ws, "terraform/api", "prod")["id"] == before
+    finally:
+        server.stop()
