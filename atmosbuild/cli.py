@@ -312,7 +312,8 @@ def validate(ctx, labels):
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
-            if any(type(TYPES[c.type]).compile is not ComponentType.compile for c in st.resolved[label].values()):
+            if any(type(TYPES[c.type]).compile is not ComponentType.compile
+                   for c in st.resolved[label].values()):
                 # A type that reads its sources (terraform: declared vars,
                 # local modules) finds its errors only with them at hand.
                 compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=specs)

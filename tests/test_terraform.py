@@ -93,7 +93,8 @@ def test_dev_prod_and_two_components_of_one_module_keep_their_own_state(ws, tf, 
 
 def test_an_undeclared_inherited_var_neither_reaches_the_module_nor_reapplies_it(ws, tf, env):
     ws.write("modules/label/main.tf", LABEL_MODULE)
-    ws.write("modules/other/main.tf", 'variable "region" {}\nresource "terraform_data" "r" { input = var.region }\n')
+    ws.write("modules/other/main.tf",
+             'variable "region" {}\nresource "terraform_data" "r" { input = var.region }\n')
     comps = {"api": {"source": "modules/label", "vars": {"name": "api"}},
              "net": {"source": "modules/other"}}
     deployment(ws, comps, vars={"region": "eu-west-1", "replicas": 1})
@@ -617,7 +618,8 @@ def test_yaml_and_dsl_with_a_backend_give_the_same_keys(ws, tf, env):
             for label in ("//y:dev", "//d:dev")]
     assert keys[0] == keys[1]
     converted = ws.run("convert", str(ws.root / "y" / "deployment.yaml"), "--to", "dsl")
-    assert "backend {" in converted.stdout and 'workspace_dir = "/tmp/x/${deployment}/${target}"' in converted.stdout
+    assert "backend {" in converted.stdout
+    assert 'workspace_dir = "/tmp/x/${deployment}/${target}"' in converted.stdout
     # convert writes the canonical layout, and fmt keeps the backend as it is.
     ws.write("c/BUILD.atmos", converted.stdout)
     fmt = ws.run("fmt", "--check", str(ws.root / "c" / "BUILD.atmos"))

@@ -236,12 +236,10 @@ class Rollout(ScheduleHooks):
         writing them does not re-run it (SPEC 9)."""
         from dataclasses import replace
 
-        from ..graph.keys import action_key, local_canonical
+        from ..graph.keys import action_key, canonical, local_canonical
 
         files = {**node.local["files"], **added}
         config = {k: v for k, v in node.local.items() if k != "files"}
-        from ..graph.keys import canonical
-
         node = replace(node, local={**node.local, "files": files},
                        local_canonical=local_canonical(canonical(config), files))
         upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
