@@ -51,6 +51,7 @@ class RolloutOptions:
     profile: str | None = None  # Chrome trace-event JSON
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Rollout(ScheduleHooks):
         self.workspaces: dict = {}
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
+        self._added: dict[str, dict] = {}  # node -> files its action added to its source
         self.done = 0
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
@@ -226,7 +228,9 @@ class Rollout(ScheduleHooks):
             else:  # a runner that hands the outputs alone (a test double)
                 outputs = fin.value or {}
                 sensitive = sensitive_output_names(node.component, outputs)
-
+            added = self._added.pop(fin.node, None)
+            if added:
+                node, decision = self._with_added_files(fin.node, node, decision, added)
             # The result digest is over the real values (early cutoff); state
             # keeps a marker for each sensitive one (SPEC 14).
             result = result_digest(decision.key, outputs)
@@ -242,6 +246,24 @@ class Rollout(ScheduleHooks):
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def _with_added_files(self, nid: str, node: ActionNode, decision: Decision, added: dict):
+        """The action wrote files into its source (terraform's lock file):
+        the key recorded is the one the next compile computes with them, so
+        writing them does not re-run it (SPEC 9)."""
+        from dataclasses import replace
+
+        from ..graph.keys import action_key, canonical, local_canonical
+
+        files = {**node.local["files"], **added}
+        config = {k: v for k, v in node.local.items() if k != "files"}
+        node = replace(node, local={**node.local, "files": files},
+                       local_canonical=local_canonical(canonical(config), files))
+        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
+        decision = replace(decision, key=action_key(node.local_canonical, upstream))
+        self.graph.nodes[nid] = node
+        self.decisions[nid] = decision
+        return node, decision
 
     def node_skipped(self, node: str, reason: str) -> None:
         self.done += 1
@@ -267,11 +289,15 @@ class Rollout(ScheduleHooks):
         label = node.label
         workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
         meta = os.path.join(self.workspaces[label], META_DIR, meta_stem(node.cid))
+        comp = node.component
         return ActionContext(
-            component_id=node.cid, name=node.component.name, target=node.target,
+            component_id=node.cid, name=comp.name, target=node.target,
             deployment=node.deployment, key=decision_key, workdir=workdir, vars=vars_,
             run=None, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
-            meta_prefix=meta, toolchain=self.options.toolchain)
+            meta_prefix=meta, toolchain=self.options.toolchain,
+            state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
+            ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
+            color=bool(getattr(self.console, "color", False)))
 
     def _materialize(self, node, workdir: str) -> None:
         comp = node.component
@@ -349,10 +375,11 @@ class Rollout(ScheduleHooks):
             res = self.results[d]
             upstream_sensitive[self.graph.nodes[d].cid] = res.sensitive | marked_outputs(res.outputs)
         refs = sensitive_refs(comp, upstream_sensitive)
-        # Filled by prepare() before any step runs (the runner builds its
+        # Completed by prepare() before any step runs (the runner builds its
         # masker after prepare): every secret text of this action, in the
-        # clear, as the action gets it.
-        secrets: list[str] = []
+        # clear, as the action gets it; the type's own (backend settings) now.
+        secrets: list[str] = list(node.ctype.config_secrets(
+            comp, self.options.settings.get(comp.type, {}), node.deployment, node.target))
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -391,11 +418,14 @@ class Rollout(ScheduleHooks):
                 "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
             })
             spec.env = full_env
-            spec.steps = [Step(tuple(i.argv), i.capture) for i in node.ctype.invocations(action_ctx)]
+            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in node.ctype.invocations(action_ctx)]
 
         def collect(captured: str | None):
             outputs = node.ctype.outputs(ctx(), captured)
             typed = node.ctype.sensitive_outputs(ctx(), captured)
+            added = node.ctype.source_additions(ctx())
+            if added:
+                self._added[nid] = added
             return outputs, sensitive_output_names(comp, outputs, typed, secrets)
 
         spec = ActionSpec(node=nid, steps=[], cwd=os.path.join(self.workspaces[label], *node.cid.split("/")),
