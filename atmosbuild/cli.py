@@ -76,15 +76,21 @@ def _root(ctx: click.Context) -> _Root:
 @click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
 @click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report to FILE.")
+@click.option("--from-preview", "from_preview", metavar="PREVIEW_ID",
+              help="Apply exactly the plans saved by `atmosbuild preview` (refused if anything moved).")
 @click.pass_context
 def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
-            keep_workspace, force, only, wait, report):
+            keep_workspace, force, only, wait, report, from_preview):
     """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
     r = _root(ctx)
-    if parallelism is None:
-        parallelism = r.settings.parallelism or os.cpu_count() or 1
-    if parallelism < 1:
-        raise UsageError(f"-j/--parallelism must be at least 1, got {parallelism}")
+    parallelism = _parallelism(r, parallelism)
+    if from_preview is not None:
+        if dry_run or force:
+            raise UsageError("--from-preview applies a reviewed preview: it takes no --dry-run or --force")
+        code = _lifecycle(r, "apply", labels, parallelism=parallelism, only=only, report=report,
+                          schedule=schedule, keep_going=keep_going, keep_workspace=keep_workspace,
+                          wait=wait, from_preview=from_preview)
+        ctx.exit(code)
     if graph_format and not dry_run:
         raise UsageError("--graph needs --dry-run (use `atmosbuild graph LABEL` to export a plan)")
     if output and not graph_format:
@@ -133,6 +139,196 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     finally:
         store.close()
     ctx.exit(code)
+
+
+def _parallelism(r, parallelism):
+    if parallelism is None:
+        parallelism = r.settings.parallelism or os.cpu_count() or 1
+    if parallelism < 1:
+        raise UsageError(f"-j/--parallelism must be at least 1, got {parallelism}")
+    return parallelism
+
+
+def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, schedule=None, keep_going=None,
+               keep_workspace=False, wait=False, from_preview=None, confirm=None) -> int:
+    """preview / destroy / check / rollout --from-preview: the rollout's
+    pipeline with the verb's Rollout (run/lifecycle.py)."""
+    from .run import lifecycle
+    from .run.rollout import Rollout, RolloutOptions
+    from .run.ui import Console
+    from .state.sqlite import open_store
+
+    schedule = schedule or r.settings.schedule or "waves"
+    if keep_going is None:
+        keep_going = bool(r.settings.keep_going)
+    resolved = r.labels(labels)
+    manifest = None
+    if from_preview is not None:
+        manifest = lifecycle.load_manifest(r.state_dir, from_preview)
+        if sorted(manifest.get("labels") or []) != sorted(str(l) for l in resolved) or \
+                sorted(manifest.get("only") or []) != sorted(only):
+            raise UsageError(f"preview {from_preview} was made for "
+                             f"{' '.join(manifest.get('labels') or [])}"
+                             + (f" --only {' --only '.join(manifest['only'])}" if manifest.get("only") else "")
+                             + "; give the same selection")
+    # Compile against a read-only view first: bad input must leave no state behind.
+    graph, store, digester = r.graph(resolved, only=None if verb == "destroy" else list(only),
+                                     readonly=True, write_cache=True)
+    extra = {}
+    if verb == "destroy":
+        graph, extra["standing"] = lifecycle.destroy_selection(graph, list(only))
+    if confirm is not None:
+        if not confirm(graph, store):
+            store.close()
+            return 0
+    store.close()
+    console = Console(prefix=parallelism > 1)
+    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
+                             keep_workspace=keep_workspace, wait=wait, report=report,
+                             toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)}, verb=verb,
+                             from_preview=from_preview)
+    store = open_store(r.state_dir)
+    store.save_file_cache(digester.changed)
+    if manifest is not None:
+        run = lifecycle.FromPreview(r.root, r.state_dir, graph, store, options, console, manifest=manifest)
+    else:
+        run = lifecycle.VERBS.get(verb, Rollout)(r.root, r.state_dir, graph, store, options, console, **extra)
+        if verb == "preview":
+            run.only = list(only)
+    try:
+        return run.run()
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("-j", "--parallelism", type=int, help="Run at most N previews at once (default: CPU count).")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON report to FILE.")
+@click.pass_context
+def preview(ctx, labels, parallelism, only, wait, report):
+    """What a rollout of LABEL... would change, nothing applied; saves the plans (SPEC 10)."""
+    r = _root(ctx)
+    ctx.exit(_lifecycle(r, "preview", labels, parallelism=_parallelism(r, parallelism), only=only,
+                        report=report, wait=wait))
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("-j", "--parallelism", type=int, help="Destroy at most N components at once.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="waves (default, reversed) or eager.")
+@click.option("-k", "--keep-going", is_flag=True, default=None,
+              help="After a failure, destroy everything that nothing standing needs.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME",
+              help="Destroy these components (and what depends on them, first).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed off a terminal).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON report to FILE.")
+@click.pass_context
+def destroy(ctx, labels, parallelism, schedule, keep_going, only, yes, wait, report):
+    """Tear down LABEL... in reverse dependency order (SPEC 10)."""
+    r = _root(ctx)
+    parallelism = _parallelism(r, parallelism)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not yes and not interactive:
+        raise UsageError("destroy asks for confirmation: not on a terminal, pass --yes to destroy")
+
+    def confirm(graph, store) -> bool:
+        from .run.lifecycle import applied_nodes
+
+        doomed = applied_nodes(graph, store)
+        if not doomed:
+            click.echo("Nothing to destroy: no component of the selection is applied.")
+            return False
+        if yes:
+            return True
+        click.echo(f"This destroys {len(doomed)} component{'s' if len(doomed) != 1 else ''}, in this order:")
+        for nid in doomed:
+            click.echo(f"  {nid}")
+        return click.confirm("Destroy them?", default=False)
+
+    ctx.exit(_lifecycle(r, "destroy", labels, parallelism=parallelism, only=only, report=report,
+                        schedule=schedule, keep_going=keep_going, wait=wait, confirm=confirm))
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True)
+@click.option("-j", "--parallelism", type=int, help="Run at most N checks at once.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON report to FILE.")
+@click.pass_context
+def check(ctx, labels, parallelism, only, wait, report):
+    """Drift: does the infrastructure still match what was applied? Exit 4 if not (SPEC 10)."""
+    r = _root(ctx)
+    ctx.exit(_lifecycle(r, "check", labels, parallelism=_parallelism(r, parallelism), only=only,
+                        report=report, wait=wait))
+
+
+@cli.command()
+@click.argument("label")
+@click.argument("component")
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True, help="All outputs as one JSON object.")
+@click.option("--format", "fmt_", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.option("--show-sensitive", is_flag=True, help="Show sensitive values (read from the Terraform state).")
+@click.pass_context
+def output(ctx, label, component, key, as_json, fmt_, show_sensitive):
+    """A component's recorded outputs; KEY alone prints one value raw (SPEC 10)."""
+    import json
+
+    from .errors import did_you_mean
+
+    r = _root(ctx)
+    graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
+    if component not in graph_.nodes:
+        raise UsageError(f"no component '{component}' in {label}" + did_you_mean(component, graph_.nodes))
+    node = graph_.nodes[component]
+    snap = store.snapshot(node.deployment, node.target, components=[node.cid])
+    last = snap.applied.get(node.cid)
+    if last is None:
+        removal = snap.removals.get(node.cid)
+        raise UsageError(f"{component} has no outputs at {label}: "
+                         + (removal.reason if removal else "never applied"))
+    outputs = dict(last.outputs)
+    sensitive = set((node.extra or {}).get("sensitive_outputs") or ()) & set(outputs)
+    if show_sensitive and sensitive:
+        recovered = _recover_outputs(r, node)
+        if recovered is None:
+            raise UsageError(f"cannot read the sensitive outputs of {component} back from its state")
+        outputs.update({k: recovered[k] for k in sensitive if k in recovered})
+        sensitive = set()
+    if key is not None:
+        if key not in outputs:
+            raise UsageError(f"{component} has no output '{key}'" + did_you_mean(key, outputs)
+                             + f"; outputs: {', '.join(sorted(outputs)) or 'none'}")
+        if key in sensitive:
+            raise UsageError(f"output '{key}' of {component} is sensitive: add --show-sensitive to print it")
+        value = outputs[key]
+        click.echo(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        return
+    shown = {k: ("<sensitive>" if k in sensitive else v) for k, v in sorted(outputs.items())}
+    if as_json or fmt_ == "json":
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    for k, v in shown.items():
+        click.echo(f"{k} = {v if k in sensitive else json.dumps(v, sort_keys=True)}")
+
+
+def _recover_outputs(r, node):
+    from .components.base import ActionContext
+
+    comp = node.component
+    ctx = ActionContext(component_id=node.cid, name=comp.name, target=node.target,
+                        deployment=node.deployment, key="", workdir="", vars={}, run=None,
+                        outputs_path="", vars_path="", toolchain=dict(r.settings.toolchain),
+                        state_dir=os.path.abspath(r.state_dir), root=r.root, component=comp,
+                        ingredients=node.local, extra=node.extra,
+                        settings=dict(r.settings.terraform) if comp.type == "terraform" else {})
+    return node.ctype.recover_outputs(ctx)
 
 
 def _show_plan(graph, store, graph_format, output, *, force=False):
@@ -200,6 +396,10 @@ def status(ctx, label):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.finished))
             rows.append((nid, node.mode, last.key[:12], when, f"{last.duration:.1f}s", state))
         else:
+            removal = rebuilder.snapshot(node).removals.get(node.cid)
+            if removal is not None and removal.kind == "destroyed":
+                # (SPEC 10) the next rollout applies it again
+                state = f"destroyed (by run {removal.run_id}): the next rollout applies it again"
             rows.append((nid, node.mode, "-", "-", "-", state))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
