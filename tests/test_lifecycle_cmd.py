@@ -1,0 +1,96 @@
+"""The lifecycle verbs (SPEC 10) with command and nixpack components: real
+CLI, real processes; `preview:` and `destroy:` argv in YAML and the DSL."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from atmosbuild.config.dsl import parse_dsl
+from atmosbuild.config.fmt import format_dsl, format_yaml
+from atmosbuild.config.yaml import parse_yaml
+
+YAML = """\
+deployment:
+  targets: {dev: {}}
+  components:
+    command:
+      base:
+        run: ["sh", "-c", "echo base >> ../../../../../out/applied; echo '{\\"url\\": \\"u1\\"}' > $ATMOS_OUTPUTS"]
+        preview: ["sh", "-c", "echo would deploy base; echo base >> ../../../../../out/previewed"]
+        destroy: ["sh", "-c", "echo base >> ../../../../../out/destroyed"]
+      app:
+        run: ["sh", "-c", "echo app ${outputs.command/base.url} >> ../../../../../out/applied"]
+        destroy: "echo app >> ../../../../../out/destroyed"
+      solo:
+        run: ["true"]
+"""
+
+
+def write(ws, text=YAML):
+    ws.write("atmos.yaml", "{}\n")
+    ws.write("app/deployment.yaml", text)
+    (ws.root / "out").mkdir(exist_ok=True)
+
+
+def lines(ws, name):
+    p = ws.root / "out" / name
+    return p.read_text().split() if p.exists() else []
+
+
+def test_preview_runs_only_preview_argv_and_lists_the_rest(ws):
+    write(ws)
+    proc = ws.run("preview", "//app:dev", "-j1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines(ws, "previewed") == ["base"] and lines(ws, "applied") == []
+    table = {l.split()[0]: l for l in proc.stdout.splitlines() if l.startswith("command/")}
+    assert "previewed" in table["command/base"]
+    assert "needs upstream: command/base" in table["command/app"]
+    assert "would run" in table["command/solo"]
+    assert re.search(r"^Preview \S+: 2 would change, 0 no change, 1 need upstream$", proc.stdout, re.M)
+    assert "would deploy base" in proc.stdout
+
+
+def test_destroy_runs_destroy_argv_dependents_first_and_status_says_destroyed(ws):
+    write(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    proc = ws.run("destroy", "//app:dev", "--yes", "-j4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines(ws, "destroyed") == ["app", "base"]
+    status = ws.run("status", "//app:dev")
+    assert status.stdout.count("destroyed (by run") == 3, status.stdout  # solo: nothing to run, recorded
+    again = ws.run("destroy", "//app:dev", "--yes")
+    assert again.returncode == 0 and "Nothing to destroy" in again.stdout
+    assert lines(ws, "destroyed") == ["app", "base"]
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert lines(ws, "applied") == ["base", "app", "u1", "base", "app", "u1"]
+
+
+def test_bad_lifecycle_input_is_one_error_line_and_changes_nothing(ws):
+    write(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    before = (ws.state / "state.db").read_bytes()
+    for args in (("rollout", "//app:dev", "--from-preview", "20990101-000000-deadbeef"),
+                 ("destroy", "//app:dev"),  # no terminal here, no --yes
+                 ("destroy", "//app:dev", "--yes", "--only", "command/nope"),
+                 ("output", "//app:dev", "command/nope"),
+                 ("output", "//app:dev", "command/base", "nope"),
+                 ("preview", "//app:dev", "-j0")):
+        proc = ws.run(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert (ws.state / "state.db").read_bytes() == before
+    assert lines(ws, "destroyed") == []
+    out = ws.run("output", "//app:dev", "command/base", "url")
+    assert out.returncode == 0 and out.stdout == "u1\n"
+    assert json.loads(ws.run("output", "//app:dev", "command/base", "--format", "json").stdout) == {"url": "u1"}
+
+
+def test_preview_and_destroy_argv_survive_fmt_and_convert():
+    doc = parse_yaml(YAML, "app/deployment.yaml")
+    dsl = format_dsl(doc.data)
+    assert "preview = [" in dsl and "destroy = " in dsl
+    again = parse_dsl(dsl, "app/BUILD.atmos")
+    assert again.data == doc.data
+    assert parse_yaml(format_yaml(again.data), "x.yaml").data == doc.data
