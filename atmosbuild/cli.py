@@ -171,6 +171,20 @@ def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, schedule=N
                              f"{' '.join(manifest.get('labels') or [])}"
                              + (f" --only {' --only '.join(manifest['only'])}" if manifest.get("only") else "")
                              + "; give the same selection")
+    console = Console(prefix=parallelism > 1)
+    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
+                             keep_workspace=keep_workspace, wait=wait, report=report,
+                             toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)}, verb=verb,
+                             from_preview=from_preview)
+    if verb in ("preview", "check") and not report:  # (a report describes each node: the full path)
+        from .run import uptodate
+
+        keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
+        code = lifecycle.run_if_up_to_date(verb, keys, r.root, r.state_dir, options, console,
+                                           open_store, only)
+        if code is not None:
+            return code
     # Compile against a read-only view first: bad input must leave no state behind.
     graph, store, digester = r.graph(resolved, only=None if verb == "destroy" else list(only),
                                      readonly=True, write_cache=True)
@@ -182,12 +196,6 @@ def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, schedule=N
             store.close()
             return 0
     store.close()
-    console = Console(prefix=parallelism > 1)
-    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
-                             keep_workspace=keep_workspace, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain),
-                             settings={"terraform": dict(r.settings.terraform)}, verb=verb,
-                             from_preview=from_preview)
     store = open_store(r.state_dir)
     store.save_file_cache(digester.changed)
     if manifest is not None:

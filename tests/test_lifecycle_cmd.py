@@ -94,3 +94,22 @@ def test_preview_and_destroy_argv_survive_fmt_and_convert():
     again = parse_dsl(dsl, "app/BUILD.atmos")
     assert again.data == doc.data
     assert parse_yaml(format_yaml(again.data), "x.yaml").data == doc.data
+
+
+def test_preview_and_check_of_an_up_to_date_selection_and_from_preview_of_it(ws):
+    write(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    assert ws.run("rollout", "//app:dev").returncode == 0  # (the up-to-date record is written)
+    proc = ws.run("preview", "//app:dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 would change, 3 no change, 0 need upstream" in proc.stdout
+    assert lines(ws, "previewed") == []
+    pid = re.search(r"^Saved preview (\S+):", proc.stdout, re.M).group(1)
+    check = ws.run("check", "//app:dev")
+    assert check.returncode == 0 and "No drift: 0 terraform components checked" in check.stdout
+    applied = ws.run("rollout", "//app:dev", "--from-preview", pid)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert lines(ws, "applied") == ["base", "app", "u1"]
+    ws.write("app/deployment.yaml", YAML.replace('["true"]', '["true", "x"]'))
+    stale = ws.run("rollout", "//app:dev", "--from-preview", pid)
+    assert stale.returncode == 2 and "command/solo" in stale.stderr and stale.stderr.count("\n") == 1

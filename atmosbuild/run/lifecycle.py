@@ -273,7 +273,14 @@ class FromPreview(Rollout):
             if m is None:
                 problems.append(f"{nid}: not in the preview")
                 continue
-            if m["local"] != _local_digest(node):
+            if m["local"] is None:  # saved from the up-to-date record: its key is the proof
+                from ..graph.keys import action_key
+
+                deps = {self.graph.nodes[d].cid: (want.get(d) or {}).get("applied", [None, None])[1]
+                        for d in node.deps}
+                if action_key(node.local_canonical, deps) != m["key"]:
+                    problems.append(f"{nid}: its code, vars or upstreams changed")
+            elif m["local"] != _local_digest(node):
                 what = describe_changes(m.get("ingredients") or {}, storable_ingredients(node), None)
                 problems.append(f"{nid}: {', '.join(what) or 'its code or vars changed'}")
             last = self.rebuilder.applied(node)
@@ -522,3 +529,69 @@ class Check(Rollout):
 
 
 VERBS = {"preview": Preview, "destroy": Destroy, "check": Check}
+
+
+# -- the up-to-date shortcut (run/uptodate.py) ----------------------------------------
+# When the selection's up-to-date record proves every key unchanged, a
+# preview has nothing to preview and a check of a selection without terraform
+# components nothing to check: both cost what a no-op rollout costs.
+
+def _recorded(cls_name: str):
+    from . import uptodate
+
+    class _Base(uptodate.RecordedRollout):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.only: list[str] = []
+
+        def node_status(self, nid, status):
+            return (NO_CHANGE, "up to date") if status == "cached" else (status, "")
+
+    class RecordedPreview(_Base):
+        def after_run(self, outcome, duration) -> None:
+            from ..fileops import write_atomic
+
+            n = len(self.graph.nodes)
+            self.console.info(f"Preview {self.run_id}: 0 would change, {n} no change, 0 need upstream")
+            if outcome.result != "success":
+                return
+            nodes = {}
+            for nid, node in self.graph.nodes.items():
+                key, result, _ = self.rows[(node.deployment, node.target)][node.cid]
+                nodes[nid] = {"deployment": node.deployment, "target": node.target, "component": node.cid,
+                              "status": NO_CHANGE, "key": key, "local": None, "applied": [key, result],
+                              "plan": None, "pending": [], "changes": None}
+            manifest = {"id": self.run_id, "labels": [str(l) for l in self.graph.labels],
+                        "only": list(self.only), "created": time.time(), "nodes": nodes}
+            path = os.path.join(previews_dir(self.state_dir), self.run_id, MANIFEST)
+            write_atomic(path, json.dumps(manifest, indent=1).encode())
+            self.console.info(f"Saved preview {self.run_id}: nothing would change")
+
+    class RecordedCheck(_Base):
+        def after_run(self, outcome, duration) -> None:
+            self.console.info("No drift: 0 terraform components checked")
+
+    return {"preview": RecordedPreview, "check": RecordedCheck}[cls_name]
+
+
+def run_if_up_to_date(verb: str, keys, root: str, state_dir: str, options, console, open_store,
+                      only) -> int | None:
+    """preview/check from the up-to-date record, when it proves that nothing
+    changed (and, for check, that no terraform component is selected); None
+    when the full path must run (nothing printed, nothing written)."""
+    from . import uptodate
+
+    record = uptodate.load(state_dir, keys)
+    if record is None or uptodate.changed_paths(record):
+        return None
+    if verb == "check" and any(n.cid.startswith("terraform/") for n in record.graph.nodes.values()):
+        return None
+    store = open_store(state_dir, readonly=True)
+    run = _recorded(verb)(root, state_dir, record, store, options, console)
+    run.only = list(only)
+    try:
+        return run.run()
+    except uptodate.Stale:
+        return None
+    finally:
+        store.close()
