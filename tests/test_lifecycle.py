@@ -74,8 +74,9 @@ output "seen" { value = terraform_data.this.output }
 def chain(ws, out, *, a_name="a", b_extra=None):
     """terraform/a -> terraform/b (b reads a's `name` output) and terraform/c -> b."""
     ws.write("modules/marker/main.tf", MARKER_MODULE)
+    ws.write("modules/first/main.tf", MARKER_MODULE)
     comps = {
-        "a": {"source": "modules/marker", "vars": {"name": a_name, "marker": str(out / "a.txt")}},
+        "a": {"source": "modules/first", "vars": {"name": a_name, "marker": str(out / "a.txt")}},
         "b": {"source": "modules/marker",
               "vars": {"name": "b", "marker": str(out / "b.txt"), "upstream": "${outputs.terraform/a.name}",
                        **(b_extra or {})}},
@@ -170,16 +171,20 @@ def test_an_upstream_change_that_keeps_its_outputs_leaves_the_dependent_exact(ws
     out.mkdir()
     chain(ws, out)
     assert run(ws, env, "rollout", "//app:dev").returncode == 0
-    # b's own change only: a unchanged; b's `seen` output changes -> c pending.
-    chain(ws, out, b_extra={"name": "b"})
-    ws.write("modules/marker/extra.tf", "# a comment: every caller's key moves, no output does\n")
+    # a's module gains a comment: a's key moves, none of its outputs does.
+    ws.write("modules/first/extra.tf", "# a comment\n")
     proc = run(ws, env, "preview", "//app:dev")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("terraform/")}
-    for cid in ("a", "b", "c"):
-        assert "would-change" in table[f"terraform/{cid}"], proc.stdout
-        assert "+0 ~0 -0" in table[f"terraform/{cid}"]
-        assert "pending" not in table[f"terraform/{cid}"]
+    assert "would-change" in table["terraform/a"] and "+0 ~0 -0" in table["terraform/a"]
+    assert "outputs change" not in table["terraform/a"]
+    # exact: b and c key on a's (unchanged) result, so they would not run at all
+    assert "no-change" in table["terraform/b"] and "no-change" in table["terraform/c"]
+    assert "pending" not in proc.stdout
+    pid = preview_id(proc)
+    applied = run(ws, env, "rollout", "//app:dev", "-j1", "--from-preview", pid)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert ran(applied) == {"terraform/a"}
 
 
 def test_destroy_goes_in_reverse_order_and_the_next_rollout_applies_again(ws, tf, env):

@@ -564,7 +564,7 @@ def _recorded(cls_name: str):
             manifest = {"id": self.run_id, "labels": [str(l) for l in self.graph.labels],
                         "only": list(self.only), "created": time.time(), "nodes": nodes}
             path = os.path.join(previews_dir(self.state_dir), self.run_id, MANIFEST)
-            write_atomic(path, json.dumps(manifest, indent=1).encode())
+            write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
             self.console.info(f"Saved preview {self.run_id}: nothing would change")
 
     class RecordedCheck(_Base):
