@@ -138,7 +138,7 @@ def test_terraform_runs_init_workspace_apply_output_in_order(ws):
     assert Path(workdir).parts[-3:] == ("terraform", "ecr", "api")
     assert Path(workdir).parent.parent.parent.parent == ws.state / "workspaces"
     assert [r["argv"] for r in recs] == [
-        ["init", "-input=false", "-no-color", "-reconfigure"],
+        ["init", "-input=false", "-no-color", "-migrate-state", "-force-copy"],
         ["workspace", "select", "-or-create=true", "-no-color", "dev"],
         ["apply", "-auto-approve", "-input=false", "-no-color",
          f"-var-file={Path(workdir).parents[2]}/.atmos/terraform%2Fecr%2Fapi.tfvars.json"],

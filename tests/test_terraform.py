@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, atmos_yaml, deployment, logs, needs_terraform,
+from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, PgServer, atmos_yaml, deployment, have_postgres, logs,
+                       needs_terraform,
                        outputs_of, provider_env,
                        rollout, shim, state_files, tf_env)
 
@@ -92,7 +93,8 @@ def test_dev_prod_and_two_components_of_one_module_keep_their_own_state(ws, tf, 
 
 def test_an_undeclared_inherited_var_neither_reaches_the_module_nor_reapplies_it(ws, tf, env):
     ws.write("modules/label/main.tf", LABEL_MODULE)
-    ws.write("modules/other/main.tf", 'variable "region" {}\nresource "terraform_data" "r" { input = var.region }\n')
+    ws.write("modules/other/main.tf",
+             'variable "region" {}\nresource "terraform_data" "r" { input = var.region }\n')
     comps = {"api": {"source": "modules/label", "vars": {"name": "api"}},
              "net": {"source": "modules/other"}}
     deployment(ws, comps, vars={"region": "eu-west-1", "replicas": 1})
@@ -145,6 +147,15 @@ def test_bad_modules_are_config_errors_in_the_tf_file(ws, tf, env, files, where,
     assert proc.stderr.startswith("error: ") and where in proc.stderr.splitlines()[0], proc.stderr
     assert words in proc.stderr
     assert ws.snapshot_tree() == before
+
+
+def test_a_module_with_its_own_backend_needs_a_choice(ws, tf, env):
+    ws.write("modules/own/main.tf", 'terraform {\n  backend "s3" {}\n}\nresource "terraform_data" "o" {}\n')
+    deployment(ws, {"own": {"source": "modules/own"}})
+    proc = ws.run("rollout", "//app:dev", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "app/deployment.yaml:" in proc.stderr
+    assert 'declares backend "s3" (in main.tf)' in proc.stderr and "{type: module}" in proc.stderr
 
 
 @pytest.mark.parametrize("backend, words", [
@@ -375,6 +386,16 @@ def test_init_installs_into_the_shared_cache_and_the_lock_file_is_copied_once(ws
     assert "Initializing" not in third.stdout
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in written} == written
 
+    # A removed plugin cache is noticed (the data dir's links lead nowhere): init again.
+    import shutil
+
+    shutil.rmtree(ws.state / "terraform" / "plugin-cache")
+    comps["a"]["vars"]["n"] = "3"
+    deployment(ws, comps)
+    recache = rollout(ws, env, "//app:dev", "-j1")
+    assert recache.returncode == 0, recache.stdout + recache.stderr
+    assert "Initializing provider plugins" in recache.stdout and cache.is_dir()
+
     # An edited lock file (providers upgraded elsewhere) is an init input.
     lock_a.write_text(lock_a.read_text() + "\n")
     fourth = rollout(ws, env, "//app:dev", "-j1")
@@ -471,9 +492,13 @@ def test_a_backend_from_atmos_yaml_is_interpolated_and_module_keeps_its_own(ws, 
                     "own": {"source": "modules/own", "backend": {"type": "module"}}})
     explain = ws.run("explain", "//app:dev", "terraform/api", env=env)
     assert "backend config changed" in explain.stdout, explain.stdout
+    before = outputs_of(ws, "terraform/api")["id"]
     moved = rollout(ws, env, "//app:dev", "-j1")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert ran_ids(moved) == {"terraform/api"}
+    # The state moved along to the new backend: nothing was created again.
+    assert "No changes." in moved.stdout and outputs_of(ws, "terraform/api")["id"] == before
+    assert (ws.root.parent / "moved" / "dev" / "terraform.tfstate").is_file()
 
 
 def test_backend_secrets_enter_the_key_only_as_digests():
@@ -593,7 +618,8 @@ def test_yaml_and_dsl_with_a_backend_give_the_same_keys(ws, tf, env):
             for label in ("//y:dev", "//d:dev")]
     assert keys[0] == keys[1]
     converted = ws.run("convert", str(ws.root / "y" / "deployment.yaml"), "--to", "dsl")
-    assert "backend {" in converted.stdout and 'workspace_dir = "/tmp/x/${deployment}/${target}"' in converted.stdout
+    assert "backend {" in converted.stdout
+    assert 'workspace_dir = "/tmp/x/${deployment}/${target}"' in converted.stdout
     # convert writes the canonical layout, and fmt keeps the backend as it is.
     ws.write("c/BUILD.atmos", converted.stdout)
     fmt = ws.run("fmt", "--check", str(ws.root / "c" / "BUILD.atmos"))
@@ -639,3 +665,33 @@ def test_on_a_terminal_the_console_has_terraforms_colours_and_the_log_none(ws, t
     # ...and none of them the log.
     log = logs(ws)
     assert "Apply complete" in log and "+ resource" in log and not ANSI.search(log)
+
+
+@pytest.mark.skipif(not have_postgres(), reason="needs the PostgreSQL server binaries and a postgres user")
+def test_a_pg_backend_keeps_each_components_state_in_its_schema(ws, tf, env):
+    server = PgServer()
+    try:
+        ws.write("modules/label/main.tf", LABEL_MODULE)
+        comps = {name: {"source": "modules/label", "vars": {"name": name},
+                        "backend": {"type": "pg", "config": {"conn_str": server.url,
+                                                             "schema_name": f"tf_${{deployment}}_{name}"}}}
+                 for name in ("api", "worker")}
+        deployment(ws, comps, targets={"dev": {"vars": {"replicas": 1}}, "prod": {"vars": {"replicas": 2}}})
+        for target in ("dev", "prod"):
+            proc = rollout(ws, env, f"//app:{target}", "-j2")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        # One schema per component, one row (Terraform workspace) per target; nothing local.
+        rows = server.query("SELECT table_schema FROM information_schema.tables WHERE table_name = 'states' "
+                            "ORDER BY 1")
+        assert rows.split() == ["tf_app_api", "tf_app_worker"]
+        names = set(server.query("SELECT name FROM tf_app_api.states").split())
+        assert {"dev", "prod"} <= names <= {"default", "dev", "prod"}
+        assert not (ws.state / "tfstate").exists()
+        before = outputs_of(ws, "terraform/api", "prod")["id"]
+        deployment(ws, comps, targets={"dev": {"vars": {"replicas": 1}}, "prod": {"vars": {"replicas": 3}}})
+        again = rollout(ws, env, "//app:prod", "-j2")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count("0 to add, 1 to change") == 2
+        assert outputs_of(ws, "terraform/api", "prod")["id"] == before
+    finally:
+        server.stop()

@@ -185,3 +185,63 @@ def provider_env(where: Path) -> dict:
             f'  filesystem_mirror {{\n    path = "{mirror}"\n    include = ["example.com/test/*"]\n  }}\n'
             '  direct { exclude = ["example.com/test/*"] }\n}\n')
     return {**tf_env(where, body), "TF_DISABLE_PLUGIN_TLS": "1"}
+
+
+# -- a real PostgreSQL for the `pg` backend ---------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def have_postgres() -> bool:
+    import pwd
+    import shutil
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return False
+    return (PG_BIN / "initdb").exists() and shutil.which("runuser") is not None
+
+
+class PgServer:
+    """A throwaway PostgreSQL server (trust auth, 127.0.0.1, a free port),
+    run as the `postgres` user; stopped and removed by `stop`."""
+
+    def __init__(self) -> None:
+        import os
+        import shutil
+        import socket
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="atmos-pg-", dir="/tmp"))
+        os.chmod(self.dir, 0o755)
+        shutil.chown(self.dir, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        data = self.dir / "data"
+        self._as_pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        self._as_pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.dir / "log"), "-o",
+                    f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres?sslmode=disable"
+
+    def _as_pg(self, *argv: str) -> None:
+        import subprocess
+
+        subprocess.run(["runuser", "-u", "postgres", "--", *argv], check=True, capture_output=True,
+                       timeout=60)
+
+    def query(self, sql: str) -> str:
+        import subprocess
+
+        return subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "-h", "127.0.0.1",
+                               "-p", str(self.port), "-At", "-c", sql], check=True, capture_output=True,
+                              text=True, timeout=30).stdout
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._as_pg(str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -17,8 +17,9 @@ The backend is set by `atmos_backend_override.tf.json` beside the module.
 `init` (and `workspace select -or-create`) run only when the digest of what
 init depends on (module calls, provider requirements, backend, toolchain,
 the lock file) differs from the stamp in the data dir, or the data dir is
-new. Inits are serialized on the plugin cache with a file lock
-(flockrun.py): Terraform's cache is not safe for concurrent writers.
+new. Inits that may install providers into the shared plugin cache hold
+file locks (flockrun.py): per provider, or all of them when a remote module
+hides which; Terraform's cache is not safe for concurrent writers.
 
 A component whose local modules live outside its own directory runs in a
 mirror of the root's layout (WORKSPACE/.atmos/ID.root/SOURCE, holding the
@@ -35,248 +36,24 @@ import threading
 
 from .base import (APPLY, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
+from .tfbackend import (BACKENDS, backend_ingredient, backend_problem, backend_secrets,  # noqa: F401
+                        chosen_backend, override_document, state_paths)
+from .tftoolchain import ToolchainCache, describe_toolchain, resolve_binary, toolchain_identity  # noqa: F401
 
 OVERRIDE_FILE = "atmos_backend_override.tf.json"
 LOCK_FILE = ".terraform.lock.hcl"
 STAMP_FILE = "atmos-init.json"  # in the data dir: the digest init last succeeded with
 SAVED_LOCK = "atmos.lock.hcl"  # in the data dir: the lock file of the last success
-# Terraform's own backends (1.x). `module` keeps the module's own backend block.
-BACKENDS = ("local", "remote", "azurerm", "consul", "cos", "gcs", "http", "kubernetes", "oss",
-            "pg", "s3", "module")
 _FLOCKRUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flockrun.py")
 _EXITMAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exitmap.py")
-
-
-# -- backends --------------------------------------------------------------------------
-
-def backend_problem(value) -> tuple[tuple, str] | None:
-    """What is wrong with a `backend:` value: (path below it, message), or None."""
-    if not isinstance(value, dict):
-        return (), "backend must be a map: {type: pg, config: {...}} (or {type: module})"
-    for key in value:
-        if key not in ("type", "config"):
-            from ..errors import did_you_mean
-
-            return (key,), f"unknown key '{key}' in backend" + did_you_mean(str(key), ("type", "config")) \
-                + "; allowed: type, config"
-    btype = value.get("type")
-    if not isinstance(btype, str):
-        return ("type",) if "type" in value else (), "backend needs a `type` (a Terraform backend name)"
-    if btype not in BACKENDS:
-        from ..errors import did_you_mean
-
-        return ("type",), f"unknown backend type '{btype}'" + did_you_mean(btype, BACKENDS) \
-            + f"; known: {', '.join(BACKENDS)}"
-    config = value.get("config", {})
-    if config is None:
-        config = {}
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        return ("config",), "backend config must be a map of settings"
-    if btype == "module" and config:
-        return ("config",), "backend {type: module} takes no config: the module's own backend block is used"
-    for key, item in config.items():
-        bad = _bad_value(item)
-        if bad:
-            return ("config", key), f"backend config '{key}': {bad}"
-    return None
-
-
-def _bad_value(value) -> str:
-    if value is None:
-        return "null is not a setting (leave it out)"
-    if isinstance(value, dict):
-        return next((b for b in map(_bad_value, value.values()) if b), "")
-    if isinstance(value, list):
-        return next((b for b in map(_bad_value, value) if b), "")
-    if isinstance(value, str):
-        import re
-
-        for m in re.finditer(r"\$\$\{|\$\{([^{}]*)\}", value):
-            if m.group(1) is not None and m.group(1).strip() not in ("deployment", "component", "target"):
-                return (f"unknown reference '${{{m.group(1).strip()}}}'; a backend config may use "
-                        "${deployment}, ${component} and ${target} ($${ for a literal ${)")
-    return ""
-
-
-def _interpolate(value, names: dict):
-    if isinstance(value, str):
-        import re
-
-        return re.sub(r"\$\$\{|\$\{([^{}]*)\}",
-                      lambda m: "${" if m.group(1) is None else names[m.group(1).strip()], value)
-    if isinstance(value, dict):
-        return {k: _interpolate(v, names) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, names) for v in value]
-    return value
-
-
-def chosen_backend(comp, settings, deployment: str, target: str) -> dict | None:
-    """The backend for one component at one target, interpolated: the
-    component's `backend:` wins over atmos.yaml's `terraform.backend`; None
-    is the embedded default (local backend under STATE_DIR)."""
-    value = comp.backend if getattr(comp, "backend", None) is not None else \
-        (settings or {}).get("backend")
-    if value is None:
-        return None
-    names = {"deployment": deployment, "component": comp.id, "target": target}
-    return {"type": value["type"], "config": _interpolate(value.get("config") or {}, names)}
-
-
-def _secret_setting(name: str) -> bool:
-    from ..config.resolve import is_sensitive_name
-
-    return name == "conn_str" or (name != "key" and is_sensitive_name(name))
-
-
-def backend_ingredient(backend: dict | None) -> dict:
-    """The backend as it enters the key: no absolute paths (the default is
-    just "default"), secret settings as digests."""
-    if backend is None:
-        return {"type": "default"}
-    if backend["type"] == "module":
-        return {"type": "module"}
-    from ..graph.keys import secret_digest
-
-    return {"type": backend["type"],
-            "config": {k: secret_digest(v) if _secret_setting(k) else v
-                       for k, v in backend["config"].items()}}
-
-
-def backend_secrets(backend: dict | None) -> list[str]:
-    if not backend or backend["type"] == "module":
-        return []
-    return [v for k, v in backend["config"].items() if _secret_setting(k) and isinstance(v, str) and v]
 
 
 def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("/", "%2F")
 
 
-def state_paths(state_dir: str, deployment: str, cid: str) -> str:
-    """The default local backend's directory for one component (SPEC 9)."""
-    return os.path.join(state_dir, "tfstate", *deployment.split("/"), *cid.split("/"))
-
-
 def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
     return os.path.join(state_dir, "terraform", "data", f"{_escape(deployment)}@{target}", _escape(cid))
-
-
-def override_document(backend: dict | None, state_dir: str, deployment: str, cid: str) -> dict | None:
-    if backend is None:
-        base = state_paths(state_dir, deployment, cid)
-        return {"terraform": {"backend": {"local": {
-            "path": os.path.join(base, "default.tfstate"), "workspace_dir": base}}}}
-    if backend["type"] == "module":
-        return None
-    return {"terraform": {"backend": {backend["type"]: backend["config"]}}}
-
-
-# -- the toolchain ---------------------------------------------------------------------
-
-_identities: dict[tuple, dict] = {}
-_identity_lock = threading.Lock()
-
-
-def resolve_binary(binary: str, root: str) -> str | None:
-    import shutil
-
-    if os.sep in binary:
-        path = binary if os.path.isabs(binary) else os.path.join(root, binary)
-        return path if os.path.isfile(path) else None
-    return shutil.which(binary)
-
-
-class ToolchainCache:
-    """`terraform version -json` answers on disk, by (real path, size,
-    mtime, ctime) of the binary; written only by commands that write caches."""
-
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "cache", "terraform-toolchain.json") if state_dir else ""
-        self._data: dict | None = None
-        self.dirty = False
-
-    def _load(self) -> dict:
-        if self._data is None:
-            self._data = {}
-            if self.path and not os.environ.get("ATMOS_NO_CACHE"):
-                try:
-                    with open(self.path, "rb") as fh:
-                        data = json.loads(fh.read())
-                    self._data = data if isinstance(data, dict) else {}
-                except (OSError, ValueError):
-                    pass
-        return self._data
-
-    def get(self, name: str):
-        hit = self._load().get(name)
-        return hit if isinstance(hit, dict) else None
-
-    def put(self, name: str, real: str, value: dict) -> None:
-        data = self._load()
-        for old in [k for k in data if k.split("\0", 1)[0] == real]:
-            del data[old]
-        data[name] = value
-        self.dirty = True
-
-    def save(self) -> None:
-        if not (self.dirty and self.path) or os.environ.get("ATMOS_NO_CACHE"):
-            return
-        from ..fileops import write_atomic
-
-        try:
-            write_atomic(self.path, json.dumps(self._load()).encode())
-        except OSError:
-            pass
-        self.dirty = False
-
-
-def toolchain_identity(binary: str, root: str, cache: ToolchainCache | None = None) -> dict:
-    """`terraform version -json`'s version and platform, read once per
-    binary (by real path, size, mtime, ctime) in this process and cached on
-    disk; a binary that cannot be found or run says so (the run fails then)."""
-    path = resolve_binary(binary, root)
-    if path is None:
-        return {"binary": binary, "missing": True}
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError:
-        return {"binary": binary, "missing": True}
-    sig = (real, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _identity_lock:
-        hit = _identities.get(sig)
-        if hit is not None:
-            return hit
-        name = "\0".join(map(str, sig))
-        hit = cache.get(name) if cache is not None else None
-        if hit is None:
-            hit = _read_version(path)
-            if "version" in hit and cache is not None:
-                cache.put(name, real, hit)
-        _identities[sig] = hit
-        return hit
-
-
-def _read_version(path: str) -> dict:
-    import subprocess
-
-    env = dict(os.environ, TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1")
-    try:
-        proc = subprocess.run([path, "version", "-json"], capture_output=True, timeout=120,
-                              env=env, stdin=subprocess.DEVNULL)
-        data = json.loads(proc.stdout.decode("utf-8", "replace"))
-        return {"version": str(data["terraform_version"]), "platform": str(data.get("platform", ""))}
-    except (OSError, ValueError, KeyError, TypeError, subprocess.TimeoutExpired):
-        return {"binary": os.path.basename(path), "error": "`version -json` gave no version"}
-
-
-def describe_toolchain(value) -> str:
-    if not isinstance(value, dict):
-        return str(value)
-    if "version" in value:
-        return value["version"]
-    return f"{value.get('binary')} ({'missing' if value.get('missing') else value.get('error')})"
 
 
 # -- plan time ---------------------------------------------------------------------------
@@ -302,6 +79,28 @@ def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
                 return fh.read()
         files[rel] = cache.get(digest, rel, read)
     return Module(rel_dir, files)
+
+
+def _providers_intact(data: str) -> bool:
+    """Every provider the data dir holds is still there (they are links
+    into the shared plugin cache, which a user may have removed)."""
+    for base, dirs, files in os.walk(os.path.join(data, "providers")):
+        for name in dirs + files:
+            if not os.path.exists(os.path.join(base, name)):
+                return False
+    return True
+
+
+def _own_backend(module) -> str:
+    """'backend "s3" (in main.tf)' when the module declares a backend or a
+    cloud block, else ''."""
+    for name in sorted(module.files):
+        summary = module.files[name]
+        if summary.get("cloud"):
+            return f"a `cloud` block (in {name})"
+        if summary.get("backend"):
+            return f'backend "{summary["backend"][0]}" (in {name})'
+    return ""
 
 
 def _remote_calls(modules) -> bool:
@@ -369,6 +168,15 @@ class Terraform(ComponentType):
                 files[f"module:{mod.dir}/{rel}"] = [kind, dig, exe]
         binary, toolchain = self._toolchain(env)
         backend = chosen_backend(comp, env.settings, env.deployment, env.target)
+        if backend is None and modules:
+            own = _own_backend(modules[0])
+            if own:
+                # Replacing it silently with the default would put the state
+                # somewhere the module's author did not mean.
+                raise env.fail(("source",), f"the module of {comp.id} declares {own}: atmosbuild "
+                               "keeps state itself unless told otherwise; set `backend: {type: module}` "
+                               "on the component to keep the module's, or `terraform: {backend: ...}` in "
+                               "atmos.yaml (or `backend:` on it) to choose one, or remove the block")
         config["toolchain"] = toolchain
         config["backend"] = backend_ingredient(backend)
         config["modules"] = [m.dir for m in modules[1:]]
@@ -450,6 +258,8 @@ class Terraform(ComponentType):
                 fresh = json.load(fh).get("stamp") != stamp
         except (OSError, ValueError, AttributeError):
             fresh = True
+        if not fresh and not _providers_intact(data):
+            fresh = True  # the plugin cache was cleaned: its links in the data dir lead nowhere
         os.makedirs(data, exist_ok=True)
         self._runs[ctx.meta_prefix] = {"init": fresh, "backend": backend}
 
@@ -604,7 +414,9 @@ class Terraform(ComponentType):
         run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
         steps = []
         if run["init"]:
-            init = (tf, "init", "-input=false", *nc, "-reconfigure")
+            # A changed backend moves the state along (every workspace):
+            # -reconfigure would start from none and create it all again.
+            init = (tf, "init", "-input=false", *nc, "-migrate-state", "-force-copy")
             providers = (ctx.extra or {}).get("providers", None)
             if providers is None or providers:
                 # Serialized per provider on the shared cache (a lock file

@@ -263,7 +263,7 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise v.fail(path + ("retries",), "retries must be a whole number >= 0")
     if "backend" in fields:
-        from ..components.terraform import backend_problem
+        from ..components.tfbackend import backend_problem
 
         problem = backend_problem(fields["backend"])
         if problem:

@@ -107,7 +107,7 @@ def load_settings(root: str) -> Settings:
             raise fail(("terraform", key), f"unknown terraform setting '{key}'"
                        + did_you_mean(str(key), TERRAFORM_KEYS) + f"; known: {', '.join(TERRAFORM_KEYS)}")
     if "backend" in tf:
-        from ..components.terraform import backend_problem
+        from ..components.tfbackend import backend_problem
 
         problem = backend_problem(tf["backend"])
         if problem:

@@ -54,7 +54,8 @@ KEEP = 8  # records kept per workspace (one per selection)
 # Modules whose logic decides "up to date"; with the structure cache's own.
 DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
                     "state/files.py", "components/base.py", "components/command.py",
-                    "components/terraform.py", "components/nixpack.py", "graph/actions.py")
+                    "components/terraform.py", "components/tfmodule.py", "components/tfbackend.py",
+                    "components/tftoolchain.py", "components/nixpack.py", "graph/actions.py")
 # A partial rollout decides at most a quarter of the selection again (or
 # PARTIAL_MIN nodes); past that, compiling the whole graph in one go is as
 # cheap as node by node.

@@ -211,7 +211,7 @@ def _type_changes(old: Mapping, new: Mapping) -> list[str]:
     """Ingredients a type adds (terraform: toolchain, backend, local modules)."""
     out = []
     if "toolchain" in old and _differs(old.get("toolchain"), new.get("toolchain")):
-        from ..components.terraform import describe_toolchain
+        from ..components.tftoolchain import describe_toolchain
 
         out.append(f"toolchain changed {describe_toolchain(old.get('toolchain'))} → "
                    f"{describe_toolchain(new.get('toolchain'))}")
