@@ -227,6 +227,9 @@ def test_check_finds_drift_and_the_next_rollout_reapplies_exactly_those(ws, tf, 
     clean = run(ws, env, "check", "//app:dev", "-j2")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "No drift: 3 terraform components checked" in clean.stdout
+    check_logs = [p.read_text() for p in (ws.state / "logs").rglob("*.log") if "plan -detailed-exitcode" in p.read_text()]
+    assert len(check_logs) == 3 and all(t.count("$ ") == 2 for t in check_logs), \
+        "one plan and one show per component, no init (the data dirs are initialized), no apply"
     # Change b's state outside atmosbuild: forget its resource.
     state = ws.state / "tfstate" / "app" / "terraform" / "b"
     subprocess.run([str(tf), "state", "rm", "-state", str(state / "dev" / "terraform.tfstate"),

@@ -54,9 +54,12 @@ def test_preview_runs_only_preview_argv_and_lists_the_rest(ws):
 def test_destroy_runs_destroy_argv_dependents_first_and_status_says_destroyed(ws):
     write(ws)
     assert ws.run("rollout", "//app:dev").returncode == 0
-    proc = ws.run("destroy", "//app:dev", "--yes", "-j4")
+    page, trace = ws.root.parent / "d.html", ws.root.parent / "d.trace.json"
+    proc = ws.run("destroy", "//app:dev", "--yes", "-j4", "--report", str(page), "--profile", str(trace))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert lines(ws, "destroyed") == ["app", "base"]
+    assert "3 destroyed" in page.read_text()
+    assert {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]} >= {"command/app", "command/base"}
     status = ws.run("status", "//app:dev")
     assert status.stdout.count("destroyed (by run") == 3, status.stdout  # solo: nothing to run, recorded
     again = ws.run("destroy", "//app:dev", "--yes")
