@@ -185,6 +185,9 @@ def test_an_upstream_change_that_keeps_its_outputs_leaves_the_dependent_exact(ws
     applied = run(ws, env, "rollout", "//app:dev", "-j1", "--from-preview", pid)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert ran(applied) == {"terraform/a"}
+    assert not list((ws.state / "previews" / pid).glob("*.tfplan")), "spent plans are removed"
+    again = run(ws, env, "rollout", "//app:dev", "--from-preview", pid)
+    assert again.returncode == 2 and "applied by another run since the preview" in again.stderr
 
 
 def test_destroy_goes_in_reverse_order_and_the_next_rollout_applies_again(ws, tf, env):

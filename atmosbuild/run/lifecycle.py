@@ -306,6 +306,18 @@ class FromPreview(Rollout):
                                      f"({ups}) are known only now; run preview again to review it")
         return run
 
+    def after_run(self, outcome, duration) -> None:
+        if outcome.result != "success":
+            return
+        # Applied: the plans are spent (Terraform refuses a stale plan anyway),
+        # and they hold values as the state does. The manifest stays as a record.
+        for m in self.manifest["nodes"].values():
+            if m.get("plan"):
+                try:
+                    os.unlink(m["plan"])
+                except OSError:
+                    pass
+
     def plan_file(self, nid: str) -> str:
         m = self.manifest["nodes"].get(nid) or {}
         return m.get("plan") or "" if nid not in self.refused else ""
