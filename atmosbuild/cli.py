@@ -278,7 +278,10 @@ def destroy(ctx, labels, parallelism, schedule, keep_going, only, yes, wait, rep
         click.echo(f"This destroys {len(doomed)} component{'s' if len(doomed) != 1 else ''}, in this order:")
         for nid in doomed:
             click.echo(f"  {nid}")
-        return click.confirm("Destroy them?", default=False)
+        if click.confirm("Destroy them?", default=False):
+            return True
+        click.echo("Nothing destroyed.")
+        return False
 
     ctx.exit(_lifecycle(r, "destroy", labels, parallelism=parallelism, only=only, report=report,
                         profile=profile, schedule=schedule, keep_going=keep_going, wait=wait, confirm=confirm))

@@ -116,3 +116,50 @@ def test_preview_and_check_of_an_up_to_date_selection_and_from_preview_of_it(ws)
     ws.write("app/deployment.yaml", YAML.replace('["true"]', '["true", "x"]'))
     stale = ws.run("rollout", "//app:dev", "--from-preview", pid)
     assert stale.returncode == 2 and "command/solo" in stale.stderr and stale.stderr.count("\n") == 1
+
+
+def _on_a_terminal(ws, args, answer: bytes) -> tuple[int, str]:
+    """Run the CLI with a pty as stdin and stdout; type `answer` at the prompt."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), *args],
+                            stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out, answered = b"", False
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not answered and b"Destroy them?" in out:
+            os.write(master, answer)
+            answered = True
+    os.close(master)
+    return proc.wait(timeout=60), out.decode(errors="replace")
+
+
+def test_destroy_on_a_terminal_lists_what_goes_and_asks(ws):
+    write(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    code, text = _on_a_terminal(ws, ["destroy", "//app:dev"], b"n\n")
+    assert code == 0, text
+    assert "This destroys 3 components, in this order:" in text
+    assert text.index("command/app") < text.index("command/base")
+    assert "Nothing destroyed." in text and lines(ws, "destroyed") == []
+    code, text = _on_a_terminal(ws, ["destroy", "//app:dev", "-j1"], b"y\n")
+    assert code == 0, text
+    assert lines(ws, "destroyed") == ["app", "base"]
