@@ -163,3 +163,30 @@ def test_destroy_on_a_terminal_lists_what_goes_and_asks(ws):
     code, text = _on_a_terminal(ws, ["destroy", "//app:dev", "-j1"], b"y\n")
     assert code == 0, text
     assert lines(ws, "destroyed") == ["app", "base"]
+
+
+def test_ctrl_c_during_destroy_stops_it_and_records_only_what_finished(ws):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    slow = YAML.replace('''destroy: "echo app >> ../../../../../out/destroyed"''',
+                        '''destroy: "echo started > ../../../../../out/started; exec sleep 60"''')
+    write(ws, slow)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), "destroy", "//app:dev",
+                             "--yes", "-j1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (ws.root / "out" / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    status = ws.run("status", "//app:dev").stdout
+    rows = {line.split()[0]: line for line in status.splitlines() if line.startswith("command/")}
+    assert "destroyed" not in rows["command/app"] and "destroyed" not in rows["command/base"]
+    assert lines(ws, "destroyed") == [], "base must not go while app (which needs it) stands"
