@@ -36,25 +36,21 @@ from __future__ import annotations
 import marshal
 import os
 import stat as stat_mod
-import time
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
 
+from .. import clock
 from ..config.doccache import code_stamp
 from ..config.labels import Label
-from ..fileops import keep_newest, write_atomic
+from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
-from ..state.files import RACY_NS, FileDigester, changed_in, file_digest, signature
+from ..state.files import FileDigester, changed_in, file_digest, signature
 from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
 VERSION = 4
 KEEP = 8  # records kept per workspace (one per selection)
-# Modules whose logic decides "up to date"; with the structure cache's own.
-DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
-                    "state/files.py", "components/base.py", "components/command.py",
-                    "components/terraform.py", "components/nixpack.py", "graph/actions.py")
 # A partial rollout decides at most a quarter of the selection again (or
 # PARTIAL_MIN nodes); past that, compiling the whole graph in one go is as
 # cheap as node by node.
@@ -133,7 +129,7 @@ def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
         return None
     import xxhash
 
-    key = xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}".encode())
+    key = xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp()}\0{VERSION}".encode())
     return Keys(key, structure)
 
 
@@ -141,7 +137,9 @@ def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
 # format Python reads and writes), written whole, plus a small delta file a
 # partial rollout writes when only file contents moved (an edit), so an edit
 # does not rewrite 30,000 signatures. The delta names the record file it
-# applies to (its token); one that does not match is ignored.
+# applies to (its token); one that does not match is ignored. Both are read
+# through fileops.load_plain: plain data or nothing (marshal could also hold
+# code objects, and nothing read from the state directory may be code).
 
 def _path(state_dir: str, key: str, part: str = "marshal") -> str:
     return os.path.join(state_dir, "cache", f"uptodate-{key}.{part}")
@@ -152,7 +150,7 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
         return None
     try:
         with open(_path(state_dir, keys.record), "rb") as fh:
-            version, token, graph, *fields = marshal.loads(fh.read())
+            version, token, graph, *fields = load_plain(fh.read())
         if version != VERSION:
             return None
         record = Record(_graph_from(graph), *fields, token=token)
@@ -160,7 +158,7 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
         return None
     try:
         with open(_path(state_dir, keys.record, "delta"), "rb") as fh:
-            version, token, sigs, racy, rows = marshal.loads(fh.read())
+            version, token, sigs, racy, rows = load_plain(fh.read())
         if version != VERSION or token != record.token:
             return record
     except Exception:  # none, or torn: the record as written whole
@@ -461,7 +459,7 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
     # Racy entries outside the dirty trees stay, unless they had settled when
     # this rollout's check read their bytes: any later write moves their
     # signature, so from here on the signature is enough.
-    settled_by = checked_at - RACY_NS
+    settled_by = checked_at - clock.racy_window_ns()
     record.racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)
                         and (entry[1][1] >= settled_by or entry[1][2] >= settled_by))
     out = _Paths(watched=set(record.watched))
@@ -602,7 +600,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     record = load(state_dir, keys)
     if record is None:
         return None
-    checked_at = time.time_ns()
+    checked_at = clock.now_ns()
     changed = changed_paths(record)
     compiled: dict = {}
     dirty: set[str] = set()
@@ -610,7 +608,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     trees: dict = {}
     if changed:
         from ..graph.actions import NeedsFullCompile, NodeCompiler
-        from ..graph.cache import StructureCache
+        from ..graph.cache import DamagedCache, StructureCache
 
         dirty = dirty_nodes(record, root, changed)
         if dirty is None:
@@ -629,7 +627,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
         compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
         try:
             compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
-        except (NeedsFullCompile, OSError):  # the full path says what is wrong, and where
+        except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where
             return None
     store = open_store(state_dir, readonly=not compiled)
     rollout = RecordedRollout(root, state_dir, record, store, options, console,
