@@ -139,28 +139,27 @@ def plain_data(value, budget: int | None = None) -> bool:
     stack = [([value], {kind}, None)]  # levels to check: containers, their types (and each one's)
     while stack:
         level, level_kinds, level_types = stack.pop()
-        children = list(_children(level, level_kinds, level_types))
         if left >= 0:
-            left -= len(children)
+            left -= sum(map(len, level))  # (a dict's pair counts once: bound enough)
             if left < 0:
                 return False
-        types = list(map(type, children))
-        kinds = set(types)
+        # One pass for the types below; a level of scalars is done with that.
+        kinds = set(map(type, _children(level, level_kinds, level_types)))
         if not kinds <= _ALLOWED:
             return False
         if kinds <= _SCALARS:
             continue
+        children = list(_children(level, level_kinds, level_types))
         containers = kinds - _SCALARS
+        types = None
         if len(containers) != len(kinds):  # scalars among them: keep the containers
-            children = list(compress(children, map(_CONTAINERS.__contains__, types)))
-            types = list(map(type, children)) if len(containers) > 1 else None
-        elif len(containers) == 1:
-            types = None
-        kinds = containers
-        if len(children) < _SPLIT and left != 0 and len(children) > 1:
+            children = list(compress(children, map(_CONTAINERS.__contains__, map(type, children))))
+        if len(containers) > 1:
+            types = list(map(type, children))
+        if 1 < len(children) < _SPLIT:
             stack.extend(([c], {type(c)}, None) for c in children)
         else:
-            stack.append((children, kinds, types))
+            stack.append((children, containers, types))
     return True
 
 
