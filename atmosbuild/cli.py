@@ -45,6 +45,10 @@ class _Root:
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
                               cache=StructureCache(self.state_dir), write_cache=write_cache)
+        if write_cache:  # a rollout, past every check of its input: the state dir, marked
+            from .fileops import ensure_state_dir
+
+            ensure_state_dir(self.state_dir)
         return graph, store, digester
 
 

@@ -102,8 +102,8 @@ def is_state_dir(state_dir: str) -> bool:
     try:
         if os.path.islink(path):
             return False
-        with open(path, "rb") as fh:
-            return fh.read(len(MARKER_TEXT) + 1).decode("utf-8", "replace") == MARKER_TEXT
+        with open(path, "rb") as fh:  # (its first line: later versions may say more)
+            return fh.readline(256).decode("utf-8", "replace") == MARKER_TEXT.splitlines(True)[0]
     except OSError:
         return False
 

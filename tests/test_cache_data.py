@@ -204,3 +204,23 @@ def test_the_structure_cache_keeps_every_field_and_type(tmp_path):
     doc = back.specs[labels[0]].document
     assert doc.file.endswith("BUILD.atmos") and doc.locate(("deployment",)) is not None
     assert json.dumps(back.where[st_.dag.order[0]][1])  # plain strings
+
+
+def test_every_example_deployment_is_cached_not_skipped():
+    """An unencodable value (say a function some type put in a resolved
+    component) would silently switch the structure cache off: every example
+    (command, terraform, nixpack; YAML and DSL) must encode and read back."""
+    from atmosbuild.config.labels import Label
+    from atmosbuild.config.workspace import discover_packages, load_package
+    from atmosbuild.graph.actions import build_structure, load_specs
+    from atmosbuild.graph.cache import decode, encode
+
+    root = str(REPO / "examples")
+    packages = discover_packages(root)
+    assert len(packages) >= 3
+    for package in packages:
+        spec = load_package(root, package)
+        labels = [Label(package, target) for target in spec.targets]
+        st_ = build_structure(load_specs(root, labels), labels)
+        back = decode(load_plain(marshal.dumps(encode(st_))))
+        assert back.resolved == st_.resolved and back.specs == st_.specs, package
