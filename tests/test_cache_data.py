@@ -114,10 +114,12 @@ def test_nothing_in_atmosbuild_unpickles():
                     for number, line in enumerate(fh, 1):
                         if pattern.search(line) and not line.lstrip().startswith("#"):
                             offenders.append(f"{os.path.relpath(path, REPO)}:{number}: {line.strip()}")
-    # marshal is read in two places only: through fileops.load_plain (which
-    # checks), and the stat helpers' own pipe (state/files.py, never a file).
+    # marshal is read in two places only: in fileops.load_plain (which
+    # checks), and from the stat helpers' own pipe (never a file).
     allowed = ("atmosbuild/fileops.py:", "atmosbuild/state/files.py:")
     assert [o for o in offenders if not o.startswith(allowed)] == []
+    assert [o for o in offenders if o.startswith("atmosbuild/state/files.py:")] == [
+        next(o for o in offenders if "marshal.loads(data)]" in o)]
 
 
 # -- the check itself ------------------------------------------------------------------

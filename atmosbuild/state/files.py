@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 import xxhash
 
 from .. import clock as clock_mod
-from ..fileops import plain_data, write_atomic
+from ..fileops import load_plain, write_atomic
 
 # Directories never part of a component's source tree.
 EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
@@ -323,12 +323,10 @@ def load_trees(state_dir: str, root: str) -> dict:
         return {}
     try:
         with open(_trees_path(state_dir), "rb") as fh:
-            version, cached_root, trees = marshal.loads(fh.read())
+            version, cached_root, trees = load_plain(fh.read())
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     if version != TREE_CACHE_VERSION or cached_root != root or not isinstance(trees, dict):
-        return {}
-    if not plain_data(trees):
         return {}
     return trees
 
