@@ -36,6 +36,16 @@ class _Root:
         self.root = find_root(root_opt)
         self.settings = load_settings(self.root)
         self.state_dir = os.path.join(self.root, self.settings.state_dir)
+        self.state_was_there = os.path.lexists(self.state_dir)
+
+    def mark_state_dir(self) -> None:
+        """If this command made the state directory (whatever part of it
+        wrote there first: a store, a lock, a tool's cache), mark it as
+        atmosbuild's, so that `clean` may act there."""
+        if not self.state_was_there:
+            from .fileops import mark_state_dir
+
+            mark_state_dir(self.state_dir)
 
     def labels(self, texts, *, allow_pattern=True, single=False):
         from .config.labels import parse_label
@@ -74,7 +84,9 @@ def cli(ctx: click.Context, root: str | None) -> None:
 
 
 def _root(ctx: click.Context) -> _Root:
-    return _Root(ctx.obj)
+    r = _Root(ctx.obj)
+    ctx.call_on_close(r.mark_state_dir)
+    return r
 
 
 # -- rollout / plan / graph ------------------------------------------------------

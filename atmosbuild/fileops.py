@@ -96,6 +96,15 @@ def ensure_state_dir(state_dir: str) -> None:
     write_atomic(os.path.join(state_dir, MARKER), MARKER_TEXT.encode())
 
 
+def mark_state_dir(state_dir: str) -> None:
+    """Mark a state directory this process saw made (by any writer of ours)."""
+    if os.path.isdir(state_dir) and not os.path.islink(state_dir) and not is_state_dir(state_dir):
+        try:
+            write_atomic(os.path.join(state_dir, MARKER), MARKER_TEXT.encode())
+        except OSError:
+            pass
+
+
 def is_state_dir(state_dir: str) -> bool:
     """The directory holds atmosbuild's marker (a regular file, our text)."""
     path = os.path.join(state_dir, MARKER)
