@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import AtmosError, UsageError
+from .errors import AtmosError, ConfigError, UsageError
 
 SCHEDULES = ("waves", "eager")
 FORMATS = ("dot", "json", "mermaid")
@@ -36,6 +36,16 @@ class _Root:
         self.root = find_root(root_opt)
         self.settings = load_settings(self.root)
         self.state_dir = os.path.join(self.root, self.settings.state_dir)
+        self.state_was_there = os.path.lexists(self.state_dir)
+
+    def mark_state_dir(self) -> None:
+        """If this command made the state directory (whatever part of it
+        wrote there first: a store, a lock, a tool's cache), mark it as
+        atmosbuild's, so that `clean` may act there."""
+        if not self.state_was_there:
+            from .fileops import mark_state_dir
+
+            mark_state_dir(self.state_dir)
 
     def labels(self, texts, *, allow_pattern=True, single=False):
         from .config.labels import parse_label
@@ -57,6 +67,10 @@ class _Root:
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
                               cache=StructureCache(self.state_dir), write_cache=write_cache)
+        if write_cache:  # a rollout, past every check of its input: the state dir, marked
+            from .fileops import ensure_state_dir
+
+            ensure_state_dir(self.state_dir)
         return graph, store, digester
 
 
@@ -70,7 +84,9 @@ def cli(ctx: click.Context, root: str | None) -> None:
 
 
 def _root(ctx: click.Context) -> _Root:
-    return _Root(ctx.obj)
+    r = _Root(ctx.obj)
+    ctx.call_on_close(r.mark_state_dir)
+    return r
 
 
 # -- rollout / plan / graph ------------------------------------------------------
@@ -560,27 +576,74 @@ def _read_document(path: str):
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file is not formatted.")
-def fmt(files, check):
-    """Rewrite BUILD.atmos FILE... in the canonical DSL layout."""
+@click.option("--diff", is_flag=True, help="Print a unified diff of the changes.")
+def fmt(files, check, diff):
+    """Rewrite BUILD.atmos FILE... in the canonical DSL layout (`-`: stdin to stdout)."""
     from .config.fmt import format_dsl
+    from .fileops import write_atomic
 
-    unformatted = []
-    for path in files:
-        if not path.endswith(".atmos"):
+    # Every file is read and formatted before any is written: a parse error
+    # anywhere changes nothing anywhere.
+    from .config.dsl import parse_dsl
+
+    jobs = []
+    for path in dict.fromkeys(files):
+        if path != "-" and not path.endswith(".atmos"):
             raise UsageError(f"{path}: fmt formats DSL files (BUILD.atmos); "
                              "use `atmosbuild convert FILE --to dsl` for YAML")
-        doc = _read_document(path)
-        text = format_dsl(doc.data, getattr(doc, "comments", None))
-        if text != doc.text:
-            unformatted.append(path)
-            if not check:
-                with open(path, "w", encoding="utf-8") as fh:
-                    fh.write(text)
+        shown = "<stdin>" if path == "-" else path
+        try:
+            if path == "-":
+                raw = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+            text = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory; fmt formats BUILD.atmos files") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=shown) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        doc = parse_dsl(text, shown)
+        jobs.append((path, text, format_dsl(doc.data, getattr(doc, "comments", None))))
+    unformatted = []
+    for path, old, new in jobs:
+        if diff and new != old:
+            click.echo(_unified_diff(old, new, "<stdin>" if path == "-" else path), nl=False)
+        if path == "-":
+            if new != old:
+                unformatted.append("<stdin>")
+            if not check and not diff:
+                click.echo(new, nl=False)
+            continue
+        if new == old:
+            continue
+        unformatted.append(path)
+        if not check:
+            target = os.path.realpath(path)  # (a symlinked BUILD.atmos stays a link)
+            write_atomic(target, new.encode("utf-8"), mode=os.stat(target).st_mode & 0o7777,
+                         durable=True)
+            if not diff:
                 click.echo(f"formatted {path}")
     if check and unformatted:
         for path in unformatted:
             click.echo(f"would reformat {path}", err=True)
         sys.exit(1)
+
+
+def _unified_diff(old: str, new: str, name: str) -> str:
+    import difflib
+
+    def lines(text):
+        out = text.splitlines(keepends=True)
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n\\ No newline at end of file\n"
+        return out
+
+    return "".join(difflib.unified_diff(lines(old), lines(new), f"a/{name}", f"b/{name}"))
 
 
 @cli.command()
@@ -597,54 +660,95 @@ def convert(file, to):
 
 
 # -- clean ------------------------------------------------------------------------
+# What each flag removes: only entries atmosbuild makes in its state directory,
+# and only in a directory holding its marker (fileops.MARKER). Never removed:
+# tfstate/ (Terraform state is user data: it maps real resources; only
+# --terraform-state removes it), locks/ (a rollout waiting on a lock file holds
+# it open: removing it would let that rollout and a new one run one target at
+# once) and anything else found there (the user's).
+CLEAN_WORKSPACES = ("workspaces",)
+CLEAN_CACHE = ("state.db", "state.db-wal", "state.db-shm", "cache", "vendor-cache", "logs", "terraform")
+CLEAN_ALL = CLEAN_WORKSPACES + CLEAN_CACHE + ("previews",)
+TERRAFORM_STATE = "tfstate"
+
 
 @cli.command()
 @click.option("--workspaces", is_flag=True, help="Remove rollout workspaces left behind.")
-@click.option("--cache", is_flag=True, help="Remove the state database, vendor cache and logs.")
-@click.option("--all", "all_", is_flag=True, help="Remove the whole state directory.")
+@click.option("--cache", is_flag=True,
+              help="Remove the state database (what was applied), caches, vendor cache and logs.")
+@click.option("--all", "all_", is_flag=True,
+              help="Remove everything atmosbuild made in the state directory but Terraform state.")
+@click.option("--terraform-state", is_flag=True,
+              help="Also remove the local Terraform state (tfstate/): the resources it tracks are forgotten.")
 @click.pass_context
-def clean(ctx, workspaces, cache, all_):
-    """Remove state (refused while a rollout holds a lock)."""
+def clean(ctx, workspaces, cache, all_, terraform_state):
+    """Remove state atmosbuild made (refused while a rollout holds a lock)."""
     import shutil  # (only here: every other command starts faster without it)
+    from contextlib import ExitStack
 
-    from .run.lock import held_locks
+    from .errors import LockedError
+    from .fileops import MARKER, is_state_dir
 
-    if not (workspaces or cache or all_):
-        raise UsageError("say what to clean: --workspaces, --cache or --all")
+    if not (workspaces or cache or all_ or terraform_state):
+        raise UsageError("say what to clean: --workspaces, --cache, --all or --terraform-state")
     r = _root(ctx)
-    held = held_locks(r.state_dir)
-    if held:
-        from .errors import LockedError
+    shown = os.path.relpath(r.state_dir, r.root)
+    if not os.path.lexists(r.state_dir):
+        click.echo(f"nothing to clean: no {shown}/")
+        return
+    if not os.path.isdir(r.state_dir) or os.path.islink(r.state_dir) or not is_state_dir(r.state_dir):
+        raise UsageError(f"{shown}/ has no {MARKER} marker: atmosbuild did not create it, so clean "
+                         "removes nothing there (if it did, an older version made it: remove it by hand)")
+    names = CLEAN_ALL if all_ else (CLEAN_WORKSPACES if workspaces else ()) + (CLEAN_CACHE if cache else ())
+    if terraform_state:
+        names += (TERRAFORM_STATE,)
+    with ExitStack() as held:
+        for deployment, target, label in _lockable(r):
+            try:
+                held.enter_context(_lock(r.state_dir, deployment, target, label))
+            except LockedError as exc:
+                raise LockedError(exc.message.split("; use --wait")[0] + "; nothing removed") from None
+        for name in dict.fromkeys(names):
+            path = os.path.join(r.state_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+                click.echo(f"removed {os.path.join(shown, name)}/")
+            elif os.path.lexists(path):
+                os.unlink(path)
+                click.echo(f"removed {os.path.join(shown, name)}")
+    if all_ and not terraform_state and os.path.isdir(os.path.join(r.state_dir, TERRAFORM_STATE)):
+        click.echo(f"kept {os.path.join(shown, TERRAFORM_STATE)}/ (Terraform state: the resources it "
+                   "tracks; `clean --terraform-state` removes it)")
 
-        raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
-    removed = []
-    kept = None
-    if all_:
-        # Everything but Terraform's state (the default backend's, SPEC 9):
-        # it describes real infrastructure, and losing it orphans that.
-        tfstate = os.path.join(r.state_dir, "tfstate")
-        if os.path.isdir(tfstate) and os.listdir(tfstate):
-            kept = tfstate
-            removed += [os.path.join(r.state_dir, name) for name in sorted(os.listdir(r.state_dir))
-                        if name != "tfstate"]
-        else:
-            removed.append(r.state_dir)
-    else:
-        if workspaces:
-            removed.append(os.path.join(r.state_dir, "workspaces"))
-        if cache:
-            for name in ("state.db", "state.db-wal", "state.db-shm", "vendor-cache", "logs"):
-                removed.append(os.path.join(r.state_dir, name))
-    for path in removed:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-            click.echo(f"removed {os.path.relpath(path, r.root)}/")
-        elif os.path.exists(path):
-            os.unlink(path)
-            click.echo(f"removed {os.path.relpath(path, r.root)}")
-    if kept:
-        click.echo(f"kept {os.path.relpath(kept, r.root)}/: Terraform state of real infrastructure "
-                   "(destroy it first, or remove the directory yourself)")
+
+def _lock(state_dir, deployment, target, label):
+    from .run.lock import deployment_lock
+
+    return deployment_lock(state_dir, deployment, target, label)
+
+
+def _lockable(r: _Root) -> list[tuple[str, str, str]]:
+    """Every deployment+target a rollout could hold while clean deletes, as
+    (deployment, target, label): each lock file there is, and each target of
+    every package here that loads (one that does not cannot roll out)."""
+    from .config.workspace import discover_packages, load_package
+    from .errors import AtmosError
+
+    found: dict[tuple[str, str], str] = {}
+    for package in discover_packages(r.root):
+        try:
+            spec = load_package(r.root, package)
+        except AtmosError:
+            continue
+        for target in spec.targets:
+            found.setdefault((spec.name, target), f"//{package}:{target}")
+    locks = os.path.join(r.state_dir, "locks")
+    for name in sorted(os.listdir(locks)) if os.path.isdir(locks) else []:
+        if name.endswith(".lock") and "@" in name:
+            safe, _, target = name[:-len(".lock")].rpartition("@")
+            deployment = safe.replace("%2F", "/")
+            found.setdefault((deployment, target), f"{deployment}@{target}")
+    return [(deployment, target, label) for (deployment, target), label in sorted(found.items())]
 
 
 # -- entry point ------------------------------------------------------------------

@@ -77,7 +77,9 @@ def _create(path: str) -> None:
     """Create the database whole (schema, application id, WAL) under a
     private name, then link it into place: rollouts starting together never
     see a half-made database. The first link wins; the others use it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from ..fileops import ensure_state_dir
+
+    ensure_state_dir(os.path.dirname(path) or ".")  # (with its marker, when made here)
     tmp = f"{path}.new-{os.getpid()}-{os.urandom(4).hex()}"
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
