@@ -60,11 +60,15 @@ class ResolvedComponent:
     output_refs: tuple[tuple[str, str], ...]  # (upstream id, key path)
     backend: Any = None  # terraform: the component's `backend:` (an override's replaces it)
     own_vars: tuple[str, ...] = ()  # var names set on the component itself or its per-target override
+    preview: Any = None  # command: argv (tuple) or shell string for `preview` (SPEC 10); not in the key
+    destroy: Any = None  # command: argv or shell string for `destroy`; not in the key
     # string-form run: ATMOS_V_n -> the value (a template: may hold ${outputs...})
     run_env: Mapping[str, str] = field(default_factory=dict)
     # argv positions (int) and run_env names (str) whose values are built from a secret
     secret_run: tuple = ()
     declared_sensitive: tuple[str, ...] = ()  # `sensitive:` as written (also names outputs)
+    # string-form preview/destroy: verb -> its ATMOS_V_n -> value (as run_env)
+    verb_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class RenderError(Exception):
@@ -192,6 +196,17 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         run = tuple(items)
     elif isinstance(run, str):
         run, run_env, secret_run = interp.shell_run(run, ("run",))
+    lifecycle = {}
+    verb_env: dict[str, dict] = {}
+    for key in ("preview", "destroy"):  # command's optional argv for those verbs (SPEC 10)
+        argv = fields.get(key)
+        if isinstance(argv, list):
+            argv = tuple(as_text(interp.value(a, (key, i))) for i, a in enumerate(argv))
+        elif isinstance(argv, str):
+            argv, values, _ = interp.shell_run(argv, (key,))
+            if values:
+                verb_env[key] = values
+        lifecycle[key] = argv
     if run is None and comp.type == "command":
         raise spec.fail(cpath, f"component {comp.id} has no `run`: command components need one")
 
@@ -207,7 +222,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
                    for i, p in enumerate(fields.get("inputs") or []))
 
     explicit = [d for d in ((fields.get("metadata") or {}).get("depends_on") or []) if d in enabled]
-    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run) | interp.refs_in(run_env)
+    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run) | interp.refs_in(run_env) \
+        | interp.refs_in(lifecycle["preview"]) | interp.refs_in(lifecycle["destroy"]) \
+        | interp.refs_in(verb_env)
     depends = sorted(set(explicit) | {ref[0] for ref in refs})
 
     sensitive = secret_names | interp.secret_vars
@@ -218,9 +235,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         timeout=float(timeout) if timeout is not None else None,
         retries=fields.get("retries", 0), sensitive=tuple(sorted(sensitive)),
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
-        backend=fields.get("backend"),
+        backend=fields.get("backend"), preview=lifecycle["preview"], destroy=lifecycle["destroy"],
         own_vars=tuple(sorted(set(comp.fields.get("vars") or {}) | set(override.get("vars") or {}))),
-        run_env=run_env, secret_run=tuple(secret_run), declared_sensitive=declared,
+        run_env=run_env, secret_run=tuple(secret_run), declared_sensitive=declared, verb_env=verb_env,
     )
 
 
@@ -322,7 +339,7 @@ class _Interpolator:
         try:
             contexts = classify(items)
         except ShellContextError as exc:
-            err = self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the run of {self.cid} "
+            err = self.spec.fail(self.where(*path), f"`${{{refs[exc.ref]}}}` in the {path[0]} of {self.cid} "
                                  "cannot be passed safely where it stands: "
                                  + exc.message.replace("${x}", "${" + refs[exc.ref] + "}"))
             raise _at_reference(err, self.spec.document.text, text, exc.ref) from None

@@ -52,6 +52,8 @@ class RolloutOptions:
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
+    verb: str = "apply"  # apply | preview | destroy | check: which Rollout (run/lifecycle.py, SPEC 10)
+    from_preview: str | None = None  # rollout --from-preview ID
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Rollout(ScheduleHooks):
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self._added: dict[str, dict] = {}  # node -> files its action added to its source
+        self._secrets: dict[str, list] = {}  # node -> its secret texts (filled as it prepares)
         self.done = 0
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
@@ -135,8 +138,54 @@ class Rollout(ScheduleHooks):
         else:
             remove_tree(ws)
 
+    # -- what a verb changes (run/lifecycle.py): the order, the argv, the record --
+
+    def schedule_dag(self):
+        """The graph the scheduler runs (destroy: reversed)."""
+        return self.graph.dag
+
+    def verb_run(self, comp):
+        """The component's own argv this verb renders into ctx.run."""
+        return comp.run
+
+    def dep_outputs(self, node) -> dict:
+        """Upstream id -> outputs, for rendering the node's vars, env and run."""
+        return {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
+
+    def verb_invocations(self, node, ctx):
+        return node.ctype.invocations(ctx)
+
+    def plan_file(self, nid: str) -> str:
+        return ""
+
+    def verb_collect(self, nid: str, node, ctx, captured):
+        """(outputs, the names of the sensitive ones) for a rollout."""
+        from ..state.rebuild import sensitive_output_names
+
+        outputs = node.ctype.outputs(ctx, captured)
+        typed = node.ctype.sensitive_outputs(ctx, captured)
+        added = node.ctype.source_additions(ctx)
+        if added:
+            self._added[nid] = added
+        return outputs, sensitive_output_names(node.component, outputs, typed,
+                                                self._secrets.get(nid, ()))
+
+    def node_status(self, nid: str, status: str) -> tuple[str, str]:
+        """The report's status and reason for a node ("" keeps the reason)."""
+        return status, ""
+
+    def exit_code(self, outcome) -> int:
+        if outcome.result == "success":
+            return EXIT_OK
+        if outcome.result == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED
+
+    def after_run(self, outcome, duration: float) -> None:
+        """After the summary, before the report (preview: the table and the manifest)."""
+
     def _execute(self) -> int:
-        dag = self.graph.dag
+        dag = self.schedule_dag()
         weights = {}
         for nid, node in self.graph.nodes.items():
             last = self.recorded_duration(node)
@@ -166,11 +215,7 @@ class Rollout(ScheduleHooks):
                 runner.kill_all()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
-        if outcome.result == "success":
-            return EXIT_OK
-        if outcome.result == "interrupted":
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED
+        return self.exit_code(outcome)
 
     # -- scheduler callbacks --------------------------------------------------
 
@@ -283,7 +328,7 @@ class Rollout(ScheduleHooks):
             parts.append(f"{node.deployment.replace('/', '%2F')}@{node.target}")
         return os.path.join(*parts, *node.cid.split("/")) + ".log"
 
-    def _context(self, node, decision_key: str, vars_) -> "ActionContext":
+    def _context(self, node, decision_key: str, vars_, plan_file: str = "") -> "ActionContext":
         from ..components.base import ActionContext
 
         label = node.label
@@ -297,7 +342,8 @@ class Rollout(ScheduleHooks):
             meta_prefix=meta, toolchain=self.options.toolchain,
             state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
             ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
-            color=bool(getattr(self.console, "color", False)))
+            color=bool(getattr(self.console, "color", False)), verb=self.options.verb,
+            plan_file=plan_file)
 
     def _materialize(self, node, workdir: str) -> None:
         comp = node.component
@@ -316,10 +362,14 @@ class Rollout(ScheduleHooks):
         rollout, checked against its recorded result digest."""
         from ..state.rebuild import is_marker
 
-        outputs = {}
+        outputs = self.dep_outputs(node)
+        if not refs:
+            return outputs
         for dep in node.deps:
-            up = self.graph.nodes[dep]
-            res = self.results[dep]
+            up = self.graph.nodes.get(dep)
+            res = self.results.get(dep)
+            if up is None or res is None:
+                continue
             needed = sorted(key for cid, key in refs if cid == up.cid
                             and is_marker(res.outputs.get(key.split(".", 1)[0])))
             if needed:
@@ -327,7 +377,7 @@ class Rollout(ScheduleHooks):
                     res = self.results[dep]
                     if any(is_marker(res.outputs.get(k.split(".", 1)[0])) for k in needed):
                         res = self._recover(node, dep, up, res, needed[0])
-            outputs[up.cid] = res.outputs
+                outputs[up.cid] = res.outputs
         return outputs
 
     def _recover(self, node, dep: str, up, res: _Result, output: str) -> _Result:
@@ -361,25 +411,39 @@ class Rollout(ScheduleHooks):
     def _upstream_key(self, dep: str) -> str:
         return self.decisions[dep].key
 
+    def verb_values(self, comp) -> dict:
+        """The values (ATMOS_V_n) that the verb's own string-form argv
+        expands: `run`'s, or the lifecycle verb's `preview:`/`destroy:`."""
+        own = self.verb_run(comp)
+        if own is None or own is comp.run:
+            return dict(comp.run_env) if own is not None else {}
+        for verb in ("preview", "destroy"):
+            if own is getattr(comp, verb, None):
+                return dict(comp.verb_env.get(verb, {}))
+        return {}
+
     def _spec_for(self, nid: str) -> ActionSpec:
         from ..config.resolve import RenderError, as_text, render
-        from ..state.rebuild import marked_outputs, secret_values, sensitive_output_names, sensitive_refs
+        from ..state.rebuild import marked_outputs, secret_values, sensitive_refs
 
         node = self.graph.nodes[nid]
         comp = node.component
         decision = self.decisions[nid]
         label = node.label
         ids = self.graph.specs[label].components
-        upstream_sensitive = {}
+        own_run = self.verb_run(comp)
+        upstream_sensitive = {cid: marked_outputs(outs) for cid, outs in self.dep_outputs(node).items()}
         for d in node.deps:
-            res = self.results[d]
-            upstream_sensitive[self.graph.nodes[d].cid] = res.sensitive | marked_outputs(res.outputs)
+            up = self.graph.nodes.get(d)
+            if up is not None and d in self.results:
+                upstream_sensitive[up.cid] = upstream_sensitive.get(up.cid, frozenset()) | self.results[d].sensitive
         refs = sensitive_refs(comp, upstream_sensitive)
         # Completed by prepare() before any step runs (the runner builds its
         # masker after prepare): every secret text of this action, in the
         # clear, as the action gets it; the type's own (backend settings) now.
         secrets: list[str] = list(node.ctype.config_secrets(
             comp, self.options.settings.get(comp.type, {}), node.deployment, node.target))
+        self._secrets[nid] = secrets
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -392,13 +456,16 @@ class Rollout(ScheduleHooks):
             try:
                 vars_ = render(comp.vars, outputs, ids)
                 env = render(dict(comp.env), outputs, ids)
-                run = render(comp.run, outputs, ids)
+                run = render(own_run, outputs, ids)
+                values = {k: as_text(v) for k, v in render(self.verb_values(comp), outputs, ids).items()}
+                # (the run's own values too, for what is secret: taint is known per run item)
+                main_run = run if own_run is comp.run else render(comp.run, outputs, ids)
                 run_env = {k: as_text(v) for k, v in render(dict(comp.run_env), outputs, ids).items()}
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            secrets.extend(secret_values(comp, {"vars": vars_, "env": env, "run": run,
+            secrets.extend(secret_values(comp, {"vars": vars_, "env": env, "run": main_run,
                                                 "run_env": run_env}, refs, outputs))
-            action_ctx = replace(self._context(node, decision.key, vars_), run=run)
+            action_ctx = replace(self._context(node, decision.key, vars_, self.plan_file(nid)), run=run)
             self._materialize(node, action_ctx.workdir)
             # Readable by its owner only: it may hold secrets, and a workspace
             # outlives a rollout that was killed (until `clean`).
@@ -410,7 +477,7 @@ class Rollout(ScheduleHooks):
             full_env = self.base_env.copy()
             full_env.update({k: as_text(v) for k, v in env.items()})
             full_env.update(node.ctype.extra_env(action_ctx))
-            full_env.update(run_env)
+            full_env.update(values)
             full_env.update({
                 "ATMOS_ROOT": self.root, "ATMOS_DEPLOYMENT": node.deployment,
                 "ATMOS_TARGET": node.target, "ATMOS_COMPONENT": node.cid,
@@ -418,15 +485,10 @@ class Rollout(ScheduleHooks):
                 "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
             })
             spec.env = full_env
-            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in node.ctype.invocations(action_ctx)]
+            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in self.verb_invocations(node, action_ctx)]
 
         def collect(captured: str | None):
-            outputs = node.ctype.outputs(ctx(), captured)
-            typed = node.ctype.sensitive_outputs(ctx(), captured)
-            added = node.ctype.source_additions(ctx())
-            if added:
-                self._added[nid] = added
-            return outputs, sensitive_output_names(comp, outputs, typed, secrets)
+            return self.verb_collect(nid, node, ctx(), captured)
 
         spec = ActionSpec(node=nid, steps=[], cwd=os.path.join(self.workspaces[label], *node.cid.split("/")),
                           env={}, log_path=self._log_path(node),
@@ -444,6 +506,7 @@ class Rollout(ScheduleHooks):
                              counts["skipped"], counts["cancelled"], duration)
         self.everything_up_to_date = (outcome.result == "success"
                                       and counts["succeeded"] + counts["cached"] == len(outcome.nodes))
+        self.after_run(outcome, duration)
         if self.options.report or self.options.profile:
             report = self._report(outcome, duration)
             if self.options.report:
@@ -454,16 +517,16 @@ class Rollout(ScheduleHooks):
     def _report(self, outcome, duration: float) -> RunReport:
         """The one result of the run that every written view renders."""
         nodes = []
-        dag = self.graph.dag
+        dag = self.schedule_dag()
         for wave in dag.waves:
             for nid in wave:
                 node = self.graph.nodes[nid]
                 fin = outcome.nodes[nid].finished
                 decision = self.decisions.get(nid)
-                status = outcome.nodes[nid].status
+                status, why = self.node_status(nid, outcome.nodes[nid].status)
                 # The schedule's reason says why a node was cancelled ("stopped:
                 # X failed", "interrupted"); the runner's only that it was.
-                reason = outcome.nodes[nid].reason
+                reason = why or outcome.nodes[nid].reason
                 if not reason and fin is not None and status in ("failed", "cancelled"):
                     reason = fin.message
                 if not reason:
