@@ -113,6 +113,8 @@ class FakeRunner:
         self.stops: list[tuple[float, tuple[str, ...], int | None]] = []
         self.max_running = 0
         self.interrupts = 0  # delivered so far
+        self.setups: list[dict] = []  # setup(**kwargs) calls
+        self.teardowns = 0
 
         # Protocol view: started and Finished not yet delivered.
         self._started_at: dict[str, float] = {}
@@ -122,6 +124,12 @@ class FakeRunner:
         self._seq = 0
 
     # -- the Runner protocol --------------------------------------------------
+
+    def setup(self, **kwargs: Any) -> None:
+        self.setups.append(kwargs)  # nothing to get ready: fake actions spawn nothing
+
+    def teardown(self) -> None:
+        self.teardowns += 1
 
     def start(self, node: str) -> None:
         if node in self._started_at:

@@ -14,13 +14,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..graph.dag import critical_path
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
 from .process import ActionSpec, ProcessRunner, Step
 from .report import iso, write_report
-from .schedule import ScheduleHooks, execute
+from .schedule import ScheduleHooks, execute, priorities
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
                         vendor_dir)
@@ -68,6 +67,7 @@ class Rollout(ScheduleHooks):
         self.log_dir = os.path.join(state_dir, "logs", self.run_id)
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}
+        self.locks: list = []  # the deployment locks held (lock.HeldLock)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self.done = 0
@@ -88,9 +88,9 @@ class Rollout(ScheduleHooks):
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
                 spec = self.graph.specs[label]
-                stack.enter_context(deployment_lock(
+                self.locks.append(stack.enter_context(deployment_lock(
                     self.state_dir, spec.name, label.target, str(label), wait=self.options.wait,
-                    on_wait=self.console.info))
+                    on_wait=self.console.info)))
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
@@ -126,33 +126,26 @@ class Rollout(ScheduleHooks):
 
     def _execute(self) -> int:
         dag = self.graph.dag
-        weights = {}
-        for nid, node in self.graph.nodes.items():
-            last = self.recorded_duration(node)
-            weights[nid] = max(last, 0.001) if last is not None else 1.0
-        if self.options.schedule == "waves":
-            # Behind a wave barrier only the wave's own durations matter:
-            # longest first (LPT); unknown durations tie, and ties go by id.
-            priority = weights
-        else:
-            priority = critical_path(dag, weights)
+        nodes = self.graph.nodes
+        durations = {nid: self.recorded_duration(node) for nid, node in nodes.items()}
+        priority = priorities(dag, self.options.schedule, self.options.parallelism, durations)
         # The CLI loads with the collector off; a rollout can run for hours,
         # so collect again from here, skipping the graph loaded so far.
         gc.freeze()
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = time.monotonic()
-        real = isinstance(runner, ProcessRunner)
-        if real:
-            runner.install_signal_handlers()
+        # Every action process inherits the lock descriptors: the locks stay
+        # held until the last of them exits, even if we are killed (lock.py).
+        runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
+                     on_processes=self._note_processes)
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
-                              keep_going=self.options.keep_going, priority=priority, hooks=self)
+                              keep_going=self.options.keep_going, priority=priority, hooks=self,
+                              modes={nid: node.mode for nid, node in nodes.items()})
         finally:
-            if real:
-                runner.restore_signal_handlers()
-                runner.kill_all()
+            runner.teardown()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
         if outcome.result == "success":
@@ -160,6 +153,12 @@ class Rollout(ScheduleHooks):
         if outcome.result == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_FAILED
+
+    def _note_processes(self, processes) -> None:
+        for lock in self.locks:
+            note = getattr(lock, "note_running", None)
+            if note is not None:
+                note(processes)
 
     # -- scheduler callbacks --------------------------------------------------
 
