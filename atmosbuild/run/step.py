@@ -252,14 +252,14 @@ class _Output:
             self._poll.unregister(self._fd)
 
 
-def spawn_error(exc: OSError, argv0: str, cwd: str) -> str:
+def spawn_error(exc: OSError | ValueError, argv0: str, cwd: str) -> str:
     if isinstance(exc, FileNotFoundError):
         if exc.filename == cwd:
             return f"working directory not found: {cwd}"
         return f"command not found: {argv0}"
     if isinstance(exc, PermissionError):
         return f"permission denied: {argv0}"
-    return f"cannot run {argv0}: {exc.strerror or exc}"
+    return f"cannot run {argv0}: {getattr(exc, 'strerror', None) or exc}"
 
 
 def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask: Callable[[str], str],
@@ -280,7 +280,7 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if errors is None else errors,
                 start_new_session=True, pass_fds=tuple(keep_fds),
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
             message = spawn_error(exc, step.argv[0], cwd)
             log.write(mask(message) + "\n")
             return StepResult(None, message, None)
