@@ -36,7 +36,6 @@ import select
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import IO, Callable, Mapping, NamedTuple, Sequence
@@ -272,7 +271,11 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
     supervisor's: it signals the group between `spawned` and `reap`.
     """
     log.write(echo_line(step.argv, mask) + "\n")
-    errors = tempfile.TemporaryFile() if step.capture else None
+    errors = None
+    if step.capture:
+        import tempfile  # here: most rollouts capture nothing, and the no-op path never gets here
+
+        errors = tempfile.TemporaryFile()
     try:
         try:
             proc = subprocess.Popen(
