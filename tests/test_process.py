@@ -575,3 +575,18 @@ def test_any_secret_in_argv_never_reaches_the_log(secret):
         assert rig.run("command/x")["command/x"].ok
         data = Path(rig.specs["command/x"].log_path).read_bytes() + rig.out.getvalue().encode()
         assert_secret_absent(data, secret)
+
+
+def test_teardown_with_an_action_still_running_stops_it_gently_and_waits(tmp_path):
+    """A caller that bails out early (an exception in the schedule) leaves
+    nothing running unwatched, and does not SIGKILL what could stop cleanly."""
+    rig = Rig(tmp_path, grace_period=5)
+    ready, stopped = tmp_path / "ready", tmp_path / "stopped"
+    rig.add("command/x", sh(f"trap 'echo TERM > {stopped}; exit 0' TERM; touch {ready}; "
+                            "while :; do sleep 0.05; done"))
+    rig.runner.setup()
+    rig.runner.start("command/x")
+    assert eventually(ready.exists)
+    rig.runner.teardown()
+    assert stopped.read_text() == "TERM\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

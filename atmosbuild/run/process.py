@@ -204,6 +204,7 @@ class ProcessRunner:
         self._lock = threading.Lock()
         self._running: dict[str, _Action] = {}
         self._interrupts = 0
+        self._outstanding = 0  # started, Finished not yet returned by wait() (caller's thread only)
         self._saved_handlers: dict[int, Any] = {}
         self._keep_fds: tuple[int, ...] = ()
         self._on_processes: Callable[[Mapping[str, int]], None] | None = None
@@ -225,10 +226,21 @@ class ProcessRunner:
         self.install_signal_handlers()
 
     def teardown(self) -> None:
-        """After the last event: the old signal handlers back, and anything
-        still running (only if the caller bailed out early) killed."""
-        self.restore_signal_handlers()
-        self.kill_all()
+        """After the last event: the old signal handlers back. If the caller
+        bailed out early (an exception in the schedule), what still runs is
+        stopped as on Ctrl-C (one signal to each group, the grace period,
+        SIGKILL; a second Ctrl-C kills at once) and waited for first, so no
+        action is left running unwatched."""
+        try:
+            with self._lock:
+                running = list(self._running)
+            if running:
+                self.stop(running)
+            while self._outstanding:
+                self.wait()
+        finally:
+            self.restore_signal_handlers()
+            self.kill_all()
 
     def start(self, node: str) -> None:
         spec = self._spec_for(node)
@@ -237,13 +249,17 @@ class ProcessRunner:
             if node in self._running:
                 raise RuntimeError(f"{node} is already running")
             self._running[node] = action
+        self._outstanding += 1
         self._console.started(node)
         self._pool.submit(lambda: self._work(action))
 
     def wait(self) -> Event:
         event = self._events.get()
-        if isinstance(event, InterruptRequested) and self._interrupts > 1:
-            self.kill_all()  # a second Ctrl-C: the user will not wait for the grace period
+        if isinstance(event, InterruptRequested):
+            if self._interrupts > 1:
+                self.kill_all()  # a second Ctrl-C: the user will not wait for the grace period
+        else:
+            self._outstanding -= 1
         return event
 
     def stop(self, nodes: Collection[str], signum: int | None = None) -> None:
