@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -31,7 +30,7 @@ from typing import IO, Any, Callable, Collection, Mapping, Sequence
 
 from .alarms import Alarm, Alarms
 from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT, Event, Finished, InterruptRequested
-from .step import Step, Supervisor, killpg, run_step, sweep_and_reap
+from .step import Executables, Step, Supervisor, killpg, run_step, sweep_and_reap
 from .ui import Console
 
 __all__ = ["ActionSpec", "ProcessRunner", "Step", "WorkerPool", "make_masker", "retry_again"]
@@ -153,6 +152,26 @@ class WorkerPool:
             self._done(result)
 
 
+class _ProcessNotes:
+    """Which action runs in which pid, told to `listener` on every change,
+    one snapshot at a time and in order (from any worker thread)."""
+
+    def __init__(self, listener: Callable[[Mapping[str, int]], None] | None) -> None:
+        self._listener = listener
+        self._lock = threading.Lock()
+        self._pids: dict[str, int] = {}
+
+    def note(self, node: str, pid: int | None) -> None:
+        if self._listener is None:
+            return
+        with self._lock:
+            if pid is None:
+                self._pids.pop(node, None)
+            else:
+                self._pids[node] = pid
+            self._listener(dict(self._pids))
+
+
 class _Watch(Supervisor):
     """run_step's view of one action: the runner may signal the step while it runs."""
 
@@ -166,13 +185,13 @@ class _Watch(Supervisor):
             self.action.proc = proc
             if self.action.stop_signal is not None:  # stop() came while we were spawning
                 killpg(proc.pid, self.action.stop_signal)
-        self.runner._note(self.action.spec.node, proc.pid)
+        self.runner._processes.note(self.action.spec.node, proc.pid)
 
     def reap(self, proc: subprocess.Popen) -> int:
         with self.runner._lock:  # no stop() or alarm signals a reaped group
             code = sweep_and_reap(proc)
             self.action.proc = None
-        self.runner._note(self.action.spec.node, None)
+        self.runner._processes.note(self.action.spec.node, None)
         return code
 
 
@@ -207,12 +226,9 @@ class ProcessRunner:
         self._outstanding = 0  # started, Finished not yet returned by wait() (caller's thread only)
         self._saved_handlers: dict[int, Any] = {}
         self._keep_fds: tuple[int, ...] = ()
-        self._on_processes: Callable[[Mapping[str, int]], None] | None = None
-        self._pids_lock = threading.Lock()
-        self._pids: dict[str, int] = {}
-        # Guarded by _lock: written from worker threads.
-        self._log_dirs: set[str] = set()  # made already: one mkdir per directory, not per action
-        self._executables: dict[tuple[str, str | None], str | None] = {}
+        self._processes = _ProcessNotes(None)
+        self._executables = Executables()
+        self._log_dirs: set[str] = set()  # guarded by _lock: one mkdir per directory, not per action
 
     # -- the Runner protocol --------------------------------------------------
 
@@ -222,7 +238,7 @@ class ProcessRunner:
         InterruptRequested events; every action process inherits `keep_fds`;
         `on_processes(node -> pid)` hears of each step that starts or ends."""
         self._keep_fds = tuple(keep_fds)
-        self._on_processes = on_processes
+        self._processes = _ProcessNotes(on_processes)
         self.install_signal_handlers()
 
     def teardown(self) -> None:
@@ -398,7 +414,7 @@ class ProcessRunner:
                 step, cwd=spec.cwd, env=spec.env, log=log, mask=action.mask,
                 show=lambda line: self._console.component_line(spec.node, line),
                 supervisor=_Watch(self, action),
-                executable=self._executable(step.argv[0], spec.env.get("PATH")),
+                executable=self._executables.find(step.argv[0], spec.env.get("PATH")),
                 keep_fds=self._keep_fds)
             if self._stopping(action):
                 return _Outcome(CANCELLED, code, "cancelled"), None
@@ -419,35 +435,6 @@ class ProcessRunner:
     def _stopping(self, action: _Action) -> bool:
         with self._lock:
             return action.stop_signal is not None
-
-    def _executable(self, name: str, path: str | None) -> str | None:
-        """The absolute path `execvpe` would run for `name`, looked up once per
-        (name, PATH) instead of once per process: without it every spawn tries
-        each PATH entry in turn (a dozen failed execve with a long PATH). None
-        leaves the search to the exec as before: a name with a slash, a PATH with
-        relative entries (they depend on each action's cwd), or no match (so the
-        error stays the exec's own)."""
-        key = (name, path)
-        with self._lock:
-            if key in self._executables:
-                return self._executables[key]
-        found = None
-        if "/" not in name and path is not None and all(os.path.isabs(d) for d in path.split(os.pathsep)):
-            found = shutil.which(name, path=path)
-        with self._lock:
-            self._executables[key] = found
-        return found
-
-    def _note(self, node: str, pid: int | None) -> None:
-        """Tell on_processes that `node` now runs `pid` (None: no process)."""
-        if self._on_processes is None:
-            return
-        with self._pids_lock:  # one snapshot at a time, in order
-            if pid is None:
-                self._pids.pop(node, None)
-            else:
-                self._pids[node] = pid
-            self._on_processes(dict(self._pids))
 
     # -- alarms (callbacks take the lock themselves) ------------------------------
 

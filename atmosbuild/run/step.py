@@ -34,8 +34,10 @@ from __future__ import annotations
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Callable, Mapping, NamedTuple, Sequence
@@ -249,6 +251,31 @@ class _Output:
         else:
             self._eof = True
             self._poll.unregister(self._fd)
+
+
+class Executables:
+    """The absolute path `execvpe` would run for a name, looked up once per
+    (name, PATH) instead of once per process: without it every spawn tries
+    each PATH entry in turn (a dozen failed execve with a long PATH). None
+    leaves the search to the exec: a name with a slash, a PATH with relative
+    entries (they depend on each action's cwd), or no match (so the error
+    stays the exec's own). Safe to use from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[tuple[str, str | None], str | None] = {}
+
+    def find(self, name: str, path: str | None) -> str | None:
+        key = (name, path)
+        with self._lock:
+            if key in self._found:
+                return self._found[key]
+        found = None
+        if "/" not in name and path is not None and all(os.path.isabs(d) for d in path.split(os.pathsep)):
+            found = shutil.which(name, path=path)
+        with self._lock:
+            self._found[key] = found
+        return found
 
 
 def spawn_error(exc: OSError | ValueError, argv0: str, cwd: str) -> str:
