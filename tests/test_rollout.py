@@ -193,6 +193,8 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     assert "FAILED: command/bad: exit code 3" in proc.stderr
     assert "| about to fail" in proc.stderr  # the failing log's last lines
     assert "1 failed" in proc.stdout
+    assert ("Stopping: command/bad failed; letting 1 running apply-mode action finish: command/long"
+            in proc.stdout + proc.stderr)
     assert ran(ws) == ["command/long"]
     assert proc.returncode == 1
     # The finished apply was recorded: the next rollout does not run it again.

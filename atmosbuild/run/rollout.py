@@ -220,6 +220,12 @@ class Rollout(ScheduleHooks):
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
 
+    def failing_fast(self, reason: str, stopped, finishing) -> None:
+        if finishing:
+            word = "action" if len(finishing) == 1 else "actions"
+            self.console.info(f"Stopping: {reason}; letting {len(finishing)} running apply-mode "
+                              f"{word} finish: {', '.join(finishing)}")
+
     def node_skipped(self, node: str, reason: str) -> None:
         self.done += 1
         self.console.finished(node, "skipped", 0.0, reason)

@@ -106,6 +106,11 @@ class ScheduleHooks:
     def node_skipped(self, node: str, reason: str) -> None:
         """`node` will never run: a failure upstream, or fail-fast."""
 
+    def failing_fast(self, reason: str, stopped: Sequence[str], finishing: Sequence[str]) -> None:
+        """fail-fast halted the schedule (`reason`: "X failed"): `stopped`
+        build-mode nodes were asked to stop, `finishing` apply-mode nodes are
+        left to finish. Called once, after the skips."""
+
 
 class NodeOutcome(NamedTuple):  # (a tuple: one per node, built at the end of every rollout)
     status: str  # one of STATUSES
@@ -316,6 +321,8 @@ class _Run:
         stoppable = tuple(n for n in self.running if self.modes.get(n, BUILD) == BUILD)
         if stoppable:
             self.runner.stop(stoppable)
+        finishing = tuple(n for n in self.running if n not in stoppable)
+        self.hooks.failing_fast(f"{node} {verb}", stoppable, finishing)
 
     def on_interrupt(self, event: InterruptRequested) -> None:
         if self.interrupted:  # stop once; the runner escalates on its own
