@@ -503,3 +503,35 @@ def test_keep_going_and_schedule_can_come_from_atmos_yaml(ws):
     assert statuses(report) == {"command/bad": "failed", "command/after_bad": "skipped",
                                 "command/independent": "succeeded"}
     assert ran(ws) == ["command/independent"]
+
+
+# -- the runner seam ---------------------------------------------------------------------
+
+def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_down(ws):
+    """Any runner (here the fake) gets setup() with the descriptors of the
+    locks it must keep held, and teardown() once the schedule is over."""
+    import io
+
+    from atmosbuild.config.labels import parse_label
+    from atmosbuild.config.workspace import expand
+    from atmosbuild.graph.actions import compile_graph
+    from atmosbuild.run.rollout import Rollout, RolloutOptions
+    from atmosbuild.run.ui import Console
+    from atmosbuild.state.files import FileDigester
+    from atmosbuild.state.store import MemoryStore
+    from fakes import FakeRunnerFactory
+
+    deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
+    root, state = str(ws.root), str(ws.state)
+    store = MemoryStore()
+    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    factory = FakeRunnerFactory()
+    console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
+    rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
+                      runner_factory=factory)
+    assert rollout.run() == 0
+    runner = factory.runners[-1]
+    assert runner.started_order == ["command/a", "command/b"]
+    assert len(runner.setups) == 1 and runner.teardowns == 1
+    (kept,) = runner.setups[0]["keep_fds"]
+    assert kept >= 3 and callable(runner.setups[0]["on_processes"])
