@@ -351,6 +351,13 @@ def test_fail_fast_story_an_apply_sibling_finishes_a_build_sibling_is_stopped():
     assert outcome.nodes["terraform/db"].finished.finished == 5.0  # ran to its end
 
 
+def test_the_schedulers_modes_are_the_component_types_modes():
+    from atmosbuild.components import base
+    from atmosbuild.run import schedule
+
+    assert (schedule.APPLY, schedule.BUILD) == (base.APPLY, base.BUILD)
+
+
 def test_wave_order_is_by_id_at_j1_and_longest_recorded_first_above():
     from atmosbuild.run.schedule import priorities
 

@@ -63,6 +63,8 @@ __all__ = [
 Policy = Literal["waves", "eager"]
 # A node's mode (SPEC 4), as far as scheduling cares: on fail-fast a running
 # build-mode node is stopped, a running apply-mode node is left to finish.
+# The same strings as the component types' modes (the scheduler imports no
+# component code; tests/test_schedule.py checks they agree).
 APPLY = "apply"
 BUILD = "build"
 POLICIES: tuple[str, ...] = ("waves", "eager")
