@@ -170,8 +170,10 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; exec sleep 30')
     deployment(ws, {
         "bad": {"run": 'while [ ! -e "$ATMOS_ROOT/build.started" ]; do sleep 0.05; done; '
-                       'sleep 0.5; echo about to fail; exit 3'},
-        "long": {"run": f'{RECORD}; sleep 3; touch "$ATMOS_ROOT/long.done"'},
+                       'touch "$ATMOS_ROOT/bad.failing"; echo about to fail; exit 3'},
+        # Still running when bad fails: it waits for that, then works on.
+        "long": {"run": f'{RECORD}; while [ ! -e "$ATMOS_ROOT/bad.failing" ]; do sleep 0.05; done; '
+                        'sleep 2; touch "$ATMOS_ROOT/long.done"'},
         "later": {"run": RECORD, **after("long")},
         "other": {"run": RECORD, **after("bad")},
     })
