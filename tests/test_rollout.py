@@ -167,7 +167,8 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     """SPEC 6 (changed: it stopped every running action): a running
     apply-mode action (a command, terraform apply) is left to finish and is
     recorded; a running build-mode one (nixpack) is stopped."""
-    nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; exec sleep 30')
+    nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; [ -e "$ATMOS_ROOT/slow" ] && exec sleep 30; true')
+    ws.write("slow", "")
     deployment(ws, {
         "bad": {"run": 'while [ ! -e "$ATMOS_ROOT/build.started" ]; do sleep 0.05; done; '
                        'touch "$ATMOS_ROOT/bad.failing"; echo about to fail; exit 3'},
@@ -200,6 +201,7 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     assert ran(ws) == ["command/long"]
     assert proc.returncode == 1
     # The finished apply was recorded: the next rollout does not run it again.
+    (ws.root / "slow").unlink()
     (ws.root / "app/deployment.yaml").write_text(
         (ws.root / "app/deployment.yaml").read_text().replace("exit 3", "exit 0"))
     again, report = rollout(ws, "//app:dev", "-j3")
