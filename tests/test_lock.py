@@ -38,8 +38,9 @@ def test_a_process_that_inherited_the_lock_keeps_it_held_after_the_holder_let_go
 def test_the_lock_is_not_inherited_by_processes_not_given_it(tmp_path):
     state = str(tmp_path)
     with deployment_lock(state, "app", "dev", "//app:dev"):
-        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                                 stdin=subprocess.PIPE, close_fds=False)
+        child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=False)
+        assert child.stdout.readline() == b"up\n"  # it runs: exec closed what it was not given
     try:
         assert held_locks(state) == []
     finally:
