@@ -23,7 +23,8 @@ only saves wakeups. Both are looked up at call time; tests run this module
 with both removed (tests/test_portable.py).
 
 Output is read in binary, split into lines, decoded with errors="replace",
-masked (secrets -> `***`) and written to the action's log and the console.
+masked (secrets -> `***`) and written to the action's log (without ANSI
+colour codes) and the console.
 Steps marked `capture` keep their raw stdout for `collect` (e.g. `terraform
 output -json`); that stdout goes to the log only and their stderr is kept
 apart in a temporary file, so warnings never corrupt the JSON.
@@ -32,6 +33,7 @@ apart in a temporary file, so warnings never corrupt the JSON.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import shutil
@@ -54,6 +56,7 @@ class Step:
 
     argv: tuple[str, ...]
     capture: bool = False
+    log: bool = True  # False (with capture): the stdout is not written to the log either
 
 
 class StepResult(NamedTuple):
@@ -112,16 +115,22 @@ def echo_line(argv: Sequence[str], mask: Callable[[str], str]) -> str:
     return mask("$ " + " ".join(words))
 
 
-class Lines:
-    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
-    __slots__ = ("_mask", "_log", "_show", "_kept", "_pending")
+
+class Lines:
+    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw.
+
+    `logged=False` (capture only): the kept output is not written to the log either."""
+
+    __slots__ = ("_mask", "_log", "_show", "_kept", "_pending", "_logged")
 
     def __init__(self, mask: Callable[[str], str], log: IO[str], show: Callable[[str], None],
-                 capture: bool) -> None:
+                 capture: bool, logged: bool = True) -> None:
         self._mask, self._log, self._show = mask, log, show
         self._kept: list[bytes] | None = [] if capture else None
         self._pending: list[bytes] = []  # the start of an unfinished line
+        self._logged = logged or not capture
 
     def feed(self, data: bytes) -> None:
         if self._kept is not None:
@@ -148,8 +157,11 @@ class Lines:
         return None if self._kept is None else b"".join(self._kept)
 
     def _emit(self, raw: bytes) -> None:
+        if not self._logged:
+            return
         line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        self._log.write(line + "\n")
+        # Logs hold no colour codes, whatever a tool printed for the console.
+        self._log.write((_ANSI.sub("", line) if "\x1b" in line else line) + "\n")
         if self._kept is None:
             self._show(line)
 
@@ -315,7 +327,7 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
             log.write(mask(message) + "\n")
             return StepResult(None, message, None)
         supervisor.spawned(proc)
-        lines = Lines(mask, log, show, step.capture)
+        lines = Lines(mask, log, show, step.capture, step.log)
         output = _Output(proc, lines)
         try:
             try:
@@ -331,13 +343,15 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
                           "exited (by a process outside its process group): stopped reading it\n")
         finally:
             output.close()
+        out = lines.captured()
+        if not step.log and out is not None:
+            log.write(f"--- {len(out)} bytes of output captured, not logged (they may hold secrets)\n")
         if errors is not None:
             errors.seek(0)
             pump(errors, mask, log, show)
     finally:
         if errors is not None:
             errors.close()
-    out = lines.captured()
     if code == 0:
         return StepResult(0, "", out)
     if code < 0:
