@@ -15,13 +15,12 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..graph.dag import critical_path
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
 from .process import ActionSpec, ProcessRunner, Step
 from .report import NodeRun, RunReport, write_profile, write_report
-from .schedule import ScheduleHooks, execute
+from .schedule import ScheduleHooks, execute, priorities
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
                         vendor_dir)
@@ -75,6 +74,7 @@ class Rollout(ScheduleHooks):
         self.log_dir = os.path.join(state_dir, "logs", self.run_id)
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}
+        self.locks: list = []  # the deployment locks held (lock.HeldLock)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self._added: dict[str, dict] = {}  # node -> files its action added to its source
@@ -102,9 +102,9 @@ class Rollout(ScheduleHooks):
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
                 spec = self.graph.specs[label]
-                stack.enter_context(deployment_lock(
+                self.locks.append(stack.enter_context(deployment_lock(
                     self.state_dir, spec.name, label.target, str(label), wait=self.options.wait,
-                    on_wait=self.console.info))
+                    on_wait=self.console.info)))
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
@@ -186,36 +186,35 @@ class Rollout(ScheduleHooks):
 
     def _execute(self) -> int:
         dag = self.schedule_dag()
-        weights = {}
-        for nid, node in self.graph.nodes.items():
-            last = self.recorded_duration(node)
-            weights[nid] = max(last, 0.001) if last is not None else 1.0
-        if self.options.schedule == "waves":
-            # Behind a wave barrier only the wave's own durations matter:
-            # longest first (LPT); unknown durations tie, and ties go by id.
-            priority = weights
-        else:
-            priority = critical_path(dag, weights)
+        nodes = self.graph.nodes
+        durations = {nid: self.recorded_duration(node) for nid, node in nodes.items()}
+        priority = priorities(dag, self.options.schedule, self.options.parallelism, durations)
         # The CLI loads with the collector off; a rollout can run for hours,
         # so collect again from here, skipping the graph loaded so far.
         gc.freeze()
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = self.started_at = time.monotonic()
-        real = isinstance(runner, ProcessRunner)
-        if real:
-            runner.install_signal_handlers()
+        # Every action process inherits the lock descriptors: the locks stay
+        # held until the last of them exits, even if we are killed (lock.py).
+        runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
+                     on_processes=self._note_processes)
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
-                              keep_going=self.options.keep_going, priority=priority, hooks=self)
+                              keep_going=self.options.keep_going, priority=priority, hooks=self,
+                              modes={nid: node.mode for nid, node in nodes.items()})
         finally:
-            if real:
-                runner.restore_signal_handlers()
-                runner.kill_all()
+            runner.teardown()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
         return self.exit_code(outcome)
+
+    def _note_processes(self, processes) -> None:
+        for lock in self.locks:
+            note = getattr(lock, "note_running", None)
+            if note is not None:
+                note(processes)
 
     # -- scheduler callbacks --------------------------------------------------
 
@@ -291,6 +290,12 @@ class Rollout(ScheduleHooks):
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def failing_fast(self, reason: str, stopped, finishing) -> None:
+        if finishing:
+            word = "action" if len(finishing) == 1 else "actions"
+            self.console.info(f"Stopping: {reason}; letting {len(finishing)} running apply-mode "
+                              f"{word} finish: {', '.join(finishing)}")
 
     def _with_added_files(self, nid: str, node: ActionNode, decision: Decision, added: dict):
         """The action wrote files into its source (terraform's lock file):
