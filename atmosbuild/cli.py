@@ -97,6 +97,7 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         graph, store, _ = r.graph(resolved, only=list(only), readonly=True)
         _show_plan(graph, store, graph_format, output, force=force)
         return
+    from .config.workspace import executor_setting
     from .run import uptodate
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
@@ -105,7 +106,8 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+                             toolchain=dict(r.settings.toolchain),
+                             executor=executor_setting(r.settings, os.environ))
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .model import DeploymentSpec
@@ -44,6 +44,8 @@ class ResolvedComponent:
     sensitive: tuple[str, ...]  # var/env names whose values are masked
     depends_on: tuple[str, ...]  # sorted: explicit ∪ implied by ${outputs...}
     output_refs: tuple[tuple[str, str], ...]  # (upstream id, key path)
+    # Where it may run (Dask worker resources), not what it does: not in the key.
+    resources: Mapping[str, float] = field(default_factory=dict)
 
 
 class RenderError(Exception):
@@ -137,6 +139,7 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         timeout=float(timeout) if timeout is not None else None,
         retries=fields.get("retries", 0), sensitive=tuple(sorted(sensitive)),
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
+        resources=dict(fields.get("resources") or {}),
     )
 
 

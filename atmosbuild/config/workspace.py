@@ -4,6 +4,7 @@ and loading one package's deployment from whichever front end it uses."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
@@ -23,7 +24,7 @@ SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", ".atmos", ".terraform", "node_modules", "__pycache__",
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
-SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir")
+SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "executor")
 TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
 
@@ -34,6 +35,32 @@ class Settings:
     keep_going: bool | None = None
     toolchain: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = ".atmos"
+    executor: str = "local"
+
+
+# `executor:` (or $ATMOS_EXECUTOR): `local`, or a Dask scheduler as
+# dask://HOST:PORT (HOST a name, an IPv4 address or a [bracketed] IPv6 one).
+_EXECUTOR = re.compile(r"dask://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\Z")
+EXECUTOR_ENV = "ATMOS_EXECUTOR"
+
+
+def executor_problem(value) -> str | None:
+    """Why `value` is not an executor, or None if it is one."""
+    if value == "local" or (isinstance(value, str) and _EXECUTOR.match(value)
+                            and 0 < int(value.rsplit(":", 1)[1]) < 65536):
+        return None
+    return f"executor must be 'local' or 'dask://HOST:PORT' (a Dask scheduler), got {value!r}"
+
+
+def executor_setting(settings: Settings, environ: Mapping[str, str]) -> str:
+    """$ATMOS_EXECUTOR if set, else the settings' `executor`."""
+    value = environ.get(EXECUTOR_ENV)
+    if not value:
+        return settings.executor
+    problem = executor_problem(value)
+    if problem:
+        raise UsageError(f"${EXECUTOR_ENV}: {problem}")
+    return value
 
 
 def find_root(explicit: str | None, cwd: str | None = None) -> str:
@@ -97,7 +124,11 @@ def load_settings(root: str) -> Settings:
     state_dir = data.get("state_dir", ".atmos")
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
-    return Settings(par, sched, kg, tc, state_dir)
+    executor = data.get("executor", "local")
+    problem = executor_problem(executor)
+    if problem:
+        raise fail("executor", problem)
+    return Settings(par, sched, kg, tc, state_dir, executor)
 
 
 def package_dir(root: str, package: str) -> str:

@@ -47,6 +47,18 @@ class RolloutOptions:
     report: str | None = None
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
+    executor: str = "local"  # or dask://HOST:PORT (config/workspace.py)
+
+
+def runner_for(executor: str):
+    """The runner factory of an executor: local processes, or a Dask cluster."""
+    if executor == "local":
+        return ProcessRunner
+    from functools import partial
+
+    from .dask_executor import DaskRunner
+
+    return partial(DaskRunner, executor=executor)
 
 
 @dataclass
@@ -59,8 +71,8 @@ class Rollout(ScheduleHooks):
     def __init__(self, root: str, state_dir: str, graph: ActionGraph, store: Store,
                  options: RolloutOptions, console: Console, runner_factory=None) -> None:
         # runner_factory(spec_for, console, grace_period) -> Runner: the test
-        # seam; the default runs real processes.
-        self.runner_factory = runner_factory or ProcessRunner
+        # seam; the default is the executor's (runner_for).
+        self.runner_factory = runner_factory or runner_for(options.executor)
         self.root, self.state_dir, self.graph = root, state_dir, graph
         self.store, self.options, self.console = store, options, console
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + os.urandom(4).hex()
@@ -300,7 +312,7 @@ class Rollout(ScheduleHooks):
 
         spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
-                          prepare=prepare, collect=collect)
+                          prepare=prepare, collect=collect, resources=comp.resources)
         return spec
 
     # -- the end ------------------------------------------------------------------
@@ -317,6 +329,7 @@ class Rollout(ScheduleHooks):
             write_report(self.options.report, self._report(outcome, duration))
 
     def _report(self, outcome, duration: float) -> dict:
+        self._where = "local" if self.options.executor == "local" else None
         nodes = []
         for wave in self.graph.dag.waves:
             for nid in wave:
@@ -340,6 +353,7 @@ class Rollout(ScheduleHooks):
                     "duration_s": round(fin.finished - fin.started, 3) if ran else 0.0,
                     "exit_code": fin.exit_code if ran else None,
                     "log": self._log_path(node) if ran else None,
+                    "worker": (fin.worker or self._where) if ran else None,
                     "reason": reason,
                 })
         labels = [str(label) for label in self.graph.labels]
