@@ -24,7 +24,7 @@ while actions run: an action whose worker left fails (or is retried per
 offers fails after RESOURCE_WAIT seconds instead of waiting forever.
 
 Stops (fail-fast, Ctrl-C, SIGTERM) reach running actions through
-remote.stop_action on every worker (signal the group, grace, SIGKILL);
+remote.stop_actions on every worker (signal the group, grace, SIGKILL);
 a task not started yet is also cancelled. The Finished event of a stopped
 action comes when its worker says the process is gone.
 """
@@ -46,7 +46,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 from ..errors import AtmosError
 from .events import CANCELLED, FAILED, SUCCEEDED, Event, Finished, InterruptRequested
 from .process import ActionSpec, WorkerPool, _log_tail, make_masker
-from .remote import Result, Task, run_action, stop_action
+from .remote import Result, Task, run_action, stop_actions
 from .ui import Console
 from .workspace import META_DIR
 
@@ -204,7 +204,7 @@ class DaskRunner:
                         cancel.append(action.future)  # not started: it need not start
         if tokens and self._client is not None:
             try:
-                self._client.run(stop_action, tokens, signum, grace, wait=False)
+                self._client.run(stop_actions, tokens, signum, grace, wait=False)
             except Exception:
                 pass  # the scheduler is gone: so are the results; the futures say so
         for future in cancel:

@@ -310,6 +310,12 @@ def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: floa
     return found
 
 
+async def stop_actions(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: float = 10.0) -> int:
+    """stop_action as a coroutine: what `Client.run(..., wait=False)` accepts
+    (it runs in the worker's event loop; stop_action only signals and returns)."""
+    return stop_action(tokens, signum, grace)
+
+
 def run_action(task: Task) -> Result:
     """The Dask task: run `task` on this worker.
 
