@@ -18,6 +18,7 @@ import os
 import statistics
 
 RSS_LIMIT_MB = 150.0
+DASK_OVERHEAD_MS = 25.0
 
 
 def entry_from_runs(runs_s: list[float], rss_mb: list[float | None], command: str) -> dict:
@@ -74,6 +75,10 @@ def targets(results: dict) -> list[dict]:
         ("waves makespan <= 1.05x ideal per-wave schedule",
          span.get("atmosbuild-waves", {}).get("target_ratio"), 1.05),
     ]
+    if "dask" in results:
+        rows.append((f"dask overhead <= {DASK_OVERHEAD_MS:.0f} ms/action over local at -j{results['dask']['jobs']}",
+                     results["dask"].get("overhead_ms_report", results["dask"].get("overhead_ms_wall")),
+                     DASK_OVERHEAD_MS))
     out = []
     for name, value, limit in rows:
         status = "n/a" if value is None else ("pass" if value <= limit else "FAIL")

@@ -178,3 +178,19 @@ if pytest is not None:
         finally:
             cluster.stop()
             shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """The processes of group `pgid` still running (zombies, which PID 1 in
+    a container may never reap, do not count)."""
+    live = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(entry))
+    return live

@@ -508,7 +508,7 @@ class _TooBig(Exception):
     pass
 
 
-def pack(workspace: str, workdir: str, mentions: Sequence[str]) -> bytes:
+def pack(workspace: str, workdir: str, mentions: Sequence[str], limit: int = SHIP_LIMIT) -> bytes:
     """A tar of what one action reads from the workspace: its directory and
     the files of ours in `.atmos/` (vars, tfvars) that its environment or
     argv name (`mentions`). Paths are relative to `workspace`."""
@@ -531,12 +531,11 @@ def pack(workspace: str, workdir: str, mentions: Sequence[str]) -> bytes:
                     size += os.lstat(os.path.join(base, name)).st_size
                 except OSError:
                     pass
-                if size > SHIP_LIMIT:
-                    raise _TooBig(f"its files in the workspace exceed {SHIP_LIMIT // 2**20} MiB, the most "
-                                  "an action ships to a Dask worker: make its source smaller, or run it "
-                                  "with `executor: local`")
-    if size > SHIP_LIMIT:
-        raise _TooBig(f"its files exceed {SHIP_LIMIT // 2**20} MiB, the most an action ships to a Dask worker")
+            if size > limit:
+                break
+    if size > limit:
+        raise _TooBig(f"its files in the workspace exceed {limit / 2**20:g} MiB, the most an action ships "
+                      "to a Dask worker: make its source smaller, or run it with `executor: local`")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
         if os.path.isdir(workdir):

@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import Any, Callable, Sequence
 
 from .alarms import Alarm, Alarms
@@ -184,9 +185,8 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
         _RUNNING[task.token] = running
     stream = _Stream(publish, task.token)
     log = io.StringIO()
-    tmp = tempfile.mkdtemp(prefix="atmos-action-", dir=local_dir)
+    ws = tempfile.mkdtemp(prefix="atmos-action-", dir=local_dir)
     try:
-        ws = os.path.join(tmp, "ws")
         try:
             unpack(task.archive, ws)
         except (OSError, tarfile.TarError) as exc:
@@ -230,7 +230,45 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
             _RUNNING.pop(task.token, None)
             for alarm in running.alarms:
                 alarm.cancel()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _JANITOR.remove(ws)
+
+
+class _Janitor:
+    """Removes the actions' temporary copies on one thread of its own, after
+    their results went back: a directory tree costs milliseconds to remove
+    on some disks, and the client need wait for nothing but the result."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue = SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def remove(self, path: str) -> None:
+        self._put(path)
+
+    def drain(self) -> None:
+        """Wait until everything handed over so far is removed."""
+        done = threading.Event()
+        self._put(done)
+        done.wait()
+
+    def _put(self, item) -> None:
+        self._queue.put(item)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="atmosbuild janitor", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                shutil.rmtree(item, ignore_errors=True)
+
+
+_JANITOR = _Janitor()
 
 
 def _attempt(task: Task, running: _Running, steps: list[Step], cwd: str, env: dict, log, mask,
