@@ -294,6 +294,10 @@ def test_an_unreachable_scheduler_is_one_error_line_exit_2_and_nothing_recorded(
     assert not list((ws.state / "workspaces").iterdir())
     local = ws.run("rollout", "//app:dev")  # nothing was recorded: it runs now
     assert local.returncode == 0 and "hello-from-a" in local.stdout
+    # With nothing to run, no cluster is needed: the rollout never connects.
+    cached = ws.run("rollout", "//app:dev", "-j1",
+                    env={"ATMOS_EXECUTOR": f"dask://127.0.0.1:{port}"})
+    assert cached.returncode == 0 and "cached" in cached.stdout and cached.stderr == ""
 
 
 def test_without_distributed_the_error_names_the_extra(ws):

@@ -116,9 +116,16 @@ class DaskRunner:
 
     def setup(self, *, keep_fds: Sequence[int] = (),
               on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
-        """Connect to the scheduler (CONNECT_TIMEOUT at most), listen for the
-        actions' lines, catch Ctrl-C. `keep_fds` and `on_processes` concern
-        local processes: remote ones cannot inherit the deployment lock."""
+        """Catch Ctrl-C. The scheduler is reached when the first action
+        starts: a rollout with nothing to run needs no cluster. `keep_fds` and
+        `on_processes` concern local processes: remote ones cannot inherit
+        the deployment lock."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _connect(self) -> None:
+        """Connect (CONNECT_TIMEOUT at most), listen for the actions' lines,
+        start watching the workers."""
         try:
             from distributed import Client
         except ImportError:
@@ -135,8 +142,6 @@ class DaskRunner:
         self._client.subscribe_topic(self._topic, self._on_event)
         self._monitor = threading.Thread(target=self._watch, name="atmosbuild dask monitor", daemon=True)
         self._monitor.start()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def teardown(self) -> None:
         """Stop and wait for whatever still runs (an early bail-out), then
@@ -155,6 +160,8 @@ class DaskRunner:
             self._close()
 
     def start(self, node: str) -> None:
+        if self._client is None:
+            self._connect()
         spec = self._spec_for(node)
         action = _Remote(spec, make_masker(spec.secrets), self._clock(),
                          resources=dict(getattr(spec, "resources", None) or {}))
