@@ -83,6 +83,11 @@ class _Remote:
     log: Any = None  # the log file, streamed into while the action runs
     unavailable_since: float | None = None  # no worker offers its resources since
     resources: dict = field(default_factory=dict)
+    remote_attempts: int = 0  # attempts the current submission has begun, as its worker said
+    earlier_log: str = ""  # the log of submissions lost with their worker, kept above the last one's
+    # Held while lines go to the log and console: the streamed ones and, at
+    # the end, the rest from the result, so they never overtake each other.
+    io_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class DaskRunner:
@@ -252,10 +257,7 @@ class DaskRunner:
             return self._end(action, FAILED, message=f"internal error: {_describe(exc)}")
 
     def _fail_early(self, action: _Remote, logged: str, message: str) -> Finished | None:
-        try:
-            action.log.write(action.mask(logged) + "\n")
-        except (OSError, ValueError):
-            pass
+        self._append_log(action, logged)
         return self._end(action, FAILED, message=message)
 
     def _task(self, action: _Remote) -> Task:
@@ -278,7 +280,7 @@ class DaskRunner:
             token = f"{self._topic}-{self._seq}"
             task.token, task.claim = token, f"claim-{token}"
             task.retries = max(action.spec.retries - action.attempts, 0)
-            action.task, action.worker, action.shown = task, "", 0
+            action.task, action.worker, action.shown, action.remote_attempts = task, "", 0, 0
             action.unavailable_since = None
             self._by_token[token] = action
             self._claims.append(task.claim)
@@ -287,7 +289,12 @@ class DaskRunner:
                                      resources=action.resources or None)
         with self._lock:
             action.future = future
+            stopped = action.stop_signal
         future.add_done_callback(lambda f: self._pool.submit(lambda: self._finish(action, f)))
+        if stopped is not None:  # stop() came while we submitted: it did not see this task
+            with self._lock:
+                action.stop_signal = None
+            self._stop([action.spec.node], stopped, self.grace_period)
 
     def _finish(self, action: _Remote, future) -> Finished | None:
         with self._lock:
@@ -329,7 +336,7 @@ class DaskRunner:
             if action.done or action.task is None or action.task.token != token:
                 return None  # told already
             future, action.future = action.future, None
-            used = action.attempts + 1
+            used = action.attempts + max(action.remote_attempts, 1)
             action.attempts = used
             retry = used <= action.spec.retries and action.stop_signal is None
         if future is not None:
@@ -342,6 +349,11 @@ class DaskRunner:
             note = f"retry {used}/{action.spec.retries} ({reason})"
             self._append_log(action, f"--- {note}")
             self._console.component_line(action.spec.node, note)
+            with action.io_lock:
+                if action.log is not None:
+                    action.log.flush()
+                    with open(action.spec.log_path, encoding="utf-8", errors="replace") as fh:
+                        action.earlier_log = fh.read()
             try:
                 self._submit(action, action.task)
                 return None
@@ -364,8 +376,10 @@ class DaskRunner:
         finished = self._clock()
         tail: tuple[str, ...] = ()
         try:
-            if action.log is not None:
-                action.log.close()
+            with action.io_lock:
+                if action.log is not None:
+                    action.log.close()
+                    action.log = None
             message = action.mask(message)
             if status in (FAILED, "timeout"):
                 tail = _log_tail(spec.log_path)
@@ -399,37 +413,43 @@ class DaskRunner:
                 if kind == "start":
                     action.worker = msg[2]
                     return
+                if kind == "attempt":
+                    action.remote_attempts = msg[2]
+                    return
                 if kind != "lines":
                     return
+            with action.io_lock:
                 first, lines = msg[2], msg[3]
-                if first != action.shown:
-                    return  # out of order or repeated: the result brings them all
+                if first != action.shown or action.log is None:
+                    return  # out of order, repeated or late: the result brings them all
                 action.shown += len(lines)
-                log = action.log
-            for line in lines:
-                if log is not None:
-                    log.write(line + "\n")
-                self._console.component_line(action.spec.node, line)
+                for line in lines:
+                    action.log.write(line + "\n")
+                    self._console.component_line(action.spec.node, line)
         except Exception:
             pass  # a line lost from the stream still comes back with the result
 
     def _write_log(self, action: _Remote, result: Result) -> None:
         """The whole log replaces what streamed; lines not shown yet are shown."""
-        with self._lock:
+        with action.io_lock:
             shown, action.shown = action.shown, len(result.shown)
             log, action.log = action.log, None
-        if log is not None:
-            log.close()
-        with open(action.spec.log_path, "w", encoding="utf-8", errors="replace") as fh:
-            fh.write(result.log)
-        for line in result.shown[shown:]:
-            self._console.component_line(action.spec.node, line)
+            if log is not None:
+                log.close()
+            with open(action.spec.log_path, "w", encoding="utf-8", errors="replace") as fh:
+                fh.write(action.earlier_log + result.log)
+            for line in result.shown[shown:]:
+                self._console.component_line(action.spec.node, line)
 
     def _append_log(self, action: _Remote, line: str) -> None:
         try:
-            with open(action.spec.log_path, "a", encoding="utf-8", errors="replace") as fh:
-                fh.write(action.mask(line) + "\n")
-        except OSError:
+            with action.io_lock:
+                if action.log is not None:
+                    action.log.write(action.mask(line) + "\n")
+                    return
+                with open(action.spec.log_path, "a", encoding="utf-8", errors="replace") as fh:
+                    fh.write(action.mask(line) + "\n")
+        except (OSError, ValueError):
             pass
 
     def _stopping(self, action: _Remote) -> bool:
