@@ -93,6 +93,8 @@ class _Remote:
 class DaskRunner:
     """Runner over a Dask scheduler at `executor` (`dask://HOST:PORT`)."""
 
+    ship_limit = SHIP_LIMIT
+
     def __init__(self, spec_for: Callable[[str], ActionSpec], console: Console,
                  grace_period: float = 10.0, *, executor: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -266,7 +268,8 @@ class DaskRunner:
         workspace = env.get("ATMOS_WORKSPACE") or spec.cwd
         if spec.cwd != workspace and not spec.cwd.startswith(workspace + os.sep):
             workspace = spec.cwd
-        archive = pack(workspace, spec.cwd, [*env.values(), *(a for s in spec.steps for a in s.argv)])
+        archive = pack(workspace, spec.cwd, [*env.values(), *(a for s in spec.steps for a in s.argv)],
+                       self.ship_limit)
         return Task(
             node=spec.node, token="", topic=self._topic, archive=archive, workspace=workspace,
             cwd=spec.cwd, env={k: v for k, v in env.items() if self._base_env.get(k) != v},
