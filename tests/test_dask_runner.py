@@ -112,3 +112,25 @@ def test_stop_reaches_the_process_on_its_worker(rig, tmp_path):
     fin = rig.finish(1)["s"]
     assert fin.status == CANCELLED
     assert live_in_group(int(pid.read_text())) == []
+
+
+def test_a_finished_runner_leaves_no_events_or_claims_on_the_scheduler(tmp_path, dask_cluster):
+    from distributed import Client
+
+    rig = Rig(tmp_path, dask_cluster)
+    rig.runner.setup()
+    try:
+        rig.add("a", "echo line")
+        rig.runner.start("a")
+        assert rig.finish(1)["a"].status == SUCCEEDED
+        topic = rig.runner._topic
+    finally:
+        rig.runner.teardown()
+
+    def held(dask_scheduler=None):
+        topics = dask_scheduler._broker._topics
+        claims = [n for n in dask_scheduler.extensions["events"]._events if str(n).startswith("claim-" + topic)]
+        return topic in topics, claims
+
+    with Client(dask_cluster.address, set_as_default=False) as client:
+        assert client.run_on_scheduler(held) == (False, [])

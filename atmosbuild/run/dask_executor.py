@@ -512,12 +512,11 @@ class DaskRunner:
             return
         claims, self._claims = self._claims, []
         try:
-            if claims:
-                client.run_on_scheduler(_forget_claims, claims)
+            client.unsubscribe_topic(self._topic)
         except Exception:
             pass
         try:
-            client.unsubscribe_topic(self._topic)
+            client.run_on_scheduler(_forget, self._topic, claims)
         except Exception:
             pass
         try:
@@ -526,12 +525,20 @@ class DaskRunner:
             pass
 
 
-def _forget_claims(names: Sequence[str], dask_scheduler=None) -> None:
-    """On the scheduler: drop the claim Events of a finished rollout."""
-    events = dask_scheduler.extensions.get("events") if dask_scheduler is not None else None
-    if events is not None:
-        for name in names:
-            events.event_clear(name=name)
+def _forget(topic: str, claims: Sequence[str], dask_scheduler=None) -> None:
+    """On the scheduler, after a rollout: drop its claim Events and the
+    events kept for its topic (the scheduler keeps up to 1,000 per topic,
+    and every rollout has a topic of its own)."""
+    if dask_scheduler is None:
+        return
+    extension = dask_scheduler.extensions.get("events")
+    if extension is not None:
+        for name in claims:
+            extension.event_clear(name=name)
+    # (distributed keeps them in its Broker; no public call drops a topic)
+    topics = getattr(getattr(dask_scheduler, "_broker", None), "_topics", None)
+    if isinstance(topics, dict):
+        topics.pop(topic, None)
 
 
 class _TooBig(Exception):
