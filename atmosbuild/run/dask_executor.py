@@ -46,7 +46,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 from ..errors import AtmosError
 from .events import CANCELLED, FAILED, SUCCEEDED, Event, Finished, InterruptRequested
 from .process import ActionSpec, WorkerPool, _log_tail, make_masker
-from .remote import Result, Task, run_action, stop_actions
+from .remote import LOST, Result, Task, run_action, stop_actions
 from .ui import Console
 from .workspace import META_DIR
 
@@ -312,8 +312,20 @@ class DaskRunner:
         finally:
             with self._lock:
                 action.future = None
-        if result.message == "the worker running this action was lost":
+        if result.message == LOST:
             return self._lost(action, action.worker or "a worker", action.task.token)
+        return self._complete(action, result)
+
+    def _pushed(self, action: _Remote, token: str, fields: dict) -> Finished | None:
+        """The result came with the stream (remote.PUSH_LIMIT): no need to
+        fetch it from the worker; the future's own callback is ignored."""
+        with self._lock:
+            if action.done or action.task is None or action.task.token != token:
+                return None
+            action.future = None
+        return self._complete(action, Result(**fields))
+
+    def _complete(self, action: _Remote, result: Result) -> Finished | None:
         try:
             self._write_log(action, result)
             value = None
@@ -418,6 +430,9 @@ class DaskRunner:
                     return
                 if kind == "attempt":
                     action.remote_attempts = msg[2]
+                    return
+                if kind == "result":
+                    self._pool.submit(lambda: self._pushed(action, token, msg[2]))
                     return
                 if kind != "lines":
                     return

@@ -39,7 +39,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Sequence
 
@@ -52,6 +52,10 @@ STREAM_SECONDS = 0.1  # console lines are sent to the client in batches at most 
 STOPPED_MEMORY_SECONDS = 3600.0  # how long a stop for an action not (yet) started is remembered
 TIMEOUT_GRACE = 2.0  # as ProcessRunner.timeout_grace: SIGTERM on timeout, SIGKILL this much later
 WORKER_ENV = "ATMOS_WORKER"  # set in each remote action's environment: the worker's address
+# A result this small (log, lines, outputs) also goes to the client with the
+# stream, which saves it a round trip to fetch it; larger ones are fetched.
+PUSH_LIMIT = 64 * 1024
+LOST = "the worker running this action was lost"
 
 _ALARMS = Alarms()
 _EXECUTABLES = Executables()
@@ -371,8 +375,7 @@ def run_action(task: Task) -> Result:
         claim = Event(task.claim)
         if claim.is_set():
             now = time.time()
-            return Result(FAILED, None, "the worker running this action was lost", where,
-                          started=now, finished=now)
+            return Result(FAILED, None, LOST, where, started=now, finished=now)
         claim.set()
     publish = None
     if task.topic:
@@ -380,4 +383,15 @@ def run_action(task: Task) -> Result:
             worker.log_event(task.topic, msg)
 
         publish(["start", task.token, where])
-    return execute(task, where=where, local_dir=worker.local_directory, publish=publish)
+    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish)
+    if publish is not None and _size(result) <= PUSH_LIMIT:
+        try:
+            publish(["result", task.token, asdict(result)])
+        except Exception:
+            pass  # the client fetches it
+    return result
+
+
+def _size(result: Result) -> int:
+    return (len(result.log) + sum(len(line) for line in result.shown) + len(result.captured or "")
+            + len(result.outputs or b"") + len(result.message))
