@@ -239,7 +239,8 @@ def test_a_worker_killed_mid_action_is_retried_per_retries_on_another(ws, dask_c
         os.kill(ppid, signal.SIGKILL)
         out, err = cli.communicate(timeout=60)
         assert cli.returncode == 0, out + err
-        assert "retry 1/1 (worker " in out and "died while running it)" in out
+        name = f"retry{victims.index(killed[0])}"
+        assert f"retry 1/1 (worker {dask_cluster.workers[name]} died while running it)" in out, out
         assert "[command/v] second" in out
         log = next((ws.state / "logs").glob("*/command/v.log")).read_text()
         assert log.index("died while running it") < log.index("second")  # both submissions' logs

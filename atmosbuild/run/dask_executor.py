@@ -323,7 +323,10 @@ class DaskRunner:
             if action.done or action.task is None or action.task.token != token:
                 return None
             action.future = None
-        return self._complete(action, Result(**fields))
+        result = Result(**fields)
+        if result.message == LOST:
+            return self._lost(action, action.worker or "a worker", token)
+        return self._complete(action, result)
 
     def _complete(self, action: _Remote, result: Result) -> Finished | None:
         try:
@@ -426,7 +429,9 @@ class DaskRunner:
                 if action is None or action.done:
                     return
                 if kind == "start":
-                    action.worker = msg[2]
+                    # The first to start it: a Dask rerun elsewhere (its worker lost) says
+                    # so too before it finds the claim taken, and must not take its place.
+                    action.worker = action.worker or msg[2]
                     return
                 if kind == "attempt":
                     action.remote_attempts = msg[2]

@@ -177,9 +177,11 @@ def unpack(archive: bytes, into: str) -> None:
 
 
 def execute(task: Task, *, where: str, local_dir: str | None = None,
-            publish: Callable[[Any], None] | None = None, base_env: dict | None = None) -> Result:
+            publish: Callable[[Any], None] | None = None, base_env: dict | None = None,
+            gate: Callable[[], bool] | None = None) -> Result:
     """Run the task's steps in a private copy of its files; never raises for
-    what the action does (a failure is a Result)."""
+    what the action does (a failure is a Result). `gate()`, asked after the
+    files are unpacked and before anything runs, may refuse (see run_action)."""
     started = time.time()
     mask = make_masker(task.secrets)
     running = _Running(task.token)
@@ -198,6 +200,9 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
             log.write(mask(message) + "\n")
             return Result(FAILED, None, mask(message), where, log.getvalue(), started=started,
                           finished=time.time())
+
+        if gate is not None and not gate():
+            return Result(FAILED, None, LOST, where, started=started, finished=time.time())
 
         def local(text: str) -> str:
             return text.replace(task.workspace, ws)
@@ -363,33 +368,49 @@ def run_action(task: Task) -> Result:
 
     Dask reruns a task whose worker died on another worker; an action must
     not run twice unasked (an apply may have gone half-way). So the first
-    run sets the Dask Event `task.claim`, and a run that finds it set
-    returns at once, saying the first worker was lost; the client retries
-    per `retries` with a fresh task.
+    run sets the Dask Event `task.claim`, and a run that finds it set runs
+    nothing and says the first worker was lost; the client retries per
+    `retries` with a fresh task. The claim is made on the worker's event
+    loop while the files are unpacked, and awaited before the first step.
     """
-    from distributed import Event, get_worker
+    from distributed import get_worker
 
     worker = get_worker()
     where = worker.address
+    gate = None
     if task.claim:
-        claim = Event(task.claim)
-        if claim.is_set():
-            now = time.time()
-            return Result(FAILED, None, LOST, where, started=now, finished=now)
-        claim.set()
+        claim = _claim(worker, task.claim)
+
+        def gate() -> bool:
+            return claim.result()
+
     publish = None
     if task.topic:
         def publish(msg: Any) -> None:
             worker.log_event(task.topic, msg)
 
         publish(["start", task.token, where])
-    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish)
+    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate)
     if publish is not None and _size(result) <= PUSH_LIMIT:
         try:
             publish(["result", task.token, asdict(result)])
         except Exception:
             pass  # the client fetches it
     return result
+
+
+def _claim(worker, name: str):
+    """Test-and-set the Event `name` on the scheduler, from the worker's loop:
+    a concurrent future of True if this run is the first."""
+    import asyncio
+
+    async def first() -> bool:
+        if await worker.scheduler.event_is_set(name=name):
+            return False
+        await worker.scheduler.event_set(name=name)
+        return True
+
+    return asyncio.run_coroutine_threadsafe(first(), worker.loop.asyncio_loop)
 
 
 def _size(result: Result) -> int:
