@@ -74,6 +74,8 @@ class FakeRunner:
     - stop(nodes, signum) cancels those nodes now: their Finished (status
       cancelled, finished = now) come from the next wait() calls, before
       anything else. Nodes in `ignores_stop` keep running and finish normally.
+    - setup(**kwargs) and teardown() do nothing but count (`setups` keeps
+      each call's arguments, `teardowns` the number of calls).
     - `interrupt_at` (a time or several): wait() returns
       InterruptRequested(interrupt_signum) once per time, when the clock would
       reach or pass it.

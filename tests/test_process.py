@@ -590,3 +590,24 @@ def test_teardown_with_an_action_still_running_stops_it_gently_and_waits(tmp_pat
     rig.runner.teardown()
     assert stopped.read_text() == "TERM\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_actions_inherit_the_kept_descriptors_and_their_pids_are_told(rig, tmp_path):
+    """What keeps the deployment lock held while an action runs (lock.py)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    kept = fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 70)
+    os.close(write_end)
+    seen: list[dict] = []
+    write = f"import os; os.write({kept}, b'inherited\\n')"
+    rig.add("command/x", sh(f'echo $$ > {tmp_path / "pid"}; exec {sys.executable} -c "{write}"'))
+    rig.runner.setup(keep_fds=[kept], on_processes=seen.append)
+    try:
+        assert rig.run("command/x")["command/x"].ok, rig.log("command/x")
+    finally:
+        rig.runner.teardown()
+        os.close(kept)
+    assert os.read(read_end, 100) == b"inherited\n"
+    os.close(read_end)
+    assert seen == [{"command/x": read_pid(tmp_path / "pid")}, {}]

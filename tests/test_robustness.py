@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -103,8 +104,11 @@ def test_kill_9_of_atmosbuild_keeps_the_lock_until_its_action_has_exited(ws):
     exited, even when atmosbuild is killed: the action inherited the lock's
     descriptor. A second rollout exits 3 naming what still runs; with
     --wait it waits, and the component never runs twice at once."""
-    ws.write("app/deployment.yaml", HOLD.replace("SLEEP", "sleep 4"))
+    wait_for_release = ('i=0; while [ ! -e "$ATMOS_ROOT/release" ] && [ $i -lt 600 ]; do '
+                        'sleep 0.05; i=$((i+1)); done')
+    ws.write("app/deployment.yaml", HOLD.replace("SLEEP", wait_for_release))
     proc = start_cli(ws, "rollout", "//app:dev")
+    waiter, finished = None, False
     try:
         wait_for(ws.root / "hold.pid")
         pid = int((ws.root / "hold.pid").read_text())
@@ -122,13 +126,21 @@ def test_kill_9_of_atmosbuild_keeps_the_lock_until_its_action_has_exited(ws):
         assert "--wait" in message and len(second.stderr.splitlines()) == 1
         assert "Workspace:" not in second.stdout
 
-        waiter = ws.run("rollout", "//app:dev", "--wait", timeout=60)
-        assert waiter.returncode == 0, waiter.stdout + waiter.stderr
-        assert "waiting for //app:dev" in waiter.stdout + waiter.stderr
+        waiter = start_cli(ws, "rollout", "//app:dev", "--wait")
+        time.sleep(1.0)
+        assert waiter.poll() is None, "--wait did not wait for the orphaned action"
+        (ws.root / "release").write_text("")
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, out + err
+        assert "waiting for //app:dev" in out + err
+        finished = True
     finally:
-        kill_pid_file(ws.root / "hold.pid")
-        proc.kill()
-        proc.communicate()
+        if not finished:  # an orphan a kill -9 cannot take with it (the pid is stale otherwise)
+            kill_pid_file(ws.root / "hold.pid")
+        for p in (proc, waiter):
+            if p is not None:
+                p.kill()
+                p.communicate()
     runs = spans(ws.root / "times")
     assert len(runs) == 2, runs  # the orphan ran to its end, then the waiter's run
     (_, first_end), (second_start, _) = runs

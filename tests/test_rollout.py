@@ -167,11 +167,14 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     """SPEC 6 (changed: it stopped every running action): a running
     apply-mode action (a command, terraform apply) is left to finish and is
     recorded; a running build-mode one (nixpack) is stopped."""
-    nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; exec sleep 30')
+    nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; [ -e "$ATMOS_ROOT/slow" ] && exec sleep 30; true')
+    ws.write("slow", "")
     deployment(ws, {
         "bad": {"run": 'while [ ! -e "$ATMOS_ROOT/build.started" ]; do sleep 0.05; done; '
-                       'sleep 0.5; echo about to fail; exit 3'},
-        "long": {"run": f'{RECORD}; sleep 3; touch "$ATMOS_ROOT/long.done"'},
+                       'touch "$ATMOS_ROOT/bad.failing"; echo about to fail; exit 3'},
+        # Still running when bad fails: it waits for that, then works on.
+        "long": {"run": f'{RECORD}; while [ ! -e "$ATMOS_ROOT/bad.failing" ]; do sleep 0.05; done; '
+                        'sleep 2; touch "$ATMOS_ROOT/long.done"'},
         "later": {"run": RECORD, **after("long")},
         "other": {"run": RECORD, **after("bad")},
     })
@@ -193,9 +196,12 @@ def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_e
     assert "FAILED: command/bad: exit code 3" in proc.stderr
     assert "| about to fail" in proc.stderr  # the failing log's last lines
     assert "1 failed" in proc.stdout
+    assert ("Stopping: command/bad failed; letting 1 running apply-mode action finish: command/long"
+            in proc.stdout + proc.stderr)
     assert ran(ws) == ["command/long"]
     assert proc.returncode == 1
     # The finished apply was recorded: the next rollout does not run it again.
+    (ws.root / "slow").unlink()
     (ws.root / "app/deployment.yaml").write_text(
         (ws.root / "app/deployment.yaml").read_text().replace("exit 3", "exit 0"))
     again, report = rollout(ws, "//app:dev", "-j3")
@@ -501,3 +507,35 @@ def test_keep_going_and_schedule_can_come_from_atmos_yaml(ws):
     assert statuses(report) == {"command/bad": "failed", "command/after_bad": "skipped",
                                 "command/independent": "succeeded"}
     assert ran(ws) == ["command/independent"]
+
+
+# -- the runner seam ---------------------------------------------------------------------
+
+def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_down(ws):
+    """Any runner (here the fake) gets setup() with the descriptors of the
+    locks it must keep held, and teardown() once the schedule is over."""
+    import io
+
+    from atmosbuild.config.labels import parse_label
+    from atmosbuild.config.workspace import expand
+    from atmosbuild.graph.actions import compile_graph
+    from atmosbuild.run.rollout import Rollout, RolloutOptions
+    from atmosbuild.run.ui import Console
+    from atmosbuild.state.files import FileDigester
+    from atmosbuild.state.store import MemoryStore
+    from fakes import FakeRunnerFactory
+
+    deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
+    root, state = str(ws.root), str(ws.state)
+    store = MemoryStore()
+    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    factory = FakeRunnerFactory()
+    console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
+    rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
+                      runner_factory=factory)
+    assert rollout.run() == 0
+    runner = factory.runners[-1]
+    assert runner.started_order == ["command/a", "command/b"]
+    assert len(runner.setups) == 1 and runner.teardowns == 1
+    (kept,) = runner.setups[0]["keep_fds"]
+    assert kept >= 3 and callable(runner.setups[0]["on_processes"])

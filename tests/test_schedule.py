@@ -333,14 +333,29 @@ def test_fail_fast_story_an_apply_sibling_finishes_a_build_sibling_is_stopped():
     deps = {"terraform/db": [], "nixpack/api": [], "command/bad": [], "terraform/app": ["terraform/db"]}
     dag = build_dag(deps)
     runner = FakeRunner({"terraform/db": 5, "nixpack/api": 5, "command/bad": 1}, failures={"command/bad"})
-    outcome = execute(dag, runner, policy="waves", parallelism=3, needs_run=lambda n: True,
+
+    class Told(ScheduleHooks):
+        calls: list = []
+
+        def failing_fast(self, reason, stopped, finishing):
+            self.calls.append((reason, tuple(stopped), tuple(finishing)))
+
+    outcome = execute(dag, runner, policy="waves", parallelism=3, needs_run=lambda n: True, hooks=Told(),
                       modes={"terraform/db": "apply", "nixpack/api": "build", "command/bad": "apply",
                              "terraform/app": "apply"})
     assert runner.stops == [(1.0, ("nixpack/api",), None)]
+    assert Told.calls == [("command/bad failed", ("nixpack/api",), ("terraform/db",))]
     assert {n: o.status for n, o in outcome.nodes.items()} == {
         "terraform/db": "succeeded", "nixpack/api": "cancelled", "command/bad": "failed",
         "terraform/app": "skipped"}
     assert outcome.nodes["terraform/db"].finished.finished == 5.0  # ran to its end
+
+
+def test_the_schedulers_modes_are_the_component_types_modes():
+    from atmosbuild.components import base
+    from atmosbuild.run import schedule
+
+    assert (schedule.APPLY, schedule.BUILD) == (base.APPLY, base.BUILD)
 
 
 def test_wave_order_is_by_id_at_j1_and_longest_recorded_first_above():

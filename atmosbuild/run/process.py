@@ -173,6 +173,30 @@ class _ProcessNotes:
             self._listener(dict(self._pids))
 
 
+class _Interrupts:
+    """SIGINT/SIGTERM become InterruptRequested events while installed
+    (install and restore in the main thread); `count` says how many came."""
+
+    def __init__(self, events: SimpleQueue) -> None:
+        self._events = events
+        self._saved: dict[int, Any] = {}
+        self.count = 0
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs in the main thread between bytecodes: touch no lock here.
+        self.count += 1
+        self._events.put(InterruptRequested(signum))
+
+
 class _Watch(Supervisor):
     """run_step's view of one action: the runner may signal the step while it runs."""
 
@@ -223,9 +247,8 @@ class ProcessRunner:
         self._pool = WorkerPool(self._events.put)
         self._lock = threading.Lock()
         self._running: dict[str, _Action] = {}
-        self._interrupts = 0
+        self._interrupts = _Interrupts(self._events)
         self._outstanding = 0  # started, Finished not yet returned by wait() (caller's thread only)
-        self._saved_handlers: dict[int, Any] = {}
         self._keep_fds: tuple[int, ...] = ()
         self._processes = _ProcessNotes(None)
         self._executables = Executables()
@@ -240,7 +263,7 @@ class ProcessRunner:
         `on_processes(node -> pid)` hears of each step that starts or ends."""
         self._keep_fds = tuple(keep_fds)
         self._processes = _ProcessNotes(on_processes)
-        self.install_signal_handlers()
+        self._interrupts.install()
 
     def teardown(self) -> None:
         """After the last event: the old signal handlers back. If the caller
@@ -256,7 +279,7 @@ class ProcessRunner:
             while self._outstanding:
                 self.wait()
         finally:
-            self.restore_signal_handlers()
+            self._interrupts.restore()
             self.kill_all()
 
     def start(self, node: str) -> None:
@@ -273,7 +296,7 @@ class ProcessRunner:
     def wait(self) -> Event:
         event = self._events.get()
         if isinstance(event, InterruptRequested):
-            if self._interrupts > 1:
+            if self._interrupts.count > 1:
                 self.kill_all()  # a second Ctrl-C: the user will not wait for the grace period
         else:
             self._outstanding -= 1
@@ -292,18 +315,6 @@ class ProcessRunner:
                     killpg(action.proc.pid, signum)
                 self._after(action, self.grace_period, self._kill_current, action)
 
-    # -- signals -------------------------------------------------------------
-
-    def install_signal_handlers(self) -> None:
-        """SIGINT/SIGTERM become InterruptRequested events (main thread only)."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
-
-    def restore_signal_handlers(self) -> None:
-        for signum, handler in self._saved_handlers.items():
-            signal.signal(signum, handler)
-        self._saved_handlers.clear()
-
     def __enter__(self) -> "ProcessRunner":
         self.setup()
         return self
@@ -319,11 +330,6 @@ class ProcessRunner:
                     action.stop_signal = signal.SIGKILL
                 if action.proc is not None:
                     killpg(action.proc.pid, signal.SIGKILL)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        # Runs in the main thread between bytecodes: touch no lock here.
-        self._interrupts += 1
-        self._events.put(InterruptRequested(signum))
 
     # -- one action, in a worker ------------------------------------------------
 

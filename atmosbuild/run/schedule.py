@@ -63,6 +63,8 @@ __all__ = [
 Policy = Literal["waves", "eager"]
 # A node's mode (SPEC 4), as far as scheduling cares: on fail-fast a running
 # build-mode node is stopped, a running apply-mode node is left to finish.
+# The same strings as the component types' modes (the scheduler imports no
+# component code; tests/test_schedule.py checks they agree).
 APPLY = "apply"
 BUILD = "build"
 POLICIES: tuple[str, ...] = ("waves", "eager")
@@ -105,6 +107,11 @@ class ScheduleHooks:
 
     def node_skipped(self, node: str, reason: str) -> None:
         """`node` will never run: a failure upstream, or fail-fast."""
+
+    def failing_fast(self, reason: str, stopped: Sequence[str], finishing: Sequence[str]) -> None:
+        """fail-fast halted the schedule (`reason`: "X failed"): `stopped`
+        build-mode nodes were asked to stop, `finishing` apply-mode nodes are
+        left to finish. Called once, after the skips."""
 
 
 class NodeOutcome(NamedTuple):  # (a tuple: one per node, built at the end of every rollout)
@@ -316,6 +323,8 @@ class _Run:
         stoppable = tuple(n for n in self.running if self.modes.get(n, BUILD) == BUILD)
         if stoppable:
             self.runner.stop(stoppable)
+        finishing = tuple(n for n in self.running if n not in stoppable)
+        self.hooks.failing_fast(f"{node} {verb}", stoppable, finishing)
 
     def on_interrupt(self, event: InterruptRequested) -> None:
         if self.interrupted:  # stop once; the runner escalates on its own
