@@ -462,7 +462,7 @@ def test_several_labels_in_one_rollout(ws):
 # -- report and logs ---------------------------------------------------------------------------
 
 NODE_KEYS = {"id", "wave", "status", "key", "started", "finished", "duration_s", "exit_code",
-             "log", "reason"}
+             "log", "worker", "reason"}
 
 
 def test_report_json_and_log_files(ws):
