@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Workspace, rollout_with_report, run_cli, start_cli, wait_for
+from conftest import REPO, Workspace, rollout_with_report, start_cli, wait_for
 from daskcluster import (DROP_READ_ANYTHING, can_isolate, dask_cluster, free_port,  # noqa: F401
                          live_in_group, lock_out, stop_process)
 
