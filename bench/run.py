@@ -42,7 +42,7 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "dask")
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
 # "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
@@ -498,6 +498,13 @@ def main(argv: list[str] | None = None) -> int:
         bench.scale(args.workdir, args.scale_sizes)
     if "dask" in wanted:
         bench.dask(args.workdir, SMOKE_DASK_NODES if args.smoke else DASK_NODES)
+    terraform_results = None
+    if "terraform" in wanted:  # bench/terraform.py: its own rounds and numbers
+        import terraform as tfbench
+
+        n, real, runs = (10, 2, 1) if args.smoke else (200, 20, min(args.runs, 3))
+        terraform_results = tfbench.run(os.path.join(args.workdir, "terraform"), n, real, runs)
+        print(tfbench.text(terraform_results), flush=True)
 
     report.add_ratios(bench.scenarios)
     results = {
@@ -529,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     if "dask" in bench.extra:
         results["dask"] = bench.extra["dask"]
     results["targets"] = report.targets(results)
+    if terraform_results is not None:
+        results["terraform"] = terraform_results
     report.write(results, args.out)
     print()
     print(report.summary_text(results))

@@ -261,6 +261,12 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         r = fields["retries"]
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise v.fail(path + ("retries",), "retries must be a whole number >= 0")
+    if "backend" in fields:
+        from ..components.tfbackend import backend_problem
+
+        problem = backend_problem(fields["backend"])
+        if problem:
+            raise v.fail(path + ("backend", *problem[0]), problem[1])
     if "resources" in fields:
         res = v.mapping(fields["resources"], path + ("resources",), "resources")
         for name, amount in res.items():

@@ -273,7 +273,7 @@ class DaskRunner:
         return Task(
             node=spec.node, token="", topic=self._topic, archive=archive, workspace=workspace,
             cwd=spec.cwd, env={k: v for k, v in env.items() if self._base_env.get(k) != v},
-            steps=[(tuple(s.argv), s.capture) for s in spec.steps],
+            steps=[(tuple(s.argv), s.capture, s.log) for s in spec.steps],
             outputs_path=env.get("ATMOS_OUTPUTS", os.path.join(workspace, META_DIR, "outputs.json")),
             timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets))
 

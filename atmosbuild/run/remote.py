@@ -80,7 +80,7 @@ class Task:
     workspace: str
     cwd: str
     env: dict[str, str]
-    steps: Sequence[tuple[tuple[str, ...], bool]]  # (argv, capture)
+    steps: Sequence[tuple]  # (argv, capture, log): step.Step's fields
     outputs_path: str  # $ATMOS_OUTPUTS: its content comes back with the result
     timeout: float | None = None
     retries: int = 0
@@ -210,7 +210,7 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
         env = dict(os.environ if base_env is None else base_env)
         env.update({k: local(v) for k, v in task.env.items()})
         env[WORKER_ENV] = where
-        steps = [Step(tuple(local(a) for a in argv), capture) for argv, capture in task.steps]
+        steps = [Step(tuple(local(a) for a in argv), *flags) for argv, *flags in task.steps]
         cwd = local(task.cwd)
         attempt = 0
         status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)

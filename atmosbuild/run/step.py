@@ -32,6 +32,7 @@ apart in a temporary file, so warnings never corrupt the JSON.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import shutil
@@ -54,6 +55,7 @@ class Step:
 
     argv: tuple[str, ...]
     capture: bool = False
+    log: bool = True  # False (with capture): the stdout is not written to the log either
 
 
 class StepResult(NamedTuple):
@@ -112,16 +114,20 @@ def echo_line(argv: Sequence[str], mask: Callable[[str], str]) -> str:
     return mask("$ " + " ".join(words))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class Lines:
     """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
 
-    __slots__ = ("_mask", "_log", "_show", "_kept", "_pending")
+    __slots__ = ("_mask", "_log", "_show", "_kept", "_pending", "_logged")
 
     def __init__(self, mask: Callable[[str], str], log: IO[str], show: Callable[[str], None],
-                 capture: bool) -> None:
+                 capture: bool, logged: bool = True) -> None:
         self._mask, self._log, self._show = mask, log, show
         self._kept: list[bytes] | None = [] if capture else None
         self._pending: list[bytes] = []  # the start of an unfinished line
+        self._logged = logged or not capture
 
     def feed(self, data: bytes) -> None:
         if self._kept is not None:
@@ -148,8 +154,11 @@ class Lines:
         return None if self._kept is None else b"".join(self._kept)
 
     def _emit(self, raw: bytes) -> None:
+        if not self._logged:
+            return
         line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        self._log.write(line + "\n")
+        # Logs hold no colour codes, whatever a tool printed for the console.
+        self._log.write((_ANSI.sub("", line) if "\x1b" in line else line) + "\n")
         if self._kept is None:
             self._show(line)
 
@@ -315,7 +324,7 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
             log.write(mask(message) + "\n")
             return StepResult(None, message, None)
         supervisor.spawned(proc)
-        lines = Lines(mask, log, show, step.capture)
+        lines = Lines(mask, log, show, step.capture, step.log)
         output = _Output(proc, lines)
         try:
             try:
@@ -331,6 +340,9 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
                           "exited (by a process outside its process group): stopped reading it\n")
         finally:
             output.close()
+        if not step.log and step.capture:
+            log.write(f"--- {len(lines.captured())} bytes of output captured, not logged "
+                      "(they may hold secrets)\n")
         if errors is not None:
             errors.seek(0)
             pump(errors, mask, log, show)
