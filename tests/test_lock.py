@@ -19,7 +19,7 @@ def test_a_process_that_inherited_the_lock_keeps_it_held_after_the_holder_let_go
         assert held.fds and min(held.fds) >= 64  # out of the way of a script's `exec 3>…`
         child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                                  stdin=subprocess.PIPE, pass_fds=held.fds)
-        held.note_running({"command/a": child.pid})
+        held.note_running({"command/a": child.pid, "command/b": 0})
     try:
         assert held_locks(state) == ["app@dev"], "the lock went with its first holder"
         with pytest.raises(LockedError) as err:
@@ -27,7 +27,7 @@ def test_a_process_that_inherited_the_lock_keeps_it_held_after_the_holder_let_go
                 pass
         message = str(err.value)
         assert f"locked by pid {os.getpid()} " in message
-        assert f"running command/a (pid {child.pid})" in message
+        assert f"running command/a (pid {child.pid}), command/b (starting)" in message
     finally:
         child.communicate(b"", timeout=10)
     assert held_locks(state) == []

@@ -43,3 +43,15 @@ def test_the_process_runner_passes_its_tests_without_waitid_and_pidfd_open():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = proc.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
+def test_rollouts_stop_time_out_and_keep_the_lock_without_waitid_and_pidfd_open():
+    """End to end through the CLI (its processes inherit the same start-up):
+    Ctrl-C, a timeout, a leftover background child, kill -9 and the lock."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_rollout.py", "tests/test_robustness.py", "-q",
+         "-p", "no:cacheprovider", "-o", "addopts=", "-k", "sigint or timeout or background_child or kill_9"],
+        cwd=REPO, env=without_linux_functions(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("5 passed"), summary

@@ -610,4 +610,4 @@ def test_actions_inherit_the_kept_descriptors_and_their_pids_are_told(rig, tmp_p
         os.close(kept)
     assert os.read(read_end, 100) == b"inherited\n"
     os.close(read_end)
-    assert seen == [{"command/x": read_pid(tmp_path / "pid")}, {}]
+    assert seen == [{"command/x": 0}, {"command/x": read_pid(tmp_path / "pid")}, {}]  # 0: being spawned

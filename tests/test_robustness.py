@@ -112,6 +112,11 @@ def test_kill_9_of_atmosbuild_keeps_the_lock_until_its_action_has_exited(ws):
     try:
         wait_for(ws.root / "hold.pid")
         pid = int((ws.root / "hold.pid").read_text())
+        lock = next((ws.state / "locks").iterdir())
+        deadline = time.monotonic() + 10  # the pid is noted just after the spawn
+        while f"(pid {pid})" not in lock.read_text():
+            assert time.monotonic() < deadline, lock.read_text()
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert proc.returncode == -signal.SIGKILL

@@ -273,7 +273,9 @@ def test_sigint_stops_everything_leaves_no_orphan_keeps_successes_and_exits_130(
         # only the sweep of the action's process group can take it down.
         "hang": {"run": f'{RECORD}; if [ -e "$ATMOS_ROOT/hang" ]; then '
                         'sleep 60 >/dev/null 2>&1 & echo $! > "$ATMOS_ROOT/sleep.pid"; '
-                        'exec python3 -c "import time; time.sleep(60)"; fi'},
+                        # (a plain `sleep` obeys SIGINT at once; Python's time.sleep can
+                        # miss a signal that lands just before its syscall)
+                        'exec sleep 61; fi'},
         "after": {"run": RECORD, **after("hang")},
     })
     ws.write("hang", "")

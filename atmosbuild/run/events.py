@@ -56,7 +56,8 @@ class Runner(Protocol):
               on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
         """Get ready to run: e.g. catch Ctrl-C. Every process an action runs
         inherits the descriptors `keep_fds` (the deployment locks, lock.py);
-        `on_processes(node -> pid)` hears which action runs in which process."""
+        `on_processes(node -> pid)` hears which action runs in which process
+        (pid 0: a process of it is being spawned)."""
 
     def teardown(self) -> None:
         """The schedule is over: undo setup; nothing may be left running."""

@@ -57,8 +57,8 @@ class HeldLock:
 
     `fds`: descriptors an action process must inherit to keep the lock held
     while it runs (empty for a lock that cannot be inherited).
-    `note_running(processes)` rewrites the list of running actions (id -> pid)
-    in the lock file; it may be called from any thread.
+    `note_running(processes)` rewrites the list of running actions (id -> pid,
+    0 for one being spawned) in the lock file; it may be called from any thread.
     """
 
     def __init__(self, fd: int, holder: str) -> None:
@@ -68,7 +68,8 @@ class HeldLock:
         self._write_lock = threading.Lock()
 
     def note_running(self, processes: Mapping[str, int]) -> None:
-        lines = [self._holder] + [f"{_RUNNING}{node} (pid {pid})" for node, pid in processes.items()]
+        lines = [self._holder] + [f"{_RUNNING}{node} ({f'pid {pid}' if pid else 'starting'})"
+                                  for node, pid in processes.items()]
         data = ("\n".join(lines) + "\n").encode()
         with self._write_lock:
             try:

@@ -153,9 +153,13 @@ class WorkerPool:
             self._done(result)
 
 
+STARTING = 0  # the pid noted for a step about to be spawned
+
+
 class _ProcessNotes:
-    """Which action runs in which pid, told to `listener` on every change,
-    one snapshot at a time and in order (from any worker thread)."""
+    """Which action runs in which pid (STARTING: about to be spawned), told
+    to `listener` on every change, one snapshot at a time and in order (from
+    any worker thread)."""
 
     def __init__(self, listener: Callable[[Mapping[str, int]], None] | None) -> None:
         self._listener = listener
@@ -417,6 +421,9 @@ class ProcessRunner:
                 return _Outcome(CANCELLED, message="cancelled"), None
             if action.timed_out or action.alarm_error:
                 break
+            # Named before it can run: a kill -9 right after the spawn still
+            # leaves the action named in the lock file (its pid follows).
+            self._processes.note(spec.node, STARTING)
             code, message, out = run_step(
                 step, cwd=spec.cwd, env=spec.env, log=log, mask=action.mask,
                 show=lambda line: self._console.component_line(spec.node, line),

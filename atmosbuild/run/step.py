@@ -23,7 +23,8 @@ only saves wakeups. Both are looked up at call time; tests run this module
 with both removed (tests/test_portable.py).
 
 Output is read in binary, split into lines, decoded with errors="replace",
-masked (secrets -> `***`) and written to the action's log and the console.
+masked (secrets -> `***`) and written to the action's log (without ANSI
+colour codes) and the console.
 Steps marked `capture` keep their raw stdout for `collect` (e.g. `terraform
 output -json`); that stdout goes to the log only and their stderr is kept
 apart in a temporary file, so warnings never corrupt the JSON.
@@ -118,7 +119,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class Lines:
-    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
+    """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw.
+
+    `logged=False` (capture only): the kept output is not written to the log either."""
 
     __slots__ = ("_mask", "_log", "_show", "_kept", "_pending", "_logged")
 
@@ -340,16 +343,15 @@ def run_step(step: Step, *, cwd: str, env: Mapping[str, str], log: IO[str], mask
                           "exited (by a process outside its process group): stopped reading it\n")
         finally:
             output.close()
-        if not step.log and step.capture:
-            log.write(f"--- {len(lines.captured())} bytes of output captured, not logged "
-                      "(they may hold secrets)\n")
+        out = lines.captured()
+        if not step.log and out is not None:
+            log.write(f"--- {len(out)} bytes of output captured, not logged (they may hold secrets)\n")
         if errors is not None:
             errors.seek(0)
             pump(errors, mask, log, show)
     finally:
         if errors is not None:
             errors.close()
-    out = lines.captured()
     if code == 0:
         return StepResult(0, "", out)
     if code < 0:
