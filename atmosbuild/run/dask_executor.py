@@ -531,10 +531,8 @@ class DaskRunner:
         if client is None:
             return
         claims, self._claims = self._claims, []
-        try:
-            client.unsubscribe_topic(self._topic)
-        except Exception:
-            pass
+        # (No unsubscribe_topic: it travels apart from this call and, arriving
+        # after it, would make the scheduler keep an empty topic again.)
         try:
             client.run_on_scheduler(_forget, self._topic, claims)
         except Exception:
