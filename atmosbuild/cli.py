@@ -34,6 +34,15 @@ class _Root:
         parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
         return expand(self.root, parsed)
 
+    def remote(self):
+        """The git vendor cache (sources/git.py): one per command, so a
+        branch is resolved once per rollout."""
+        if getattr(self, "_remote", None) is None:
+            from .sources.git import GitVendor
+
+            self._remote = GitVendor(self.state_dir)
+        return self._remote
+
     def graph(self, labels, *, only=None, readonly=True, write_cache=False):
         from .graph.actions import compile_graph
         from .graph.cache import StructureCache
@@ -44,7 +53,8 @@ class _Root:
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
-                              cache=StructureCache(self.state_dir), write_cache=write_cache)
+                              cache=StructureCache(self.state_dir), write_cache=write_cache,
+                              remote=self.remote())
         return graph, store, digester
 
 
@@ -325,6 +335,58 @@ def convert(file, to):
     click.echo(format_dsl(doc.data) if to == "dsl" else format_yaml(doc.data), nl=False)
 
 
+# -- vendor / affected (SPEC 12) -------------------------------------------------------
+
+def _every_label(root: str, texts) -> list:
+    """Labels for LABEL/PATTERN texts; none given: every target of every package."""
+    from .config.labels import Label, parse_label
+    from .config.workspace import discover_packages, expand, load_package
+
+    if texts:
+        return expand(root, [parse_label(t, allow_pattern=True) for t in texts])
+    return [Label(pkg, target) for pkg in discover_packages(root)
+            for target in load_package(root, pkg).targets]
+
+
+@cli.group()
+def vendor():
+    """The vendor cache of remote (git::) sources."""
+
+
+@vendor.command("pull")
+@click.argument("labels", nargs=-1)
+@click.pass_context
+def vendor_pull(ctx, labels):
+    """Fetch the git sources of LABEL/PATTERN... (default: every package and
+    target) into the vendor cache, so later rollouts need no network."""
+    from .graph.actions import _field_path, build_structure, load_specs
+    from .sources import is_remote
+    from .sources.git import SourceError, parse_git_source
+
+    r = _root(ctx)
+    vendor_ = r.remote()
+    seen = set()
+    for label in _every_label(r.root, labels):
+        specs = load_specs(r.root, [label])
+        st = build_structure(specs, [label])
+        spec = specs[label]
+        for comp in st.resolved[label].values():
+            if not is_remote(comp.source) or comp.source in seen:
+                continue
+            seen.add(comp.source)
+            try:
+                src = parse_git_source(comp.source)
+                before = len(vendor_.fetched)
+                tree = vendor_.tree(src)
+            except SourceError as exc:
+                raise spec.fail(_field_path(spec, label, comp, "source"),
+                                f"source of {comp.id}: {exc}") from None
+            how = "fetched" if len(vendor_.fetched) > before else "cached"
+            click.echo(f"{how} {src.shown} -> {tree.commit[:12]} ({len(tree.entries)} files)")
+    if not seen:
+        click.echo("no git sources in the selection")
+
+
 # -- clean ------------------------------------------------------------------------
 
 @cli.command()
@@ -352,12 +414,14 @@ def clean(ctx, workspaces, cache, all_):
     else:
         if workspaces:
             removed.append(os.path.join(r.state_dir, "workspaces"))
+            removed.append(os.path.join(r.state_dir, "trash"))  # what removals left (run/workspace.py)
         if cache:
             for name in ("state.db", "state.db-wal", "state.db-shm", "vendor-cache", "logs"):
                 removed.append(os.path.join(r.state_dir, name))
     for path in removed:
         if os.path.isdir(path):
-            shutil.rmtree(path)
+            # (ignore_errors: a detached removal may be emptying the trash meanwhile)
+            shutil.rmtree(path, ignore_errors=path.endswith("trash"))
             click.echo(f"removed {os.path.relpath(path, r.root)}/")
         elif os.path.exists(path):
             os.unlink(path)

@@ -13,6 +13,7 @@ from ..config.model import DeploymentSpec
 from ..config.resolve import ResolvedComponent, resolve_target
 from ..config.workspace import load_package
 from ..errors import CycleError, UsageError, did_you_mean
+from ..sources import is_remote
 from ..state.files import FileDigester
 from .dag import Dag, build_dag
 from .keys import (InputOutsideRoot, canonical, config_ingredients, file_ingredients,
@@ -111,7 +112,10 @@ def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
 def compile_graph(root: str, labels: list[Label], digester: FileDigester,
                   only: list[str] | None = None,
                   specs: Mapping[Label, DeploymentSpec] | None = None,
-                  cache: "StructureCache | None" = None, write_cache: bool = False) -> ActionGraph:
+                  cache: "StructureCache | None" = None, write_cache: bool = False,
+                  remote=None) -> ActionGraph:
+    """`remote`: the git vendor cache (sources.git.GitVendor), needed when a
+    component has a git source."""
     key = cache.key(root, labels, only) if cache is not None and specs is None else None
     cached = cache.load(key) if key else None
     if cached is not None:
@@ -130,7 +134,7 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         label, cid = st.where[nid]
         return label, cid, st.resolved[label][cid], configs[nid]
 
-    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester)
+    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester, remote=remote)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
     if write_cache and key:  # only once everything checked out
         if cached is None:
@@ -149,17 +153,21 @@ class NodeCompiler:
 
     def __init__(self, root: str, specs: Mapping[Label, DeploymentSpec] | None,
                  lookup: Callable[[str], tuple], dag: Dag, digester: FileDigester,
-                 names: Mapping[Label, str] | None = None) -> None:
+                 names: Mapping[Label, str] | None = None, remote=None) -> None:
         """`lookup(nid)` -> (label, component id, resolved component,
         (config ingredients, their canonical text)); `names`: label ->
-        deployment name, when there are no specs."""
+        deployment name, when there are no specs; `remote`: the git vendor
+        cache (sources.git.GitVendor) that git sources are fetched through."""
         self.root, self.specs, self.lookup, self.dag, self.digester = root, specs, lookup, dag, digester
         self.names = names if names is not None else {label: spec.name for label, spec in specs.items()}
         self.sources = SourceChecker(root)
+        self.remote = remote
 
     def node(self, nid: str) -> ActionNode:
         label, cid, comp, (config, config_text) = self.lookup(nid)
         spec = self.specs[label] if self.specs is not None else None
+        if is_remote(comp.source):
+            return self._remote_node(nid, label, cid, comp, config, spec)
         try:
             self.sources.check(spec, comp, label, require_dir=False)
             files = file_ingredients(comp, self.digester)
@@ -175,6 +183,28 @@ class NodeCompiler:
             raise
         return ActionNode(nid, cid, label, self.names[label], label.target, comp, TYPES[comp.type],
                           {**config, "files": files}, local_canonical(config_text, files),
+                          self.dag.deps[nid])
+
+
+    def _remote_node(self, nid, label, cid, comp, config, spec) -> ActionNode:
+        """A node on a git source: its subtree at the resolved commit (fetched
+        into the vendor cache when missing); the commit enters the key."""
+        from ..sources.git import SourceError, parse_git_source
+
+        if spec is None or self.remote is None:
+            raise NeedsFullCompile()
+        try:
+            tree = self.remote.tree(parse_git_source(comp.source))
+        except SourceError as exc:
+            raise spec.fail(_field_path(spec, label, comp, "source"),
+                            f"source of {comp.id}: {exc}") from None
+        try:
+            files = file_ingredients(comp, self.digester, tree=tree.entries)
+        except InputOutsideRoot as exc:
+            raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
+        config = {**config, "commit": tree.commit}
+        return ActionNode(nid, cid, label, self.names[label], label.target, comp, TYPES[comp.type],
+                          {**config, "files": files}, local_canonical(canonical(config), files),
                           self.dag.deps[nid])
 
 
@@ -246,6 +276,17 @@ class SourceChecker:
         """`require_dir=False` when the caller walks the tree anyway and
         reports a missing directory itself (`not_a_directory`)."""
         if comp.source is None:
+            return
+        if is_remote(comp.source):  # its syntax here; the rest when it is fetched
+            from ..sources.git import SourceError, parse_git_source
+
+            try:
+                parse_git_source(comp.source)
+            except SourceError as exc:
+                if spec is None:
+                    raise NeedsFullCompile() from None
+                raise spec.fail(_field_path(spec, label, comp, "source"),
+                                f"source of {comp.id}: {exc}") from None
             return
         path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)

@@ -22,8 +22,7 @@ from .process import ActionSpec, ProcessRunner, Step
 from .report import iso, write_report
 from .schedule import ScheduleHooks, execute
 from .ui import Console
-from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
-                        vendor_dir)
+from .workspace import META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_workspace
 
 if TYPE_CHECKING:
     from ..graph.actions import ActionGraph, ActionNode
@@ -68,6 +67,7 @@ class Rollout(ScheduleHooks):
         self.log_dir = os.path.join(state_dir, "logs", self.run_id)
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}
+        self.copied = 0  # entries materialized into the workspaces (how big they are to remove)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self.done = 0
@@ -122,7 +122,7 @@ class Rollout(ScheduleHooks):
         if self.options.keep_workspace:
             self.console.info(f"Kept workspace: {ws}")
         else:
-            remove_tree(ws)
+            remove_workspace(self.state_dir, ws, self.copied + len(self.graph.nodes))
 
     def _execute(self) -> int:
         dag = self.graph.dag
@@ -268,11 +268,11 @@ class Rollout(ScheduleHooks):
                 run = render(comp.run, outputs, ids, quote=quote)
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            vendor = None
-            if comp.source is not None:
-                vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
+            from ..sources import shown_source, source_dir
+
             try:
-                materialize(self.root, comp.source, vendor, workdir, node.local["files"])
+                self.copied += materialize(source_dir(self.root, self.state_dir, comp.source, node.local),
+                                           workdir, node.local["files"], shown_source(comp.source))
             except SourceChanged as exc:
                 raise ValueError(str(exc)) from None
             action_ctx = ActionContext(
