@@ -359,7 +359,7 @@ def vendor():
 def vendor_pull(ctx, labels):
     """Fetch the git sources of LABEL/PATTERN... (default: every package and
     target) into the vendor cache, so later rollouts need no network."""
-    from .graph.actions import _field_path, build_structure, load_specs
+    from .graph.actions import build_structure, load_specs, source_error
     from .sources import is_remote
     from .sources.git import SourceError, parse_git_source
 
@@ -379,8 +379,7 @@ def vendor_pull(ctx, labels):
                 before = len(vendor_.fetched)
                 tree = vendor_.tree(src)
             except SourceError as exc:
-                raise spec.fail(_field_path(spec, label, comp, "source"),
-                                f"source of {comp.id}: {exc}") from None
+                raise source_error(spec, label, comp, exc) from None
             how = "fetched" if len(vendor_.fetched) > before else "cached"
             click.echo(f"{how} {src.shown} -> {tree.commit[:12]} ({len(tree.entries)} files)")
     if not seen:

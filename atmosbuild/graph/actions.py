@@ -196,8 +196,7 @@ class NodeCompiler:
         try:
             tree = self.remote.tree(parse_git_source(comp.source))
         except SourceError as exc:
-            raise spec.fail(_field_path(spec, label, comp, "source"),
-                            f"source of {comp.id}: {exc}") from None
+            raise source_error(spec, label, comp, exc) from None
         try:
             files = file_ingredients(comp, self.digester, tree=tree.entries)
         except InputOutsideRoot as exc:
@@ -206,6 +205,16 @@ class NodeCompiler:
         return ActionNode(nid, cid, label, self.names[label], label.target, comp, TYPES[comp.type],
                           {**config, "files": files}, local_canonical(canonical(config), files),
                           self.dag.deps[nid])
+
+
+def source_error(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, exc: Exception):
+    """A git source's problem as a config error at its `source`; the quoted
+    line of the file masks the URL's credentials too (SPEC 14)."""
+    from ..sources.git import mask_url
+
+    err = spec.fail(_field_path(spec, label, comp, "source"), f"source of {comp.id}: {exc}")
+    err.context = tuple(mask_url(line) for line in err.context)
+    return err
 
 
 class NeedsFullCompile(Exception):
@@ -285,8 +294,7 @@ class SourceChecker:
             except SourceError as exc:
                 if spec is None:
                     raise NeedsFullCompile() from None
-                raise spec.fail(_field_path(spec, label, comp, "source"),
-                                f"source of {comp.id}: {exc}") from None
+                raise source_error(spec, label, comp, exc) from None
             return
         path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)
