@@ -386,6 +386,28 @@ def vendor_pull(ctx, labels):
         click.echo("no git sources in the selection")
 
 
+@cli.command()
+@click.option("--base", "base", required=True, metavar="REF", help="The commit to compare against.")
+@click.option("--head", "head", metavar="REF", help="The commit to compare (default: the working tree).")
+@click.option("--format", "fmt_", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.argument("patterns", nargs=-1)
+@click.pass_context
+def affected(ctx, base, head, fmt_, patterns):
+    """Components whose keys differ between two commits (PATTERN...: labels
+    or //PREFIX/...:TARGET; default every target of every package), their
+    dependents, and the ones added or removed."""
+    import json
+
+    from .affected import affected as compute, render_text
+
+    r = _root(ctx)
+    doc = compute(r.root, r.state_dir, base, head, list(patterns))
+    if fmt_ == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(render_text(doc), nl=False)
+
+
 # -- clean ------------------------------------------------------------------------
 
 @cli.command()
