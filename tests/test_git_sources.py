@@ -198,6 +198,24 @@ def test_credentials_in_a_url_are_masked_in_every_message(ws):
             assert b"s3cr3t-t0ken" not in (Path(base) / name).read_bytes(), name
 
 
+def test_credentials_of_a_url_that_works_are_written_nowhere(ws, origin):
+    # git rewrites the credentialed https URL to the local origin (insteadOf),
+    # so the fetch succeeds with the token on the URL.
+    url = "https://deploy:s3cr3t-t0ken@git.example.com/org/repo.git"
+    env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{origin.url}.insteadOf",
+           "GIT_CONFIG_VALUE_0": url}
+    deployment(ws, {"net": {"source": f"git::{url}//modules/net?ref=v1", "run": show("net")}})
+    for args in (("rollout", "//app:dev"), ("rollout", "//app:dev"), ("explain", "//app:dev", "command/net"),
+                 ("plan", "//app:dev"), ("vendor", "pull")):
+        proc = ws.run(*args, env=env)
+        ok(proc)
+        assert "s3cr3t-t0ken" not in proc.stdout + proc.stderr
+    assert (ws.root / "net.seen").read_text() == "echo net v1\n"
+    for base, _, files in os.walk(ws.state):
+        for name in files:
+            assert b"s3cr3t-t0ken" not in (Path(base) / name).read_bytes(), os.path.join(base, name)
+
+
 def test_a_remote_that_never_answers_times_out(ws):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -136,12 +136,23 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
 
     compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester, remote=remote)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
-    if write_cache and key:  # only once everything checked out
+    # Only once everything checked out, and never with a URL's credentials
+    # in it: caches are written in the clear (SPEC 14).
+    if write_cache and key and not _has_credentials(nodes):
         if cached is None:
             cache.save(key, _picklable(st, configs))
         if not cache.has_nodes(key):
             cache.save_nodes(key, st, configs)
     return ActionGraph(tuple(labels), st.specs, nodes, st.dag)
+
+
+def _has_credentials(nodes: Mapping[str, "ActionNode"]) -> bool:
+    remote = [n.component.source for n in nodes.values() if is_remote(n.component.source)]
+    if not remote:
+        return False
+    from ..sources.git import mask_url
+
+    return any(mask_url(source) != source for source in remote)
 
 
 class NodeCompiler:
