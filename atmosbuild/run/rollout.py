@@ -22,7 +22,8 @@ from .process import ActionSpec, ProcessRunner, Step
 from .report import iso, write_report
 from .schedule import ScheduleHooks, execute
 from .ui import Console
-from .workspace import META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_workspace
+from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_workspace,
+                        spread_out)
 
 if TYPE_CHECKING:
     from ..graph.actions import ActionGraph, ActionNode
@@ -94,6 +95,9 @@ class Rollout(ScheduleHooks):
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
+            logs = os.path.join(self.state_dir, "logs")
+            os.makedirs(logs, exist_ok=True)
+            spread_out(logs)  # each run's log directory in its own block group (workspace.py)
             for label in self.graph.labels:
                 ws = new_workspace(self.state_dir)
                 os.mkdir(os.path.join(ws, META_DIR))

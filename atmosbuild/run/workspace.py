@@ -68,9 +68,49 @@ def uuid4() -> str:
 
 
 def new_workspace(state_dir: str) -> str:
-    path = os.path.join(state_dir, "workspaces", f"deployment-{uuid4()}")
-    os.makedirs(path)
+    parent = os.path.join(state_dir, "workspaces")
+    path = os.path.join(parent, f"deployment-{uuid4()}")
+    os.makedirs(parent, exist_ok=True)
+    spread_out(parent)  # before the workspace's own directory is made in it
+    os.mkdir(path)
     return path
+
+
+# ext4 places a new directory's inodes near its parent's (the Orlov
+# allocator), except below a directory flagged "top of a hierarchy"
+# (FS_TOPDIR_FL, `chattr +T`), whose subdirectories are spread over block
+# groups with free inodes. On ext4 without a journal, allocating an inode
+# skips, one buffer lookup each, every inode of its group freed in the last
+# minute or so (`recently_deleted`), so a cold rollout right after another
+# one (or after `rm -rf .atmos`) paid for every file the last one removed:
+# 40,000 creates took 58 s after 40,000 deletes in the same groups, 4-7 s in
+# a spread-out directory (measured on this VM's disk). Elsewhere the flag is
+# ignored or refused, and nothing else changes.
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+_spread: set[str] = set()
+
+
+def spread_out(directory: str) -> None:
+    """Flag `directory` FS_TOPDIR_FL (see above), best effort, once per process."""
+    if directory in _spread or fcntl is None or not sys.platform.startswith("linux"):
+        return
+    _spread.add(directory)
+    import struct
+
+    if struct.calcsize("l") != 8:  # (the ioctl numbers above are the 64-bit ones)
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        flags = struct.unpack("l", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+        if not flags & _FS_TOPDIR_FL:
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("l", flags | _FS_TOPDIR_FL))
+    except OSError:
+        pass  # not ext2/3/4, or not ours to flag
+    finally:
+        os.close(fd)
 
 
 # -- removal ---------------------------------------------------------------------

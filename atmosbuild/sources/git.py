@@ -445,6 +445,9 @@ class GitVendor:
                         raise SourceError(f"no commit {src.ref or commit} in {src.shown_url}")
             tmp = os.path.join(self.base, f".tmp-{commit}-{os.getpid()}-{os.urandom(4).hex()}")
             os.makedirs(tmp)
+            from ..run.workspace import spread_out
+
+            spread_out(self.base)  # each commit's tree in block groups of its own
             try:
                 env = _git_env()
                 env["GIT_INDEX_FILE"] = tmp + ".index"
