@@ -105,6 +105,20 @@ def test_explain_names_the_commit_a_branch_moved_to(ws, origin):
     assert f"source commit {before[:12]} → {after[:12]}" in proc.stdout
 
 
+def test_a_vendor_tree_edited_by_hand_fails_the_action_and_says_how_to_heal(ws, origin):
+    deployment(ws, {"net": {"source": f"git::{origin.url}//modules/net?ref=v1", "run": show("net")}})
+    ok(ws.run("vendor", "pull"))
+    commit = origin.git("rev-parse", "v1^{commit}")
+    (ws.state / "vendor-cache" / "git" / commit / "modules/net/main.sh").write_text("echo tampered\n")
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "main.sh no longer matches the commit in the vendor cache" in proc.stdout + proc.stderr
+    assert not (ws.root / "net.seen").exists()
+    ok(ws.run("clean", "--cache"))
+    ok(ws.run("rollout", "//app:dev"))
+    assert (ws.root / "net.seen").read_text() == "echo net v1\n"
+
+
 def test_one_tree_per_commit_shared_by_every_subdirectory(ws, origin):
     deployment(ws, {
         "net": {"source": f"git::{origin.url}//modules/net?ref=v1", "run": show("net")},

@@ -272,12 +272,16 @@ class Rollout(ScheduleHooks):
                 run = render(comp.run, outputs, ids, quote=quote)
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            from ..sources import shown_source, source_dir
+            from ..sources import is_remote, shown_source, source_dir
 
             try:
                 self.copied += materialize(source_dir(self.root, self.state_dir, comp.source, node.local),
                                            workdir, node.local["files"], shown_source(comp.source))
             except SourceChanged as exc:
+                if is_remote(comp.source):  # the vendor cache's tree, not the user's files
+                    raise ValueError(f"{exc.args[0].split(' changed during')[0]} no longer matches "
+                                     "the commit in the vendor cache (edited or removed by hand?); "
+                                     "`atmosbuild clean --cache` fetches it again") from None
                 raise ValueError(str(exc)) from None
             action_ctx = ActionContext(
                 component_id=node.cid, name=comp.name, target=node.target,
