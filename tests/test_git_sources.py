@@ -311,3 +311,21 @@ def test_clean_workspaces_removes_leftovers_in_the_trash(ws):
     (leftover / "f").write_text("x")
     ok(ws.run("clean", "--workspaces"))
     assert not (ws.state / "trash").exists()
+
+
+def test_the_remote_bench_scenario_runs_at_a_tiny_size(tmp_path):
+    """bench/run.py --only remote: the bench graph's sources from one git
+    commit; every cell measured (timings are never asserted here)."""
+    import shutil
+    import sys
+
+    if shutil.which("ninja") is None and shutil.which("ninja", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("the bench needs ninja")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "run.py"), "--smoke", "--only", "remote",
+                           "--tools", "ninja,atmosbuild", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    remote = json.loads((tmp_path / "results.json").read_text())["scenarios"]["remote"]
+    assert set(remote) == {"ninja", "atmosbuild-cold-empty", "atmosbuild-cold-warm", "atmosbuild-noop"}
+    assert all(e["status"] == "ok" and isinstance(e["median_s"], float) for e in remote.values()), remote
