@@ -339,8 +339,9 @@ class Bench:
                 break
             for name in os.listdir(state):  # keep only the vendor cache
                 if name != "vendor-cache":
+                    # (ignore_errors: the last rollout's detached removal may still be emptying trash/)
                     target = os.path.join(state, name)
-                    shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+                    shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.remove(target)
             if self.c.run("remote", "atmosbuild-cold-warm", argv, ws):
                 self.c.run("remote", "atmosbuild-noop", argv, ws)
         self._collect("remote", REMOTE_TOOLS)
