@@ -62,6 +62,7 @@ _SCP = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:(?!//)")  # git@github.com:
 _USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s]+)@")
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _ABBREV = re.compile(r"^[0-9a-f]{7,63}$")
+_BLANK_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class SourceError(Exception):
@@ -139,7 +140,7 @@ def parse_git_source(text: str) -> GitSource:
             raise SourceError(f"subdirectory '{subdir}' leaves the repository")
         subdir = "" if norm == "." else norm
     _check_url(url)
-    if ref is not None and (ref.startswith("-") or any(c.isspace() or ord(c) < 32 for c in ref)
+    if ref is not None and (ref.startswith("-") or _BLANK_OR_CONTROL.search(ref)
                             or ".." in ref or ref.endswith("/") or ref.startswith("/")):
         raise SourceError(f"'{ref}' is not a valid git ref")
     return GitSource(url, subdir, ref)
@@ -147,7 +148,7 @@ def parse_git_source(text: str) -> GitSource:
 
 def _check_url(url: str) -> None:
     shown = mask_url(url)
-    if not url or url.startswith("-") or any(c.isspace() or ord(c) < 32 for c in url):
+    if not url or url.startswith("-") or _BLANK_OR_CONTROL.search(url):
         raise SourceError(f"'{shown}' is not a git URL")
     scheme, sep, rest = url.partition("://")
     if sep:
