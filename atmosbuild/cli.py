@@ -17,6 +17,18 @@ SCHEDULES = ("waves", "eager")
 FORMATS = ("dot", "json", "mermaid")
 
 
+def _complete_labels(ctx, param, incomplete):
+    from .completion import complete_labels  # (only when a shell asks)
+
+    return complete_labels(ctx, param, incomplete)
+
+
+def _complete_components(ctx, param, incomplete):
+    from .completion import complete_components
+
+    return complete_components(ctx, param, incomplete)
+
+
 class _Root:
     def __init__(self, root_opt: str | None) -> None:
         from .config.workspace import find_root, load_settings
@@ -74,7 +86,7 @@ def _root(ctx: click.Context) -> _Root:
 # -- rollout / plan / graph ------------------------------------------------------
 
 @cli.command()
-@click.argument("labels", nargs=-1, required=True)
+@click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
 @click.option("-j", "--parallelism", type=int, help="Run at most N actions at once (default: CPU count).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), help="waves (default) or eager.")
 @click.option("-k", "--keep-going", is_flag=True, default=None, help="Run everything not downstream of a failure.")
@@ -83,12 +95,16 @@ def _root(ctx: click.Context) -> _Root:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write --graph output to FILE.")
 @click.option("--keep-workspace", is_flag=True, help="Keep the rollout workspace for debugging.")
 @click.option("--force", is_flag=True, help="Run every selected component, up to date or not.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
+              help="Select components (and what they depend on).")
 @click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report to FILE.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a run report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False),
+              help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing).")
 @click.pass_context
 def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
-            keep_workspace, force, only, wait, report):
+            keep_workspace, force, only, wait, report, profile):
     """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
     r = _root(ctx)
     if parallelism is None:
@@ -115,12 +131,13 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+                             profile=profile, toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)})
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
     record_keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
-    if not force and not report:  # (a report describes each node's decision: the full path)
+    if not (force or report or profile):  # (a report describes each node's decision: the full path)
         code = uptodate.rollout_if_up_to_date(record_keys, r.root, r.state_dir, options, console,
                                               open_store)
         if code is not None:
@@ -158,23 +175,36 @@ def _show_plan(graph, store, graph_format, output, *, force=False):
         click.echo(text, nl=False)
 
 
+TEXT_JSON = click.Choice(("text", "json"))
+FORMAT_HELP = "text (default) or json: one JSON document on stdout, for scripts."
+
+
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
 @click.option("--force", is_flag=True, help="Plan as if --force were given.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def plan(ctx, label, force, only):
+def plan(ctx, label, force, only, out_format):
     """Show what a rollout of LABEL would do, and why."""
     r = _root(ctx)
     graph, store, _ = r.graph(r.labels([label]), only=list(only))
+    if out_format == "json":
+        from .graph.plan import make_plan
+        from .jsonout import dumps, plan_data
+        from .state.rebuild import Rebuilder
+
+        click.echo(dumps(plan_data(graph, make_plan(graph, Rebuilder(graph, store, force=force)))),
+                   nl=False)
+        return
     _show_plan(graph, store, None, None, force=force)
 
 
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
 @click.option("--format", "graph_format", type=click.Choice(FORMATS), default="dot", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components)
 @click.pass_context
 def graph(ctx, label, graph_format, output, only):
     """Export the planned graph of LABEL (DOT, JSON or Mermaid)."""
@@ -186,9 +216,10 @@ def graph(ctx, label, graph_format, output, only):
 # -- status / explain ------------------------------------------------------------
 
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def status(ctx, label):
+def status(ctx, label, out_format):
     """Per component: last applied key, when, and whether it is up to date."""
     import time
 
@@ -199,6 +230,13 @@ def status(ctx, label):
     graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
     rebuilder = Rebuilder(graph_, store)
     planned = make_plan(graph_, rebuilder)
+    if out_format == "json":
+        from .jsonout import dumps, status_data, status_row
+
+        rows_ = [status_row(nid, graph_.nodes[nid], rebuilder.applied(graph_.nodes[nid]), planned[nid])
+                 for nid in graph_.dag.order]
+        click.echo(dumps(status_data(graph_, rows_)), nl=False)
+        return
     rows = [("COMPONENT", "MODE", "APPLIED", "WHEN", "TOOK", "STATE")]
     for nid in graph_.dag.order:
         node = graph_.nodes[nid]
@@ -216,10 +254,11 @@ def status(ctx, label):
 
 
 @cli.command()
-@click.argument("label")
-@click.argument("component")
+@click.argument("label", shell_complete=_complete_labels)
+@click.argument("component", shell_complete=_complete_components)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def explain(ctx, label, component):
+def explain(ctx, label, component, out_format):
     """Why COMPONENT (TYPE/NAME) of LABEL would run: what changed."""
     from .errors import did_you_mean
     from .graph.plan import BLOCKED, CACHED, make_plan
@@ -233,6 +272,11 @@ def explain(ctx, label, component):
     p = make_plan(graph_, rebuilder)[component]
     node = graph_.nodes[component]
     last = rebuilder.applied(node)
+    if out_format == "json":
+        from .jsonout import dumps, explain_data
+
+        click.echo(dumps(explain_data(graph_, component, p, last)), nl=False)
+        return
     if last:
         click.echo(f"{component}: last applied key {last.key[:12]}")
     if p.status == CACHED:
@@ -249,13 +293,15 @@ def explain(ctx, label, component):
 # -- validate / fmt / convert -----------------------------------------------------
 
 @cli.command()
-@click.argument("labels", nargs=-1)
+@click.argument("labels", nargs=-1, shell_complete=_complete_labels)
 @click.pass_context
 def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
     from .config.labels import Label
     from .config.workspace import discover_packages, load_package
-    from .graph.actions import SourceChecker, build_structure, load_specs
+    from .components import TYPES, ComponentType
+    from .graph.actions import SourceChecker, build_structure, compile_graph, load_specs
+    from .state.files import FileDigester
 
     r = _root(ctx)
     if labels:
@@ -276,6 +322,11 @@ def validate(ctx, labels):
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
+            if any(type(TYPES[c.type]).compile is not ComponentType.compile
+                   for c in st.resolved[label].values()):
+                # A type that reads its sources (terraform: declared vars,
+                # local modules) finds its errors only with them at hand.
+                compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=specs)
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 
@@ -430,8 +481,17 @@ def clean(ctx, workspaces, cache, all_):
 
         raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
     removed = []
+    kept = None
     if all_:
-        removed.append(r.state_dir)
+        # Everything but Terraform's state (the default backend's, SPEC 9):
+        # it describes real infrastructure, and losing it orphans that.
+        tfstate = os.path.join(r.state_dir, "tfstate")
+        if os.path.isdir(tfstate) and os.listdir(tfstate):
+            kept = tfstate
+            removed += [os.path.join(r.state_dir, name) for name in sorted(os.listdir(r.state_dir))
+                        if name != "tfstate"]
+        else:
+            removed.append(r.state_dir)
     else:
         if workspaces:
             removed.append(os.path.join(r.state_dir, "workspaces"))
@@ -439,14 +499,22 @@ def clean(ctx, workspaces, cache, all_):
         if cache:
             for name in ("state.db", "state.db-wal", "state.db-shm", "vendor-cache", "logs"):
                 removed.append(os.path.join(r.state_dir, name))
+    def vanished_meanwhile(func, path, exc_info):
+        # A workspace's detached removal (run/workspace.py) may be emptying
+        # the trash at the same time: what is gone already is fine.
+        if not issubclass(exc_info[0], FileNotFoundError):
+            raise exc_info[1]
+
     for path in removed:
         if os.path.isdir(path):
-            # (ignore_errors: a detached removal may be emptying the trash meanwhile)
-            shutil.rmtree(path, ignore_errors=path.endswith("trash"))
+            shutil.rmtree(path, onerror=vanished_meanwhile)
             click.echo(f"removed {os.path.relpath(path, r.root)}/")
         elif os.path.exists(path):
             os.unlink(path)
             click.echo(f"removed {os.path.relpath(path, r.root)}")
+    if kept:
+        click.echo(f"kept {os.path.relpath(kept, r.root)}/: Terraform state of real infrastructure "
+                   "(destroy it first, or remove the directory yourself)")
 
 
 # -- entry point ------------------------------------------------------------------
@@ -458,6 +526,10 @@ def main(argv: list[str] | None = None) -> None:
     # collector, 0.7 s without). Rollouts switch it back on (freezing the
     # loaded graph) before they start running actions.
     gc.disable()
+    if "_ATMOSBUILD_COMPLETE" in os.environ:  # a shell asking for completions (SPEC 13)
+        from .completion import install
+
+        install()
     try:
         # With standalone_mode=False, click returns ctx.exit()'s code instead of raising.
         code = cli.main(args=argv, prog_name="atmosbuild", standalone_mode=False)

