@@ -168,7 +168,6 @@ def compile_side(root: str, patterns: list, remote, where: str) -> _Side:
 
 def compare(base: _Side, head: _Side) -> list[AffectedComponent]:
     """Affected components: head's in dependency order, then the removed ones."""
-    from .graph.keys import digest
     from .state.rebuild import describe_changes, storable_ingredients
 
     out: dict[tuple, AffectedComponent] = {}
@@ -179,12 +178,12 @@ def compare(base: _Side, head: _Side) -> list[AffectedComponent]:
     for key in head.order:
         node = head.nodes[key]
         old = base.nodes.get(key)
-        deps = sorted(head.nodes[(key[0], d)].cid for d in _dep_ids(node))
+        deps = sorted(node.deps)  # single-label graphs: node ids are component ids
         if old is None:
             entry(key, node, ADDED, [])
             continue
-        old_deps = sorted(base.nodes[(key[0], d)].cid for d in _dep_ids(old))
-        same = (digest(old.local_canonical) == digest(node.local_canonical) and old_deps == deps)
+        old_deps = sorted(old.deps)
+        same = old.local_canonical == node.local_canonical and old_deps == deps
         if not same:
             changes = describe_changes(storable_ingredients(old), storable_ingredients(node), None)
             for dep in sorted(set(old_deps) ^ set(deps)):
@@ -198,11 +197,6 @@ def compare(base: _Side, head: _Side) -> list[AffectedComponent]:
         if key not in head.nodes:
             entry(key, base.nodes[key], REMOVED, [])
     return list(out.values())
-
-
-def _dep_ids(node) -> list[str]:
-    """A node's dependencies as component ids (single-label graphs: ids are cids)."""
-    return list(node.deps)
 
 
 def affected(root: str, state_dir: str, base_ref: str, head_ref: str | None,

@@ -139,7 +139,7 @@ def remove_workspace(state_dir: str, path: str, entries: int | None = None) -> N
     except OSError:
         remove_tree(path)
         return
-    if not empty_trash(state_dir, detach=True):
+    if not empty_trash(state_dir):
         remove_tree(aside)
 
 
@@ -148,14 +148,11 @@ _EMPTY = ("import os, shutil, sys\n"
           "    shutil.rmtree(os.path.join(sys.argv[1], name), ignore_errors=True)\n")
 
 
-def empty_trash(state_dir: str, *, detach: bool) -> bool:
-    """Remove everything in STATE/trash/: in a detached process (its own
-    session, no terminal, nothing inherited) when `detach`, else here.
-    False when the process could not be started."""
+def empty_trash(state_dir: str) -> bool:
+    """Start removing everything in STATE/trash/ in a detached process (its
+    own session, no terminal, nothing inherited); False when it could not be
+    started."""
     trash = os.path.join(state_dir, TRASH_DIR)
-    if not detach:
-        remove_tree(trash)
-        return True
     try:
         subprocess.Popen([sys.executable, "-S", "-E", "-c", _EMPTY, trash],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
