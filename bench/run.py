@@ -13,6 +13,8 @@ Scenarios (bench/README.md says what each measures):
   scale     5k/20k/50k components: validate, plan, no-op rollout (only if asked)
   dask      500 no-op actions at -j4: local executor against a loopback Dask
             cluster of two workers (only if asked)
+  remote    the same components from one git repository (one commit): cold with an
+            empty vendor cache, cold with a warm one, no-op (only if asked)
 
 Tools alternate inside every round (the start rotates each round) and each
 number is the median over the rounds. atmosbuild is measured only when its
@@ -42,7 +44,7 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask")
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask", "remote")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
 # "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
@@ -68,6 +70,9 @@ DASK_NODES = 500
 SMOKE_DASK_NODES = 40
 DASK_JOBS = 4
 DASK_TOOLS = ("atmosbuild-local", "atmosbuild-dask")
+REMOTE_TOOLS = ("ninja", "atmosbuild-cold-empty", "atmosbuild-cold-warm", "atmosbuild-noop")
+GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 
 
 def base_tool(name: str) -> str:
@@ -363,6 +368,56 @@ class Bench:
         }
 
 
+    # --- remote ---------------------------------------------------------------------
+
+    def remote(self, root: str) -> None:
+        """The bench graph with every source in one commit of a git
+        repository (`git::file://ORIGIN//src/cNNNNN?ref=v1`): a cold rollout
+        with an empty vendor cache (one fetch, one checkout of the commit),
+        a cold one with the vendor cache kept (state, logs and caches gone),
+        and a no-op. Ninja's cold build of the same graph is the reference."""
+        import re
+        import subprocess
+
+        ws = os.path.join(root, "remote")
+        origin = os.path.join(root, "remote-origin")
+        shutil.rmtree(origin, ignore_errors=True)
+        generate.generate(ws, self.args.n, self.args.files, SEED)
+        shutil.copytree(os.path.join(ws, "src"), os.path.join(origin, "src"))
+        env = dict(os.environ, **GIT_ENV)
+        for argv in (["git", "-c", "init.defaultBranch=main", "init", "-q"], ["git", "add", "-A"],
+                     ["git", "commit", "-q", "-m", "components"], ["git", "tag", "v1"]):
+            subprocess.run(argv, cwd=origin, env=env, check=True, capture_output=True)
+        path = os.path.join(ws, generate.YAML_PACKAGE, "deployment.yaml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(re.sub(r"source: src/(c\d+)", lambda m: f'source: "git::file://{origin}//src/{m.group(1)}?ref=v1"',
+                           text))
+        state = os.path.join(ws, ".atmos")
+        tools = [t for t in REMOTE_TOOLS if not self.unavailable(t)]
+        for r in range(self.args.runs):
+            print(f"round {r + 1}/{self.args.runs}: remote", flush=True)
+            if "ninja" in tools:
+                measure.reset_state("ninja", ws)
+                self.c.run("remote", "ninja", measure.build_argv(self.tools, "ninja", ws, JOBS), ws)
+            if "atmosbuild-cold-empty" not in tools:
+                continue
+            argv = measure.build_argv(self.tools, "atmosbuild", ws, JOBS)
+            measure.reset_state("atmosbuild", ws)
+            if not self.c.run("remote", "atmosbuild-cold-empty", argv, ws):
+                break
+            for name in os.listdir(state):  # keep only the vendor cache
+                if name != "vendor-cache":
+                    # (ignore_errors: the last rollout's detached removal may still be emptying trash/)
+                    target = os.path.join(state, name)
+                    shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.remove(target)
+            if self.c.run("remote", "atmosbuild-cold-warm", argv, ws):
+                self.c.run("remote", "atmosbuild-noop", argv, ws)
+        self._collect("remote", REMOTE_TOOLS)
+        shutil.rmtree(origin, ignore_errors=True)
+
+
 def descendants(g: generate.Graph, i: int) -> set[int]:
     dependents: dict[int, list[int]] = {}
     for node in g.nodes:
@@ -436,7 +491,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="rounds; each number is the median (default 5)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "out"), help="results and logs (default bench/out)")
     p.add_argument("--workdir", help="where the generated workspaces go (default OUT/ws)")
-    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale)")
+    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale and remote)")
     p.add_argument("--tools", default=",".join(INCREMENTAL_TOOLS),
                    help="comma list of tools to measure (default: ninja,doit,make,atmosbuild)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no scale: seconds")
@@ -498,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.scale(args.workdir, args.scale_sizes)
     if "dask" in wanted:
         bench.dask(args.workdir, SMOKE_DASK_NODES if args.smoke else DASK_NODES)
+    if "remote" in wanted:
+        bench.remote(args.workdir)
     terraform_results = None
     if "terraform" in wanted:  # bench/terraform.py: its own rounds and numbers
         import terraform as tfbench

@@ -33,7 +33,7 @@ class ResolvedComponent:
     id: str
     type: str
     name: str
-    source: str | None  # root-relative posix path
+    source: str | None  # root-relative posix path, or `git::URL//SUBDIR?ref=REF` (sources/git.py)
     vars: Mapping[str, Any]
     env: Mapping[str, str]
     run: Any  # tuple of str, str (shell), or None
@@ -132,7 +132,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
 
     source = fields.get("source")
     if source is not None:
-        source = _root_relative(spec, interp.value(source, ("source",)), where("source"), "source")
+        source = interp.value(source, ("source",))
+        if not (isinstance(source, str) and source.startswith("git::")):  # git: sources/git.py
+            source = _root_relative(spec, source, where("source"), "source")
         if interp.refs_in(source):
             raise spec.fail(where("source"), "source cannot use ${outputs...}: it must be known before running")
     inputs = tuple(_root_relative(spec, p, where("inputs", i), "inputs")
