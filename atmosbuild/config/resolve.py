@@ -47,7 +47,7 @@ class ResolvedComponent:
     id: str
     type: str
     name: str
-    source: str | None  # root-relative posix path
+    source: str | None  # root-relative posix path, or `git::URL//SUBDIR?ref=REF` (sources/git.py)
     vars: Mapping[str, Any]
     env: Mapping[str, str]
     run: Any  # tuple of str, str (shell), or None
@@ -62,6 +62,8 @@ class ResolvedComponent:
     own_vars: tuple[str, ...] = ()  # var names set on the component itself or its per-target override
     preview: Any = None  # command: argv (tuple) or shell string for `preview` (SPEC 10); not in the key
     destroy: Any = None  # command: argv or shell string for `destroy`; not in the key
+    # Where it may run (Dask worker resources), not what it does: not in the key.
+    resources: Mapping[str, float] = field(default_factory=dict)
     # string-form run: ATMOS_V_n -> the value (a template: may hold ${outputs...})
     run_env: Mapping[str, str] = field(default_factory=dict)
     # argv positions (int) and run_env names (str) whose values are built from a secret
@@ -212,7 +214,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
 
     source = fields.get("source")
     if source is not None:
-        source = _root_relative(spec, interp.value(source, ("source",)), where("source"), "source")
+        source = interp.value(source, ("source",))
+        if not (isinstance(source, str) and source.startswith("git::")):  # git: sources/git.py
+            source = _root_relative(spec, source, where("source"), "source")
         if interp.refs_in(source):
             raise spec.fail(where("source"), "source cannot use ${outputs...}: it must be known before running")
         if interp.tracked(fields.get("source"), ("source",))[1]:
@@ -237,6 +241,7 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
         backend=fields.get("backend"), preview=lifecycle["preview"], destroy=lifecycle["destroy"],
         own_vars=tuple(sorted(set(comp.fields.get("vars") or {}) | set(override.get("vars") or {}))),
+        resources=dict(fields.get("resources") or {}),
         run_env=run_env, secret_run=tuple(secret_run), declared_sensitive=declared, verb_env=verb_env,
     )
 

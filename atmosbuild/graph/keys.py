@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import xxhash
 
 from ..config.resolve import ResolvedComponent
+from ..sources import is_remote, shown_source
 from ..state.files import FileDigester
 
 
@@ -64,7 +65,7 @@ def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None
         "vars": {k: secret_digest(v) if k in hidden else v for k, v in vars_.items()},
         "env": {k: secret_digest(v) if k in hidden else v for k, v in comp.env.items()},
         "run": run,
-        "source": comp.source,
+        "source": shown_source(comp.source) if is_remote(comp.source) else comp.source,
         "timeout": comp.timeout,
     }
     if comp.run_env:  # the values a string-form run expands (the template holds none)
@@ -73,11 +74,15 @@ def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None
     return out
 
 
-def file_ingredients(comp: ResolvedComponent, digester: FileDigester) -> dict:
-    """The files half: source tree and `inputs`, path -> [kind, digest, exec]."""
+def file_ingredients(comp: ResolvedComponent, digester: FileDigester, tree=None) -> dict:
+    """The files half: source tree and `inputs`, path -> [kind, digest, exec].
+    `tree`: the source's entries when they do not come from the root (a git
+    source's subtree in the vendor cache)."""
     files: dict[str, list] = {}
-    if comp.source is not None:
-        for rel, kind, dig, exe in digester.tree(comp.source):
+    if tree is None and comp.source is not None:
+        tree = digester.tree(comp.source)
+    if tree is not None:
+        for rel, kind, dig, exe in tree:
             files[f"source:{rel}"] = [kind, dig, exe]
     for rel, kind, dig, exe in digester.files(expand_inputs(digester.root, comp.inputs)):
         files[f"inputs:{rel}"] = [kind, dig, exe]
