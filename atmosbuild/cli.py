@@ -40,7 +40,7 @@ class _Root:
         from .state.files import FileDigester, load_trees
         from .state.sqlite import open_store
 
-        store = open_store(self.state_dir, readonly=readonly)
+        store = open_store(self.state_dir, readonly=readonly, state=self.settings.state)
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
@@ -100,7 +100,10 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     from .run import uptodate
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
-    from .state.sqlite import open_store
+    from .state import sqlite
+
+    def open_store(state_dir, *, readonly=False):  # the configured store (sqlite or postgresql)
+        return sqlite.open_store(state_dir, readonly=readonly, state=r.settings.state)
 
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
@@ -424,9 +427,10 @@ def entry() -> None:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    sqlite = sys.modules.get("atmosbuild.state.sqlite")
-    if sqlite is not None:
-        sqlite.close_all()
+    for name in ("atmosbuild.state.sqlite", "atmosbuild.state.postgres"):
+        stores = sys.modules.get(name)
+        if stores is not None:
+            stores.close_all()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -23,7 +23,7 @@ SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", ".atmos", ".terraform", "node_modules", "__pycache__",
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
-SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir")
+SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "state")
 TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
 
@@ -34,6 +34,7 @@ class Settings:
     keep_going: bool | None = None
     toolchain: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = ".atmos"
+    state: str | None = None  # the state store: "sqlite" or a postgresql:// URL (SPEC 11)
 
 
 def find_root(explicit: str | None, cwd: str | None = None) -> str:
@@ -62,7 +63,11 @@ def load_settings(root: str) -> Settings:
     from .yaml import parse_yaml
 
     with open(path, encoding="utf-8") as fh:
-        doc = doccache.load(fh.read(), shown_path(path), "yaml", parse_yaml)
+        text = fh.read()
+    if "postgres" in text:  # a state URL may hold a password: no copy in the parse cache
+        doc = parse_yaml(text, shown_path(path))
+    else:
+        doc = doccache.load(text, shown_path(path), "yaml", parse_yaml)
     data = doc.data or {}
     if not isinstance(data, dict):
         raise ConfigError("atmos.yaml must hold a map of settings", file=shown_path(path))
@@ -97,7 +102,13 @@ def load_settings(root: str) -> Settings:
     state_dir = data.get("state_dir", ".atmos")
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
-    return Settings(par, sched, kg, tc, state_dir)
+    state = data.get("state")
+    if state is not None and not (state == "sqlite" or isinstance(state, str) and state.startswith(
+            ("postgresql://", "postgres://"))):
+        err = fail("state", "state must be 'sqlite' or postgresql://USER@HOST:PORT/DB")
+        err.context = ()  # (the line may hold a password: not shown)
+        raise err
+    return Settings(par, sched, kg, tc, state_dir, state)
 
 
 def package_dir(root: str, package: str) -> str:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import StoreLost
 from ..graph.dag import critical_path
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
@@ -87,10 +89,7 @@ class Rollout(ScheduleHooks):
         with ExitStack() as stack:
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
-                spec = self.graph.specs[label]
-                stack.enter_context(deployment_lock(
-                    self.state_dir, spec.name, label.target, str(label), wait=self.options.wait,
-                    on_wait=self.console.info))
+                self._lock(stack, self.graph.specs[label].name, label.target, str(label))
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
@@ -105,6 +104,18 @@ class Rollout(ScheduleHooks):
             if self.everything_up_to_date and self.on_up_to_date is not None:
                 self.on_up_to_date(self)  # still under the locks: the store is as we left it
             return code
+
+    def _lock(self, stack: ExitStack, deployment: str, target: str, label: str) -> None:
+        """This machine's lock (held by the actions too, even past a kill -9
+        of atmosbuild), then the store's own when it is shared (PostgreSQL:
+        an advisory lock that other machines see). Always in this order, so
+        two rollouts never wait for each other."""
+        stack.enter_context(deployment_lock(self.state_dir, deployment, target, label,
+                                            wait=self.options.wait, on_wait=self.console.info))
+        shared = getattr(self.store, "deployment_lock", None)
+        if shared is not None:
+            stack.enter_context(shared(deployment, target, label, wait=self.options.wait,
+                                       on_wait=self.console.info))
 
     def read_state(self) -> None:
         """Read the store, under the locks, before anything is created or
@@ -149,6 +160,11 @@ class Rollout(ScheduleHooks):
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
                               keep_going=self.options.keep_going, priority=priority, hooks=self)
+        except StoreLost:
+            # Nothing more can be recorded (and a shared store's lock went
+            # with its connection): stop what runs as Ctrl-C does, then fail.
+            self._stop_running(runner)
+            raise
         finally:
             if real:
                 runner.restore_signal_handlers()
@@ -160,6 +176,17 @@ class Rollout(ScheduleHooks):
         if outcome.result == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_FAILED
+
+    def _stop_running(self, runner) -> None:
+        """Signal every running action once; wait for them (the runner kills
+        what outlives the grace period; a second Ctrl-C kills at once)."""
+        if not self.running:
+            return
+        runner.stop(tuple(self.running), signal.SIGTERM)
+        while self.running:
+            event = runner.wait()
+            if isinstance(event, Finished) and event.node in self.running:
+                self.running.remove(event.node)
 
     # -- scheduler callbacks --------------------------------------------------
 
