@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pg_server (a throwaway PostgreSQL for the session), pg_db, pg_url.
+pytest_plugins = ("pgserver",)
+
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
             timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:

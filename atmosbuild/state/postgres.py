@@ -194,8 +194,10 @@ class PostgresStore:
                 connect_timeout=10, application_name=f"atmosbuild {socket.gethostname()} "
                 f"pid {os.getpid()}"[:63], options=SESSION_OPTIONS)
         except psycopg.Error as exc:
-            raise StateError(f"cannot connect to the state store {self.url.shown}: "
-                             f"{self.url.describe(exc)}") from None
+            reason = self.url.describe(exc)
+            if "no password supplied" in reason:
+                reason += " (give it in the URL, PGPASSWORD or ~/.pgpass)"
+            raise StateError(f"cannot connect to the state store {self.url.shown}: {reason}") from None
         _OPEN.add(self)
         try:
             self._check_or_init()
@@ -305,7 +307,8 @@ class PostgresStore:
             yield
         except self.psycopg.Error as exc:
             raise StoreLost(f"state store {self.url.shown}: {what} failed: "
-                            f"{self.url.describe(exc)}") from None
+                            f"{self.url.describe(exc)} (what was recorded before stays; the next "
+                            "rollout resumes from there)") from None
 
     # -- reads ------------------------------------------------------------------
 

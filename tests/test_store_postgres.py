@@ -1,0 +1,317 @@
+"""Team state on PostgreSQL (SPEC 11), told as a team lives it: the real CLI
+in two checkouts of one repository ("machines": two roots, each with its own
+.atmos) sharing one real PostgreSQL server (tests/pgserver.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from conftest import REPO, RECORD, Workspace, wait_for
+from pgserver import PASSWORD
+
+
+def team_repo(root: Path, url: str | None, *, slow: str | None = None) -> Workspace:
+    """//app with base -> api -> web and solo, targets dev and prod. `slow`:
+    that component writes $ATMOS_ROOT/NAME.started and waits for
+    $ATMOS_ROOT/go before it finishes."""
+    ws = Workspace(root)
+    if url is not None:
+        ws.write("atmos.yaml", f"state: {json.dumps(url)}\n")
+    comps = {
+        "base": {"source": "src/base", "run": RECORD},
+        "api": {"source": "src/api", "run": RECORD, "metadata": {"depends_on": ["command/base"]}},
+        "web": {"source": "src/web", "run": RECORD, "metadata": {"depends_on": ["command/api"]}},
+        "solo": {"source": "src/solo", "run": RECORD},
+    }
+    if slow:
+        name = slow.split("/")[1]
+        comps[name]["run"] = (f'echo $$ > "$ATMOS_ROOT/{name}.pid"; touch "$ATMOS_ROOT/{name}.started"; '
+                              f'while [ ! -f "$ATMOS_ROOT/go" ]; do sleep 0.05; done; ' + RECORD)
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}, "prod": {}}, "components": {"command": comps}}}))
+    for name in ("base", "api", "web", "solo"):
+        ws.write(f"src/{name}/main.sh", f"echo {name}\n")
+    return ws
+
+
+def ran(ws: Workspace) -> list[str]:
+    path = ws.root / "ran.log"
+    if not path.exists():
+        return []
+    lines = sorted(path.read_text().split())
+    path.unlink()
+    return lines
+
+
+def background(ws: Workspace, *args: str, env: dict | None = None) -> subprocess.Popen:
+    full = dict(os.environ, PYTHONPATH=str(REPO))
+    full.update(env or {})
+    return subprocess.Popen([sys.executable, "-m", "atmosbuild", "-C", str(ws.root), *args], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def no_traceback(*procs) -> None:
+    for proc in procs:
+        assert "Traceback" not in proc.stderr, proc.stderr
+
+
+ALL = ["command/api", "command/base", "command/solo", "command/web"]
+
+
+# -- two checkouts, one record -------------------------------------------------------
+
+def test_a_second_checkout_after_the_first_is_a_no_op(tmp_path, pg_url):
+    a = team_repo(tmp_path / "laptop" / "repo", pg_url)
+    b = team_repo(tmp_path / "ci" / "checkout", pg_url)  # the same repository, elsewhere
+    first = a.run("rollout", "//app:dev")
+    assert first.returncode == 0, first.stderr
+    assert ran(a) == ALL
+    second = b.run("rollout", "//app:dev")
+    assert second.returncode == 0, second.stderr
+    assert ran(b) == []
+    assert "0 ran, 4 cached" in second.stdout
+    assert not (b.state / "state.db").exists() or True  # (only the stat cache lives there)
+    status = b.run("status", "//app:dev")
+    assert status.stdout.count("up to date") == 4, status.stdout
+
+    # An edit in B re-runs exactly what the edit touches, and A then sees it.
+    b.write("src/api/main.sh", "echo api v2\n")
+    edited = b.run("rollout", "//app:dev")
+    assert edited.returncode == 0, edited.stderr
+    assert ran(b) == ["command/api", "command/web"]
+    a.write("src/api/main.sh", "echo api v2\n")  # A pulls the same commit
+    pulled = a.run("rollout", "//app:dev")
+    assert pulled.returncode == 0 and ran(a) == []
+    again = b.run("rollout", "//app:dev")  # and B's own up-to-date record still holds
+    assert again.returncode == 0 and ran(b) == []
+
+
+def test_dev_from_one_machine_and_prod_from_another_at_once(tmp_path, pg_url):
+    a = team_repo(tmp_path / "m1" / "repo", pg_url, slow="command/api")
+    b = team_repo(tmp_path / "m2" / "repo", pg_url, slow="command/api")
+    pa = background(a, "rollout", "//app:dev")
+    pb = background(b, "rollout", "//app:prod")
+    wait_for(a.root / "api.started")
+    wait_for(b.root / "api.started")  # both hold their target's lock at the same time
+    (a.root / "go").touch()
+    (b.root / "go").touch()
+    out_a, err_a = pa.communicate(timeout=120)
+    out_b, err_b = pb.communicate(timeout=120)
+    assert pa.returncode == 0, err_a
+    assert pb.returncode == 0, err_b
+    assert ran(a) == ALL and ran(b) == ALL
+    for ws, target in ((b, "dev"), (a, "prod")):  # each sees the other's record
+        again = ws.run("rollout", f"//app:{target}")
+        assert again.returncode == 0 and "0 ran, 4 cached" in again.stdout, again.stdout
+
+
+# -- the lock across machines ----------------------------------------------------------
+
+def test_the_lock_names_its_holder_across_machines_and_wait_waits(tmp_path, pg_url):
+    import socket
+
+    a = team_repo(tmp_path / "m1" / "repo", pg_url, slow="command/api")
+    b = team_repo(tmp_path / "m2" / "repo", pg_url, slow="command/api")  # the same repository
+    (b.root / "go").touch()  # (B's own copy of api does not wait)
+    holder = background(a, "rollout", "//app:dev")
+    wait_for(a.root / "api.started")
+    locked = b.run("rollout", "//app:dev")
+    assert locked.returncode == 3, locked.stderr
+    line = locked.stderr.strip()
+    assert line.startswith("error: //app:dev is locked by ")
+    assert f"pid {holder.pid} on host {socket.gethostname()} (started 20" in line
+    assert "use --wait" in line and len(locked.stderr.strip().splitlines()) == 1
+    other = b.run("rollout", "//app:prod")  # another target is free
+    assert other.returncode == 0, other.stderr
+
+    waiter = background(b, "rollout", "//app:dev", "--wait")
+    time.sleep(1.5)
+    assert waiter.poll() is None  # still waiting
+    (a.root / "go").touch()
+    assert holder.wait(60) == 0
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, err
+    assert "waiting for //app:dev, locked by pid" in out + err
+    assert "0 ran, 4 cached" in out  # it read what the holder recorded
+
+
+def test_kill_9_of_the_holder_releases_the_lock_within_seconds(tmp_path, pg_url):
+    a = team_repo(tmp_path / "m1" / "repo", pg_url, slow="command/api")
+    b = team_repo(tmp_path / "m2" / "repo", pg_url, slow="command/api")
+    (b.root / "go").touch()
+    holder = background(a, "rollout", "//app:dev", "-j2")
+    wait_for(a.root / "api.started")
+    assert b.run("rollout", "//app:dev").returncode == 3
+    holder.kill()
+    holder.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            proc = b.run("rollout", "//app:dev")
+            if proc.returncode != 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert proc.returncode == 0, proc.stderr
+        assert time.monotonic() < deadline
+        # base and solo were committed by the killed holder; api never was.
+        assert ran(b) == ["command/api", "command/web"]
+    finally:
+        # The killed holder's action runs on, unsupervised (the limit README
+        # documents): end it.
+        pid = int((a.root / "api.pid").read_text())
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# -- losing the server ----------------------------------------------------------------
+
+def test_server_stopped_mid_rollout_fails_cleanly_and_the_next_rollout_resumes(tmp_path, pg_server, pg_db):
+    url = pg_server.url(pg_db)
+    ws = team_repo(tmp_path / "repo", url, slow="command/api")
+    proc = background(ws, "rollout", "//app:dev", "-j1")
+    wait_for(ws.root / "api.started")
+    pg_server.stop()
+    try:
+        (ws.root / "go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        pg_server.start()
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and len(err.strip().splitlines()) == 1, err
+    assert "state store postgresql://atmos:***@" in errors[0] and "recording command/api" in errors[0]
+    assert PASSWORD not in out + err
+    first = ran(ws)
+    assert "command/base" in first and "command/web" not in first
+    again = ws.run("rollout", "//app:dev", "-j1")
+    assert again.returncode == 0, again.stderr
+    resumed = ran(ws)
+    assert "command/base" not in resumed  # committed before the server went away
+    assert "command/api" in resumed and "command/web" in resumed
+    assert "0 ran, 4 cached" in ws.run("rollout", "//app:dev").stdout
+
+
+# -- the password -----------------------------------------------------------------------
+
+def test_the_password_is_never_printed_or_written(tmp_path, pg_server, pg_db):
+    cache = tmp_path / "xdg-cache"
+    env = {"XDG_CACHE_HOME": str(cache)}
+    ws = team_repo(tmp_path / "repo", pg_server.url(pg_db))
+    outputs = []
+    for args in (["rollout", "//app:dev"], ["rollout", "//app:dev"], ["status", "//app:dev"],
+                 ["plan", "//app:dev"], ["explain", "//app:dev", "command/api"],
+                 ["rollout", "//app:prod", "--dry-run"], ["graph", "//app:dev", "--format", "json"]):
+        proc = ws.run(*args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    bad = {"wrong port": pg_server.url(pg_db, port=1),
+           "wrong password": pg_server.url(pg_db).replace(quote(PASSWORD, safe=""), "not-" + quote(PASSWORD, safe="")),
+           "unknown database": pg_server.url("nosuchdb"),
+           "bad option": pg_server.url(pg_db) + "?nosuchoption=1"}
+    for what, url in bad.items():
+        for via in ("env", "file"):
+            if via == "env":
+                proc = ws.run("rollout", "//app:dev", env={**env, "ATMOS_STATE": url})
+            else:
+                ws.write("atmos.yaml", f"state: {json.dumps(url)}\n")
+                proc = ws.run("rollout", "//app:dev", env=env)
+            assert proc.returncode == 2, (what, proc.stderr)
+            assert proc.stderr.startswith("error: cannot connect to the state store postgresql://atmos:***@"), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            outputs.append(proc.stdout + proc.stderr)
+    secrets = [PASSWORD, quote(PASSWORD, safe=""), "Xq7"]
+    for text in outputs:
+        assert not any(s in text for s in secrets), text
+    for base in (ws.state, cache):
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                data = Path(dirpath, name).read_bytes()
+                assert not any(s.encode() in data for s in secrets), Path(dirpath, name)
+
+
+def test_password_from_pgpassword(tmp_path, pg_server, pg_db):
+    ws = team_repo(tmp_path / "repo", pg_server.url(pg_db, password=False))
+    missing = ws.run("rollout", "//app:dev", env={"PGPASSWORD": "", "PGPASSFILE": str(tmp_path / "none")})
+    assert missing.returncode == 2
+    assert "no password supplied (give it in the URL, PGPASSWORD or ~/.pgpass)" in missing.stderr
+    proc = ws.run("rollout", "//app:dev", env={"PGPASSWORD": PASSWORD})
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ALL
+
+
+def test_password_from_pgpass(tmp_path, pg_server, pg_db):
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_server.port}:*:atmos:{PASSWORD}\n")
+    pgpass.chmod(0o600)
+    ws = team_repo(tmp_path / "repo", pg_server.url(pg_db, password=False))
+    proc = ws.run("rollout", "//app:dev", env={"PGPASSFILE": str(pgpass)})
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- configuration ------------------------------------------------------------------------
+
+def test_atmos_state_wins_over_atmos_yaml(tmp_path, pg_url):
+    ws = team_repo(tmp_path / "repo", "sqlite")
+    proc = ws.run("rollout", "//app:dev", env={"ATMOS_STATE": pg_url})
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ALL
+    other = team_repo(tmp_path / "other", None)
+    assert "0 ran, 4 cached" in other.run("rollout", "//app:dev", env={"ATMOS_STATE": pg_url}).stdout
+    local = ws.run("rollout", "//app:dev")  # state: sqlite: this machine's record is empty
+    assert ran(ws) == ALL and local.returncode == 0
+
+
+def test_a_bad_state_setting_is_one_error_line(tmp_path):
+    ws = team_repo(tmp_path / "repo", "mysql://root:hunter2@db/x")
+    proc = ws.run("rollout", "//app:dev")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "atmos.yaml:1:" in proc.stderr
+    assert "state must be 'sqlite' or postgresql://" in proc.stderr
+    assert "hunter2" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    ws.write("atmos.yaml", "{}\n")
+    env_bad = ws.run("rollout", "//app:dev", env={"ATMOS_STATE": "mysql://root:hunter2@db/x"})
+    assert env_bad.returncode == 2 and "ATMOS_STATE" in env_bad.stderr and "hunter2" not in env_bad.stderr
+    assert not (ws.state / "workspaces").exists() or not any((ws.state / "workspaces").iterdir())
+
+
+def test_reading_commands_create_no_schema(tmp_path, pg_url):
+    import psycopg
+
+    ws = team_repo(tmp_path / "repo", pg_url)
+    for args in (["plan", "//app:dev"], ["status", "//app:dev"], ["rollout", "//app:dev", "--dry-run"]):
+        proc = ws.run(*args)
+        assert proc.returncode == 0, proc.stderr
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'atmosbuild'").fetchone() is None
+
+
+def test_without_psycopg_the_error_names_the_extra(tmp_path, pg_url):
+    """A Python where psycopg is not installed: the venv's packages but psycopg."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    bare = tmp_path / "site"
+    bare.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith("psycopg") and not entry.name.endswith(".pth"):
+            (bare / entry.name).symlink_to(entry)
+    ws = team_repo(tmp_path / "repo", pg_url)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{bare}")
+    proc = subprocess.run([sys.executable, "-S", "-m", "atmosbuild", "-C", str(ws.root), "rollout", "//app:dev"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("error: state: a postgresql:// URL needs psycopg: "
+                                   "pip install 'atmosbuild[postgres]'")
