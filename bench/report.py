@@ -74,6 +74,9 @@ def targets(results: dict) -> list[dict]:
         ("waves makespan <= 1.05x ideal per-wave schedule",
          span.get("atmosbuild-waves", {}).get("target_ratio"), 1.05),
     ]
+    if "postgres-noop" in results["scenarios"]:
+        rows.append(("no-op on PostgreSQL <= 1.5x no-op on SQLite",
+                     _get(results, "postgres-noop", "atmosbuild-postgres", "ratio_sqlite"), 1.5))
     out = []
     for name, value, limit in rows:
         status = "n/a" if value is None else ("pass" if value <= limit else "FAIL")

@@ -88,16 +88,17 @@ class PgServer:
 
     # -- running --------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, fsync: bool = False) -> None:
+        """fsync off by default: the tests kill clients, never the machine
+        (the benchmark turns it on)."""
         assert self.proc is None
         log = open(self.log, "ab")
         kw = {}
         if self.uid is not None:
             kw.update(user=self.uid, group=self.gid, extra_groups=[])
-        # fsync off: the tests kill clients, never the machine.
         self.proc = subprocess.Popen(
             [os.path.join(self.bindir, "postgres"), "-D", self.data, "-h", "127.0.0.1",
-             "-p", str(self.port), "-k", self.sockets, "-c", "fsync=off",
+             "-p", str(self.port), "-k", self.sockets, "-c", f"fsync={'on' if fsync else 'off'}",
              "-c", "max_connections=60", "-c", "shared_buffers=16MB"],
             stdout=log, stderr=log, cwd=self.base, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, **kw)
         log.close()
