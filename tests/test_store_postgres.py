@@ -192,7 +192,8 @@ def test_server_stopped_mid_rollout_fails_cleanly_and_the_next_rollout_resumes(t
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and len(err.strip().splitlines()) == 1, err
-    assert "state store postgresql://atmos:***@" in errors[0] and "recording command/api" in errors[0]
+    assert "state store postgresql://atmos:***@" in errors[0]
+    assert "recording command/api failed" in errors[0] or "connection was lost" in errors[0]
     assert PASSWORD not in out + err
     first = ran(ws)
     assert "command/base" in first and "command/web" not in first
@@ -315,3 +316,28 @@ def test_without_psycopg_the_error_names_the_extra(tmp_path, pg_url):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("error: state: a postgresql:// URL needs psycopg: "
                                    "pip install 'atmosbuild[postgres]'")
+
+
+def test_losing_the_server_while_an_action_runs_stops_it_as_ctrl_c_would(tmp_path, pg_server, pg_db):
+    """The lock went with the session: the action must not run on unlocked
+    until it happens to finish (here: never)."""
+    ws = team_repo(tmp_path / "repo", pg_server.url(pg_db), slow="command/api")
+    proc = background(ws, "rollout", "//app:dev", "-j1")
+    wait_for(ws.root / "api.started")
+    pid = int((ws.root / "api.pid").read_text())
+    pg_server.stop()
+    try:
+        out, err = proc.communicate(timeout=60)  # api waits for a `go` that never comes
+    finally:
+        pg_server.start()
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: state store postgresql://atmos:***@") and "connection was lost" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the action was stopped
+    assert ran(ws) == ["command/base", "command/solo"]
+    (ws.root / "go").touch()
+    again = ws.run("rollout", "//app:dev", "-j1")
+    assert again.returncode == 0, again.stderr
+    assert ran(ws) == ["command/api", "command/web"]

@@ -154,8 +154,13 @@ class Rollout(ScheduleHooks):
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = time.monotonic()
         real = isinstance(runner, ProcessRunner)
+        unwatch = None
         if real:
             runner.install_signal_handlers()
+            watch = getattr(self.store, "watch", None)  # a shared store's session
+            if watch is not None:
+                # Its loss stops the run as Ctrl-C would (the runner's own path).
+                unwatch = watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
@@ -166,11 +171,16 @@ class Rollout(ScheduleHooks):
             self._stop_running(runner)
             raise
         finally:
+            if unwatch is not None:
+                unwatch()
             if real:
                 runner.restore_signal_handlers()
                 runner.kill_all()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
+        lost = getattr(self.store, "lost", None)
+        if lost:
+            raise StoreLost(lost)
         if outcome.result == "success":
             return EXIT_OK
         if outcome.result == "interrupted":

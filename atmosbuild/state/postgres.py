@@ -48,6 +48,7 @@ DEFAULT_SCHEMA = "atmosbuild"
 APPLICATION = "atmosbuild"
 SCHEMA_VERSION = 1
 LOCK_POLL_SECONDS = 0.25
+WATCH_SECONDS = 5.0  # while actions run, the session is checked this often
 INSTALL_HINT = "pip install 'atmosbuild[postgres]'"
 # Server-side keepalives (user-settable): a holder whose machine vanishes
 # without closing its connection loses the lock in about 25 s, not the
@@ -186,13 +187,16 @@ class PostgresStore:
         self.uninitialized = False  # read-only, and no schema yet: nothing stored
         self._local = None  # the local SQLite store, for the stat cache
         self._locks: list[int] = []
+        self.lost: str | None = None  # why the session was found gone (watch)
         psycopg = self.psycopg = _driver()
         self.s = f'"{self.url.schema}"'
         try:
             self.db = psycopg.connect(
                 self.url.conninfo, password=self.url.password, autocommit=True,
                 connect_timeout=10, application_name=f"atmosbuild {socket.gethostname()} "
-                f"pid {os.getpid()}"[:63], options=SESSION_OPTIONS)
+                f"pid {os.getpid()}"[:63], options=SESSION_OPTIONS,
+                # (client side too: a query to a vanished server fails in ~25 s)
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         except psycopg.Error as exc:
             reason = self.url.describe(exc)
             if "no password supplied" in reason:
@@ -306,6 +310,8 @@ class PostgresStore:
         try:
             yield
         except self.psycopg.Error as exc:
+            if self.lost:  # the watch saw it first: say it as it did
+                raise StoreLost(self.lost) from None
             raise StoreLost(f"state store {self.url.shown}: {what} failed: "
                             f"{self.url.describe(exc)} (what was recorded before stays; the next "
                             "rollout resumes from there)") from None
@@ -415,6 +421,33 @@ class PostgresStore:
     def save_file_cache(self, entries: Mapping[str, tuple]) -> None:
         if entries:
             self._local_store().save_file_cache(entries)
+
+    # -- noticing a lost session while actions run ----------------------------------
+
+    def watch(self, on_lost: Callable[[], None], interval: float = WATCH_SECONDS) -> Callable[[], None]:
+        """Check the session every `interval` seconds from a thread; when it
+        is gone (and the lock with it), set `lost` and call `on_lost` once.
+        Without this a long action would run on, unrecorded and unlocked,
+        until it finished. Returns the function that stops watching."""
+        import threading
+
+        stopped = threading.Event()
+
+        def loop() -> None:
+            while not stopped.wait(interval):
+                try:
+                    self.db.execute("SELECT 1")
+                except self.psycopg.Error as exc:
+                    if stopped.is_set():
+                        return
+                    self.lost = (f"state store {self.url.shown}: the connection was lost: "
+                                 f"{self.url.describe(exc)} (what was recorded before stays; the "
+                                 "next rollout resumes from there)")
+                    on_lost()
+                    return
+
+        threading.Thread(target=loop, name="atmosbuild store watch", daemon=True).start()
+        return stopped.set
 
     # -- the deployment+target lock ------------------------------------------------
 
