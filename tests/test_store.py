@@ -94,6 +94,17 @@ def test_build_success_is_reusable_by_key_at_any_target(backend):
     assert hits == {"bk": Built("bk", "nixpack/img", "br", {"image": "i:1"}, 1000.5, 2.25)}
 
 
+def test_builds_read_after_a_snapshot_see_builds_recorded_since(backend):
+    """A reader that took its snapshot first still finds what another
+    machine built afterwards, and its own applied builds as recorded."""
+    a, b = backend.open(), backend.open()
+    a.record_success("d", "dev", "nixpack/img", applied(key="old", outputs={"v": 1}), "r1", build=True)
+    b.snapshot("d", "dev")
+    a.record_success("d", "prod", "nixpack/img", applied(key="new", outputs={"v": 2}), "r2", build=True)
+    hits = b.builds(["old", "new", "none"])
+    assert {k: v.outputs for k, v in hits.items()} == {"old": {"v": 1}, "new": {"v": 2}}
+
+
 def test_the_latest_success_replaces_the_applied_record(backend):
     store = backend.open()
     store.record_success("d", "dev", "command/a", applied(key="k1"), "run-1", build=False)
