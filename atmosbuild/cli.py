@@ -24,6 +24,10 @@ class _Root:
         self.root = find_root(root_opt)
         self.settings = load_settings(self.root)
         self.state_dir = os.path.join(self.root, self.settings.state_dir)
+        if self.settings.state is not None:  # every open_store of this state dir uses it
+            from .state.sqlite import configure_store
+
+            configure_store(self.state_dir, self.settings.state)
 
     def labels(self, texts, *, allow_pattern=True, single=False):
         from .config.labels import parse_label
@@ -40,7 +44,7 @@ class _Root:
         from .state.files import FileDigester, load_trees
         from .state.sqlite import open_store
 
-        store = open_store(self.state_dir, readonly=readonly, state=self.settings.state)
+        store = open_store(self.state_dir, readonly=readonly)
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
@@ -100,10 +104,7 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     from .run import uptodate
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
-    from .state import sqlite
-
-    def open_store(state_dir, *, readonly=False):  # the configured store (sqlite or postgresql)
-        return sqlite.open_store(state_dir, readonly=readonly, state=r.settings.state)
+    from .state.sqlite import open_store
 
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
