@@ -65,6 +65,7 @@ def no_traceback(*procs) -> None:
         assert "Traceback" not in proc.stderr, proc.stderr
 
 
+KNOWN_KEY = -8282357856317912293  # lock_key("atmosbuild", "app", "dev")
 ALL = ["command/api", "command/base", "command/solo", "command/web"]
 
 
@@ -341,3 +342,44 @@ def test_losing_the_server_while_an_action_runs_stops_it_as_ctrl_c_would(tmp_pat
     again = ws.run("rollout", "//app:dev", "-j1")
     assert again.returncode == 0, again.stderr
     assert ran(ws) == ["command/api", "command/web"]
+
+
+def test_a_sqlite_rollout_never_imports_the_postgres_driver(tmp_path):
+    ws = team_repo(tmp_path / "repo", None)
+    code = ("import sys\nfrom atmosbuild.cli import main\n"
+            f"try:\n    main(['-C', {str(ws.root)!r}, 'rollout', '//app:dev'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "bad = [m for m in ('psycopg', 'atmosbuild.state.postgres') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("url, shown, conninfo, password, schema", [
+    ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db", "postgresql://u@h:5432/db", "p@ss", "atmosbuild"),
+    ("postgres://u@h/db?schema=team&sslmode=require", "postgres://u@h/db?schema=team&sslmode=require",
+     "postgresql://u@h/db?sslmode=require", None, "team"),
+    ("postgresql://u@h1:1,h2:2/db?password=sekret", "postgresql://u:***@h1:1,h2:2/db?password=***",
+     "postgresql://u@h1:1,h2:2/db", "sekret", "atmosbuild"),
+    ("postgresql:///db", "postgresql:///db", "postgresql:///db", None, "atmosbuild"),
+])
+def test_state_urls_are_taken_apart_and_masked(url, shown, conninfo, password, schema):
+    from atmosbuild.state.postgres import StateURL
+
+    parsed = StateURL(url)
+    assert (parsed.shown, parsed.conninfo, parsed.password, parsed.schema) == (shown, conninfo, password, schema)
+    if password:
+        assert parsed.scrub(f"failed for {url} with {password}") .count(password) == 0
+
+
+def test_the_lock_key_is_stable_across_machines_and_versions():
+    """Two atmosbuild versions on two machines must compute the same key, or
+    they would not exclude each other: the value is part of the contract."""
+    from atmosbuild.state.postgres import lock_key
+
+    key = lock_key("atmosbuild", "app", "dev")
+    assert key == KNOWN_KEY
+    assert -(1 << 63) <= key < (1 << 63)
+    assert len({lock_key(s, d, t) for s in ("atmosbuild", "b") for d in ("app", "api")
+                for t in ("dev", "prod")}) == 8
