@@ -234,10 +234,19 @@ def test_the_password_is_never_printed_or_written(tmp_path, pg_server, pg_db):
             assert proc.stderr.startswith("error: cannot connect to the state store postgresql://atmos:***@"), proc.stderr
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
             outputs.append(proc.stdout + proc.stderr)
+    # Given in the environment: the actions do not inherit it (an `env` in a
+    # component would print it into its log).
+    dump = Workspace(tmp_path / "dump")
+    dump.write("app/deployment.yaml", json.dumps({"deployment": {"targets": {"dev": {}}, "components": {
+        "command": {"env": {"run": "env; echo PGPASSWORD=${PGPASSWORD:-unset}"}}}}}))
+    proc = dump.run("rollout", "//app:dev", env={**env, "ATMOS_STATE": pg_server.url(pg_db)})
+    assert proc.returncode == 0, proc.stderr
+    assert "PGPASSWORD=unset" in proc.stdout
+    outputs.append(proc.stdout + proc.stderr)
     secrets = [PASSWORD, quote(PASSWORD, safe=""), "Xq7"]
     for text in outputs:
         assert not any(s in text for s in secrets), text
-    for base in (ws.state, cache):
+    for base in (ws.state, dump.state, cache):
         for dirpath, _, files in os.walk(base):
             for name in files:
                 data = Path(dirpath, name).read_bytes()

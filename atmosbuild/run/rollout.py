@@ -78,6 +78,7 @@ class Rollout(ScheduleHooks):
         self.wall_offset = time.time() - time.monotonic()
         # Copied once: reading os.environ decodes every entry on each access.
         self.base_env = dict(os.environ)
+        self.base_env.pop("ATMOS_STATE", None)  # the store's URL (and password) is ours alone
         # Every node succeeded or was cached (set by _summarize); then
         # on_up_to_date(rollout), if given, runs before the locks are released.
         self.everything_up_to_date = False

@@ -443,22 +443,28 @@ class PostgresStore:
         import threading
 
         stopped = threading.Event()
+        guard = threading.Lock()  # once stop() returns, on_lost is never called
 
         def loop() -> None:
             while not stopped.wait(interval):
                 try:
                     self.db.execute("SELECT 1")
                 except self.psycopg.Error as exc:
-                    if stopped.is_set():
-                        return
-                    self.lost = (f"state store {self.url.shown}: the connection was lost: "
-                                 f"{self.url.describe(exc)} (what was recorded before stays; the "
-                                 "next rollout resumes from there)")
-                    on_lost()
+                    with guard:
+                        if stopped.is_set():
+                            return
+                        self.lost = (f"state store {self.url.shown}: the connection was lost: "
+                                     f"{self.url.describe(exc)} (what was recorded before stays; "
+                                     "the next rollout resumes from there)")
+                        on_lost()
                     return
 
+        def stop() -> None:
+            with guard:
+                stopped.set()
+
         threading.Thread(target=loop, name="atmosbuild store watch", daemon=True).start()
-        return stopped.set
+        return stop
 
     # -- the deployment+target lock ------------------------------------------------
 
