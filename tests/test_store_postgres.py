@@ -238,10 +238,10 @@ def test_the_password_is_never_printed_or_written(tmp_path, pg_server, pg_db):
     # component would print it into its log).
     dump = Workspace(tmp_path / "dump")
     dump.write("app/deployment.yaml", json.dumps({"deployment": {"targets": {"dev": {}}, "components": {
-        "command": {"env": {"run": "env; echo PGPASSWORD=${PGPASSWORD:-unset}"}}}}}))
+        "command": {"env": {"run": "env; echo STATE=$${ATMOS_STATE:-unset}"}}}}}))
     proc = dump.run("rollout", "//app:dev", env={**env, "ATMOS_STATE": pg_server.url(pg_db)})
     assert proc.returncode == 0, proc.stderr
-    assert "PGPASSWORD=unset" in proc.stdout
+    assert "STATE=unset" in proc.stdout
     outputs.append(proc.stdout + proc.stderr)
     secrets = [PASSWORD, quote(PASSWORD, safe=""), "Xq7"]
     for text in outputs:
