@@ -161,6 +161,14 @@ def lock_key(schema: str, deployment: str, target: str) -> int:
 
 # -- the store ----------------------------------------------------------------------
 
+class HeldSession:
+    """A deployment lock held on a PostgreSQL session: `fds` are what an
+    action process inherits to keep it held (as run/lock.py's HeldLock)."""
+
+    def __init__(self, fds: tuple[int, ...]) -> None:
+        self.fds = fds
+
+
 _OPEN: "set[PostgresStore]" = set()
 
 
@@ -189,6 +197,7 @@ class PostgresStore:
         self._locks: list[int] = []
         self.lost: str | None = None  # why the session was found gone (watch)
         self._known_builds: dict[str, tuple] = {}  # key -> builds row, read with a snapshot
+        self._dup_fd: int | None = None  # the socket, for actions to inherit (_session_fds)
         psycopg = self.psycopg = _driver()
         self.s = f'"{self.url.schema}"'
         try:
@@ -470,7 +479,7 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def deployment_lock(self, deployment: str, target: str, label: str, *, wait: bool = False,
-                        on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+                        on_wait: Callable[[str], None] | None = None) -> Iterator["HeldSession"]:
         key = lock_key(self.url.schema, deployment, target)
         with self._query("taking the lock"):
             got = self.db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
@@ -496,9 +505,26 @@ class PostgresStore:
                         "host = excluded.host, pid = excluded.pid, started = excluded.started, "
                         "label = excluded.label",
                         (deployment, target, socket.gethostname(), os.getpid(), time.time(), label))
-            yield
+            yield HeldSession(self._session_fds())
         finally:
             self._unlock(key)
+
+    def _session_fds(self) -> tuple[int, ...]:
+        """A duplicate of the session's socket, for the actions to inherit
+        (as they inherit the local lock's descriptor, run/lock.py): if
+        atmosbuild is killed, the connection, and with it the advisory lock,
+        stays open until the last action exits; the server sees the session
+        end only then. A normal close sends libpq's Terminate message, which
+        ends the session whoever still holds the socket. At or above 64,
+        where a script's own `exec 3>…` does not reach."""
+        if self._dup_fd is None:
+            import fcntl
+
+            try:
+                self._dup_fd = fcntl.fcntl(self.db.fileno(), fcntl.F_DUPFD_CLOEXEC, 64)
+            except (OSError, self.psycopg.Error):
+                return ()
+        return (self._dup_fd,)
 
     def _unlock(self, key: int) -> None:
         if key in self._locks:
@@ -533,9 +559,12 @@ class PostgresStore:
         db = getattr(self, "db", None)
         if db is not None and not db.closed:
             try:
-                db.close()
+                db.close()  # (Terminate first: the session ends even if a child holds the socket)
             except Exception:
                 pass
+        if getattr(self, "_dup_fd", None) is not None:
+            os.close(self._dup_fd)
+            self._dup_fd = None
         if self._local is not None:
             self._local.close()
             self._local = None
