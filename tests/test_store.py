@@ -12,8 +12,10 @@ update; the schema guard refuses what is not ours and changes nothing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -391,3 +393,44 @@ def test_pg_connection_errors_never_show_the_password(pg_server, pg_db, tmp_path
         assert PASSWORD not in text and "Xq7" not in text, text
         assert "postgresql://atmos:***@127.0.0.1:" in text, text
         assert "\n" not in text
+
+
+HOLDER = """
+import os, signal, subprocess, sys
+from atmosbuild.state.sqlite import open_store
+store = open_store(sys.argv[1], state=sys.argv[2])
+with store.deployment_lock("d", "dev", "//app:dev") as held:
+    child = subprocess.Popen(["sleep", "600"], pass_fds=held.fds, start_new_session=True)
+    print(child.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 while the action runs
+"""
+
+
+def test_pg_lock_outlives_a_killed_holder_while_its_action_runs(pg_url, tmp_path):
+    """The action inherits the session's socket (HeldSession.fds): the
+    server keeps the session, and the lock, until the action exits too."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "a"), pg_url], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    proc.wait()
+    other = open_store(str(tmp_path / "b"), state=pg_url)
+    try:
+        with pytest.raises(LockedError):
+            with other.deployment_lock("d", "dev", "//app:dev"):
+                pass
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with other.deployment_lock("d", "dev", "//app:dev"):
+                    break
+            except LockedError:
+                assert time.monotonic() < deadline, "the lock was not released after the action exited"
+                time.sleep(0.1)
+    finally:
+        other.close()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
