@@ -416,9 +416,11 @@ def test_pg_lock_outlives_a_killed_holder_while_its_action_runs(pg_url, tmp_path
     proc.wait()
     other = open_store(str(tmp_path / "b"), state=pg_url)
     try:
-        with pytest.raises(LockedError):
+        with pytest.raises(LockedError) as info:
             with other.deployment_lock("d", "dev", "//app:dev"):
                 pass
+        assert f"pid {proc.pid} on host" in info.value.message
+        assert "which has exited, but actions it started still run" in info.value.message
         os.kill(child, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while True:

@@ -144,6 +144,16 @@ class StateURL:
         return self.scrub("; ".join(lines) or type(exc).__name__)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _version(meta: Mapping[str, str]) -> int:
     try:
         return int(meta.get("version", ""))
@@ -552,7 +562,10 @@ class PostgresStore:
             return "another rollout"
         host, pid, started, holder_label = row
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started))
-        return f"pid {pid} on host {host} (started {when}, {holder_label})"
+        holder = f"pid {pid} on host {host} (started {when}, {holder_label})"
+        if host == socket.gethostname() and not _alive(pid):
+            holder += ", which has exited, but actions it started still run"
+        return holder
 
     def close(self) -> None:
         _OPEN.discard(self)
