@@ -26,7 +26,10 @@ database (`file_cache`), opened only when asked for.
   the lock dies with the session (holder exits, is killed, or loses its
   connection; server-side TCP keepalives bound the last case) and no write
   can happen after the lock is gone. The holder's host, pid, start time and
-  label go into `locks`, so a second rollout names it.
+  label go into `locks`, so a second rollout names it. Actions inherit a
+  duplicate of the session's socket (`HeldSession.fds`, as they inherit the
+  local lock's descriptor): after a kill -9 of atmosbuild the server keeps
+  the session, and the lock, until the last action exits.
 - Losing the server: any failure of a query after the store was opened is
   `StoreLost` (one `error:` line; the rollout stops its actions as for
   Ctrl-C). Nothing committed is lost: every success was its own commit.
@@ -150,7 +153,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # somebody else's: it runs
     return True
 
 
