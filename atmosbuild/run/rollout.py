@@ -103,7 +103,10 @@ class Rollout(ScheduleHooks):
                 self.console.info(f"Workspace: {shown}" + (f"  ({label})" if self.multi else ""))
             code = self._execute()
             if self.everything_up_to_date and self.on_up_to_date is not None:
-                self.on_up_to_date(self)  # still under the locks: the store is as we left it
+                try:
+                    self.on_up_to_date(self)  # still under the locks: the store is as we left it
+                except StoreLost:
+                    pass  # (the run is recorded; only the shortcut for the next one is lost)
             return code
 
     def _lock(self, stack: ExitStack, deployment: str, target: str, label: str) -> None:
