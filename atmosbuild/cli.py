@@ -17,6 +17,18 @@ SCHEDULES = ("waves", "eager")
 FORMATS = ("dot", "json", "mermaid")
 
 
+def _complete_labels(ctx, param, incomplete):
+    from .completion import complete_labels  # (only when a shell asks)
+
+    return complete_labels(ctx, param, incomplete)
+
+
+def _complete_components(ctx, param, incomplete):
+    from .completion import complete_components
+
+    return complete_components(ctx, param, incomplete)
+
+
 class _Root:
     def __init__(self, root_opt: str | None) -> None:
         from .config.workspace import find_root, load_settings
@@ -68,7 +80,7 @@ def _root(ctx: click.Context) -> _Root:
 # -- rollout / plan / graph ------------------------------------------------------
 
 @cli.command()
-@click.argument("labels", nargs=-1, required=True)
+@click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
 @click.option("-j", "--parallelism", type=int, help="Run at most N actions at once (default: CPU count).")
 @click.option("--schedule", type=click.Choice(SCHEDULES), help="waves (default) or eager.")
 @click.option("-k", "--keep-going", is_flag=True, default=None, help="Run everything not downstream of a failure.")
@@ -77,12 +89,16 @@ def _root(ctx: click.Context) -> _Root:
 @click.option("--output", type=click.Path(dir_okay=False), help="Write --graph output to FILE.")
 @click.option("--keep-workspace", is_flag=True, help="Keep the rollout workspace for debugging.")
 @click.option("--force", is_flag=True, help="Run every selected component, up to date or not.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME", help="Select components (and what they depend on).")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
+              help="Select components (and what they depend on).")
 @click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report to FILE.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a run report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False),
+              help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing).")
 @click.pass_context
 def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
-            keep_workspace, force, only, wait, report):
+            keep_workspace, force, only, wait, report, profile):
     """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
     r = _root(ctx)
     if parallelism is None:
@@ -109,12 +125,12 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             toolchain=dict(r.settings.toolchain))
+                             profile=profile, toolchain=dict(r.settings.toolchain))
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
     record_keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
-    if not force and not report:  # (a report describes each node's decision: the full path)
+    if not (force or report or profile):  # (a report describes each node's decision: the full path)
         code = uptodate.rollout_if_up_to_date(record_keys, r.root, r.state_dir, options, console,
                                               open_store)
         if code is not None:
@@ -152,23 +168,36 @@ def _show_plan(graph, store, graph_format, output, *, force=False):
         click.echo(text, nl=False)
 
 
+TEXT_JSON = click.Choice(("text", "json"))
+FORMAT_HELP = "text (default) or json: one JSON document on stdout, for scripts."
+
+
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
 @click.option("--force", is_flag=True, help="Plan as if --force were given.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def plan(ctx, label, force, only):
+def plan(ctx, label, force, only, out_format):
     """Show what a rollout of LABEL would do, and why."""
     r = _root(ctx)
     graph, store, _ = r.graph(r.labels([label]), only=list(only))
+    if out_format == "json":
+        from .graph.plan import make_plan
+        from .jsonout import dumps, plan_data
+        from .state.rebuild import Rebuilder
+
+        click.echo(dumps(plan_data(graph, make_plan(graph, Rebuilder(graph, store, force=force)))),
+                   nl=False)
+        return
     _show_plan(graph, store, None, None, force=force)
 
 
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
 @click.option("--format", "graph_format", type=click.Choice(FORMATS), default="dot", show_default=True)
 @click.option("--output", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
-@click.option("--only", multiple=True, metavar="TYPE/NAME")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components)
 @click.pass_context
 def graph(ctx, label, graph_format, output, only):
     """Export the planned graph of LABEL (DOT, JSON or Mermaid)."""
@@ -180,9 +209,10 @@ def graph(ctx, label, graph_format, output, only):
 # -- status / explain ------------------------------------------------------------
 
 @cli.command()
-@click.argument("label")
+@click.argument("label", shell_complete=_complete_labels)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def status(ctx, label):
+def status(ctx, label, out_format):
     """Per component: last applied key, when, and whether it is up to date."""
     import time
 
@@ -193,6 +223,13 @@ def status(ctx, label):
     graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
     rebuilder = Rebuilder(graph_, store)
     planned = make_plan(graph_, rebuilder)
+    if out_format == "json":
+        from .jsonout import dumps, status_data, status_row
+
+        rows_ = [status_row(nid, graph_.nodes[nid], rebuilder.applied(graph_.nodes[nid]), planned[nid])
+                 for nid in graph_.dag.order]
+        click.echo(dumps(status_data(graph_, rows_)), nl=False)
+        return
     rows = [("COMPONENT", "MODE", "APPLIED", "WHEN", "TOOK", "STATE")]
     for nid in graph_.dag.order:
         node = graph_.nodes[nid]
@@ -210,10 +247,11 @@ def status(ctx, label):
 
 
 @cli.command()
-@click.argument("label")
-@click.argument("component")
+@click.argument("label", shell_complete=_complete_labels)
+@click.argument("component", shell_complete=_complete_components)
+@click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
 @click.pass_context
-def explain(ctx, label, component):
+def explain(ctx, label, component, out_format):
     """Why COMPONENT (TYPE/NAME) of LABEL would run: what changed."""
     from .errors import did_you_mean
     from .graph.plan import BLOCKED, CACHED, make_plan
@@ -227,6 +265,11 @@ def explain(ctx, label, component):
     p = make_plan(graph_, rebuilder)[component]
     node = graph_.nodes[component]
     last = rebuilder.applied(node)
+    if out_format == "json":
+        from .jsonout import dumps, explain_data
+
+        click.echo(dumps(explain_data(graph_, component, p, last)), nl=False)
+        return
     if last:
         click.echo(f"{component}: last applied key {last.key[:12]}")
     if p.status == CACHED:
@@ -243,7 +286,7 @@ def explain(ctx, label, component):
 # -- validate / fmt / convert -----------------------------------------------------
 
 @cli.command()
-@click.argument("labels", nargs=-1)
+@click.argument("labels", nargs=-1, shell_complete=_complete_labels)
 @click.pass_context
 def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
@@ -377,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
     # collector, 0.7 s without). Rollouts switch it back on (freezing the
     # loaded graph) before they start running actions.
     gc.disable()
+    if "_ATMOSBUILD_COMPLETE" in os.environ:  # a shell asking for completions (SPEC 13)
+        from .completion import install
+
+        install()
     try:
         # With standalone_mode=False, click returns ctx.exit()'s code instead of raising.
         code = cli.main(args=argv, prog_name="atmosbuild", standalone_mode=False)

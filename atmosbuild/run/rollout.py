@@ -21,7 +21,7 @@ from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
 from .process import ActionSpec, ProcessRunner, Step
-from .report import iso, write_report
+from .report import NodeRun, RunReport, write_profile, write_report
 from .schedule import ScheduleHooks, execute
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
@@ -47,7 +47,8 @@ class RolloutOptions:
     keep_workspace: bool = False
     force: bool = False
     wait: bool = False
-    report: str | None = None
+    report: str | None = None  # JSON, or the HTML page for a .html name
+    profile: str | None = None  # Chrome trace-event JSON
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
 
@@ -76,6 +77,8 @@ class Rollout(ScheduleHooks):
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
         self.wall_offset = time.time() - time.monotonic()
+        self.started_at = time.monotonic()  # the run's 0.0 in its report (set again as it starts)
+        self.wave_marks: list[tuple[int, float]] = []  # (wave, when it opened), for the views
         # Copied once: reading os.environ decodes every entry on each access.
         self.base_env = dict(os.environ)
         self.base_env.pop("ATMOS_STATE", None)  # the store's URL (and password) is ours alone
@@ -156,7 +159,7 @@ class Rollout(ScheduleHooks):
         gc.freeze()
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
-        started = time.monotonic()
+        started = self.started_at = time.monotonic()
         real = isinstance(runner, ProcessRunner)
         unwatch = None
         if real:
@@ -223,6 +226,7 @@ class Rollout(ScheduleHooks):
         return False
 
     def wave_started(self, index: int, total: int, nodes) -> None:
+        self.wave_marks.append((index, time.monotonic() - self.started_at))
         nodes = list(nodes)
         word = "component" if len(nodes) == 1 else "components"
         shown = ", ".join(nodes[:WAVE_NAMES_SHOWN])
@@ -355,12 +359,18 @@ class Rollout(ScheduleHooks):
                              counts["skipped"], counts["cancelled"], duration)
         self.everything_up_to_date = (outcome.result == "success"
                                       and counts["succeeded"] + counts["cached"] == len(outcome.nodes))
-        if self.options.report:
-            write_report(self.options.report, self._report(outcome, duration))
+        if self.options.report or self.options.profile:
+            report = self._report(outcome, duration)
+            if self.options.report:
+                write_report(self.options.report, report)
+            if self.options.profile:
+                write_profile(self.options.profile, report)
 
-    def _report(self, outcome, duration: float) -> dict:
+    def _report(self, outcome, duration: float) -> RunReport:
+        """The one result of the run that every written view renders."""
         nodes = []
-        for wave in self.graph.dag.waves:
+        dag = self.graph.dag
+        for wave in dag.waves:
             for nid in wave:
                 node = self.graph.nodes[nid]
                 fin = outcome.nodes[nid].finished
@@ -374,23 +384,20 @@ class Rollout(ScheduleHooks):
                 if not reason:
                     reason = decision.reason if decision else ""
                 ran = fin is not None
-                nodes.append({
-                    "id": nid, "wave": self.graph.dag.wave_of[nid], "status": status,
-                    "key": decision.key if decision else None,
-                    "started": iso(fin.started + self.wall_offset) if ran else None,
-                    "finished": iso(fin.finished + self.wall_offset) if ran else None,
-                    "duration_s": round(fin.finished - fin.started, 3) if ran else 0.0,
-                    "exit_code": fin.exit_code if ran else None,
-                    "log": self._log_path(node) if ran else None,
-                    "reason": reason,
-                })
+                nodes.append(NodeRun(
+                    id=nid, wave=dag.wave_of[nid], status=status,
+                    key=decision.key if decision else None, reason=reason,
+                    deps=tuple(dag.deps[nid]),
+                    started=fin.started - self.started_at if ran else None,
+                    finished=fin.finished - self.started_at if ran else None,
+                    exit_code=fin.exit_code if ran else None,
+                    log=self._log_path(node) if ran else None))
         labels = [str(label) for label in self.graph.labels]
         workspaces = list(self.workspaces.values())
-        return {
-            "label": labels[0] if len(labels) == 1 else " ".join(labels),
-            "workspace": workspaces[0] if len(workspaces) == 1 else workspaces,
-            "result": outcome.result,
-            "duration_s": round(duration, 3),
-            "run_id": self.run_id,
-            "nodes": nodes,
-        }
+        return RunReport(
+            label=labels[0] if len(labels) == 1 else " ".join(labels),
+            workspace=workspaces[0] if len(workspaces) == 1 else workspaces,
+            result=outcome.result, duration_s=duration, run_id=self.run_id,
+            parallelism=self.options.parallelism, schedule=self.options.schedule,
+            wall_start=self.started_at + self.wall_offset, nodes=tuple(nodes),
+            wave_marks=tuple(self.wave_marks))
