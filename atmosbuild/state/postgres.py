@@ -494,8 +494,8 @@ class PostgresStore:
     def deployment_lock(self, deployment: str, target: str, label: str, *, wait: bool = False,
                         on_wait: Callable[[str], None] | None = None) -> Iterator["HeldSession"]:
         key = lock_key(self.url.schema, deployment, target)
-        with self._query("taking the lock"):
-            got = self.db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        who = (deployment, target, socket.gethostname(), os.getpid(), time.time(), label)
+        got = self._try_lock(key, who, "taking the lock")
         if not got:
             holder = self._holder(deployment, target, key)
             if not wait:
@@ -504,23 +504,31 @@ class PostgresStore:
                 on_wait(f"waiting for {label}, locked by {holder}")
             while not got:
                 time.sleep(LOCK_POLL_SECONDS)
-                with self._query("waiting for the lock"):
-                    got = self.db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+                got = self._try_lock(key, who, "waiting for the lock")
         self._locks.append(key)
         try:
-            if not self.uninitialized:
-                with self._query("naming the lock holder"), self.db.transaction():
-                    # Not worth a disk flush: a lost row only blurs a message.
-                    self.db.execute("SET LOCAL synchronous_commit TO OFF")
-                    self.db.execute(
-                        f"INSERT INTO {self.s}.locks VALUES (%s, %s, pg_backend_pid(), %s, %s, %s, %s) "
-                        "ON CONFLICT (deployment, target) DO UPDATE SET backend_pid = excluded.backend_pid, "
-                        "host = excluded.host, pid = excluded.pid, started = excluded.started, "
-                        "label = excluded.label",
-                        (deployment, target, socket.gethostname(), os.getpid(), time.time(), label))
             yield HeldSession(self._session_fds())
         finally:
             self._unlock(key)
+
+    def _try_lock(self, key: int, who: tuple, what: str) -> bool:
+        """Take the advisory lock and, if it was free, name its holder in
+        `locks`: one statement, one round trip (the holder's row is not
+        worth a disk flush: a lost one only blurs a message)."""
+        try:
+            with self._query(what):
+                row = self.db.execute(
+                    "WITH got AS (SELECT pg_try_advisory_lock(%s) AS ok, "
+                    "set_config('synchronous_commit', 'off', true)) "
+                    f"INSERT INTO {self.s}.locks SELECT %s, %s, pg_backend_pid(), %s, %s, %s, %s "
+                    "FROM got WHERE ok ON CONFLICT (deployment, target) DO UPDATE SET "
+                    "backend_pid = excluded.backend_pid, host = excluded.host, pid = excluded.pid, "
+                    "started = excluded.started, label = excluded.label RETURNING 1",
+                    (key, *who)).fetchone()
+        except StoreLost:
+            self._unlock(key)  # (a session lock outlives a failed statement)
+            raise
+        return row is not None
 
     def _session_fds(self) -> tuple[int, ...]:
         """A duplicate of the session's socket, for the actions to inherit
