@@ -49,15 +49,18 @@ class PgServer:
 
     def __init__(self, bindir: str) -> None:
         self.bindir = bindir
-        self.base = tempfile.mkdtemp(prefix="atmos-pg-")
+        # Under root the server runs as `nobody`, who must reach the cluster:
+        # /tmp, not a TMPDIR only root can enter.
+        root = os.geteuid() == 0
+        self.base = tempfile.mkdtemp(prefix="atmos-pg-", dir="/tmp" if root and os.path.isdir("/tmp") else None)
         os.chmod(self.base, 0o755)
         self.data = os.path.join(self.base, "data")
         self.sockets = os.path.join(self.base, "sock")
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(self.base, "server.log")
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam("nobody")
+        if root:
+            entry = pwd.getpwnam("nobody")  # (KeyError: the fixture skips)
             self.uid, self.gid = entry.pw_uid, entry.pw_gid
         else:
             self.uid = self.gid = None
@@ -167,7 +170,10 @@ def pg_server():
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
-    server = PgServer(bindir)
+    try:
+        server = PgServer(bindir)
+    except (KeyError, RuntimeError, OSError) as exc:
+        pytest.skip(f"cannot make a PostgreSQL cluster here: {exc}")
     try:
         server.start()
         yield server
