@@ -172,8 +172,8 @@ def pg_server():
         pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
     try:
         server = PgServer(bindir)
-    except (KeyError, RuntimeError, OSError) as exc:
-        pytest.skip(f"cannot make a PostgreSQL cluster here: {exc}")
+    except KeyError:  # root, and no `nobody` to run the server as
+        pytest.skip("running as root with no unprivileged `nobody` user for initdb")
     try:
         server.start()
         yield server
