@@ -392,3 +392,17 @@ def test_the_lock_key_is_stable_across_machines_and_versions():
     assert -(1 << 63) <= key < (1 << 63)
     assert len({lock_key(s, d, t) for s in ("atmosbuild", "b") for d in ("app", "api")
                 for t in ("dev", "prod")}) == 8
+
+
+def test_the_bench_postgres_scenario_runs(tmp_path, pg_server):
+    """bench/run.py --only postgres at smoke size: both stores measured, the
+    target computed (timings never asserted)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--smoke", "--only", "postgres",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for scenario in ("postgres-noop", "postgres-edit"):
+        for tool in ("atmosbuild-sqlite", "atmosbuild-postgres"):
+            assert results["scenarios"][scenario][tool]["status"] == "ok"
+    target = [t for t in results["targets"] if t["target"].startswith("no-op on PostgreSQL")]
+    assert len(target) == 1 and target[0]["value"] is not None
