@@ -406,3 +406,39 @@ def test_the_bench_postgres_scenario_runs(tmp_path, pg_server):
             assert results["scenarios"][scenario][tool]["status"] == "ok"
     target = [t for t in results["targets"] if t["target"].startswith("no-op on PostgreSQL")]
     assert len(target) == 1 and target[0]["value"] is not None
+
+
+def test_a_no_op_costs_a_few_statements_not_one_per_component(tmp_path, pg_server, pg_db):
+    """The server's own statement log (log_statement = all) over a no-op of
+    300 components: a handful of statements, on the up-to-date record's path
+    and on the full path alike (no query per node)."""
+    import psycopg
+
+    with psycopg.connect(pg_server.url(pg_db), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{pg_db}" SET log_statement = \'all\'')
+    ws = Workspace(tmp_path / "repo")
+    ws.write("atmos.yaml", f"state: {json.dumps(pg_server.url(pg_db))}\n")
+    comps = {f"c{i:03d}": {"run": "true", **({"metadata": {"depends_on": [f"command/c{i - 1:03d}"]}}
+                                            if i % 10 else {})} for i in range(300)}
+    ws.write("app/deployment.yaml", json.dumps(
+        {"deployment": {"targets": {"dev": {}}, "components": {"command": comps}}}))
+    assert ws.run("rollout", "//app:dev").returncode == 0
+
+    def statements(*args, env=None) -> list[str]:
+        with open(pg_server.log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            start = fh.tell()
+        proc = ws.run("rollout", "//app:dev", *args, env=env)
+        assert proc.returncode == 0 and "0 ran, 300 cached" in proc.stdout, proc.stdout + proc.stderr
+        with open(pg_server.log, "rb") as fh:
+            fh.seek(start)
+            # (simple protocol: "statement: ..."; with parameters: "execute <unnamed>: ...")
+            return [line for line in fh.read().decode(errors="replace").splitlines()
+                    if "LOG:  statement: " in line or "LOG:  execute " in line]
+
+    statements()  # (this one writes the up-to-date record)
+    recorded = statements()
+    full = statements(env={"ATMOS_NO_CACHE": "1"})
+    assert 0 < len(recorded) <= 6, recorded  # meta, lock, applied rows, unlock
+    assert 0 < len(full) <= 10, full  # + the snapshot (applied, attempts, builds)
+    assert any("applied" in line for line in recorded) and any("advisory" in line for line in recorded)
