@@ -125,7 +125,8 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     console = Console(prefix=parallelism > 1)
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
-                             profile=profile, toolchain=dict(r.settings.toolchain))
+                             profile=profile, toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)})
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
@@ -292,7 +293,9 @@ def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
     from .config.labels import Label
     from .config.workspace import discover_packages, load_package
-    from .graph.actions import SourceChecker, build_structure, load_specs
+    from .components import TYPES, ComponentType
+    from .graph.actions import SourceChecker, build_structure, compile_graph, load_specs
+    from .state.files import FileDigester
 
     r = _root(ctx)
     if labels:
@@ -313,6 +316,11 @@ def validate(ctx, labels):
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
+            if any(type(TYPES[c.type]).compile is not ComponentType.compile
+                   for c in st.resolved[label].values()):
+                # A type that reads its sources (terraform: declared vars,
+                # local modules) finds its errors only with them at hand.
+                compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=specs)
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 
@@ -394,8 +402,17 @@ def clean(ctx, workspaces, cache, all_):
 
         raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
     removed = []
+    kept = None
     if all_:
-        removed.append(r.state_dir)
+        # Everything but Terraform's state (the default backend's, SPEC 9):
+        # it describes real infrastructure, and losing it orphans that.
+        tfstate = os.path.join(r.state_dir, "tfstate")
+        if os.path.isdir(tfstate) and os.listdir(tfstate):
+            kept = tfstate
+            removed += [os.path.join(r.state_dir, name) for name in sorted(os.listdir(r.state_dir))
+                        if name != "tfstate"]
+        else:
+            removed.append(r.state_dir)
     else:
         if workspaces:
             removed.append(os.path.join(r.state_dir, "workspaces"))
@@ -409,6 +426,9 @@ def clean(ctx, workspaces, cache, all_):
         elif os.path.exists(path):
             os.unlink(path)
             click.echo(f"removed {os.path.relpath(path, r.root)}")
+    if kept:
+        click.echo(f"kept {os.path.relpath(kept, r.root)}/: Terraform state of real infrastructure "
+                   "(destroy it first, or remove the directory yourself)")
 
 
 # -- entry point ------------------------------------------------------------------

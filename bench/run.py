@@ -41,7 +41,7 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "postgres")
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "postgres")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
 # "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
@@ -507,6 +507,13 @@ def main(argv: list[str] | None = None) -> int:
             bench.load(ws)
     if "scale" in wanted:
         bench.scale(args.workdir, args.scale_sizes)
+    terraform_results = None
+    if "terraform" in wanted:  # bench/terraform.py: its own rounds and numbers
+        import terraform as tfbench
+
+        n, real, runs = (10, 2, 1) if args.smoke else (200, 20, min(args.runs, 3))
+        terraform_results = tfbench.run(os.path.join(args.workdir, "terraform"), n, real, runs)
+        print(tfbench.text(terraform_results), flush=True)
     if "postgres" in wanted:
         bench.postgres(args.workdir)
 
@@ -538,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     if "scale" in bench.extra:
         results["scale"] = bench.extra["scale"]
     results["targets"] = report.targets(results)
+    if terraform_results is not None:
+        results["terraform"] = terraform_results
     report.write(results, args.out)
     print()
     print(report.summary_text(results))

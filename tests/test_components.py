@@ -114,31 +114,43 @@ deployment:
 """
 
 
+ECR_MODULE = """\
+variable "name" {}
+variable "tags" { type = map(string) }
+variable "replicas" { type = number }
+resource "terraform_data" "r" {}
+"""
+
+
 def test_terraform_runs_init_workspace_apply_output_in_order(ws):
     tf, log = standin(ws, "terraform")
     settings(ws, terraform=str(tf))
-    ws.write("modules/ecr/main.tf", 'resource "terraform_data" "r" {}\n')
+    ws.write("modules/ecr/main.tf", ECR_MODULE)
     ws.write("app/deployment.yaml", TF_DEPLOYMENT)
 
     proc, report = rollout(ws, "//app:dev", "-j2")
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    recs = calls(log)
+    # The toolchain's identity is read once (for the keys), before anything runs.
+    assert [r["argv"] for r in calls(log)][:1] == [["version", "-json"]]
+    recs = [r for r in calls(log) if r["argv"] != ["version", "-json"]]
     workdir = recs[0]["cwd"]
     assert Path(workdir).parts[-3:] == ("terraform", "ecr", "api")
     assert Path(workdir).parent.parent.parent.parent == ws.state / "workspaces"
     assert [r["argv"] for r in recs] == [
-        ["init", "-input=false"],
-        ["workspace", "select", "-or-create=true", "dev"],
-        ["apply", "-auto-approve", "-input=false",
+        ["init", "-input=false", "-no-color", "-migrate-state", "-force-copy"],
+        ["workspace", "select", "-or-create=true", "-no-color", "dev"],
+        ["apply", "-auto-approve", "-input=false", "-no-color",
          f"-var-file={Path(workdir).parents[2]}/.atmos/terraform%2Fecr%2Fapi.tfvars.json"],
-        ["output", "-json"],
+        ["output", "-json", "-no-color"],
     ]
     assert {r["cwd"] for r in recs} == {workdir}
-    assert recs[2]["var_file"] == {"region": "eu-west-1", "replicas": 1, "name": "api-dev",
-                                   "tags": {"team": "backend"}}
+    # Only the vars the module declares (SPEC 9): the deployment-wide
+    # `region` it does not declare is left out.
+    assert recs[2]["var_file"] == {"replicas": 1, "name": "api-dev", "tags": {"team": "backend"}}
     env = recs[0]["env"]
-    assert env["TF_DATA_DIR"] == os.path.join(workdir, ".terraform")
+    # The data dir persists under the state dir, per deployment, target and component.
+    assert env["TF_DATA_DIR"] == str(ws.state / "terraform" / "data" / "app@dev" / "terraform%2Fecr%2Fapi")
     assert env["TF_IN_AUTOMATION"] == "1" and env["ATMOS_TARGET"] == "dev"
     # `output -json` became {name: value}, and flowed into the dependent.
     assert applied_outputs(ws, "terraform/ecr/api") == {"url": "x"}
@@ -152,7 +164,7 @@ def test_terraform_runs_init_workspace_apply_output_in_order(ws):
 def test_parallel_terraform_components_of_one_module_never_share_a_data_dir(ws):
     tf, log = standin(ws, "terraform", apply_sleep=1.0)
     settings(ws, terraform=str(tf))
-    ws.write("modules/net/main.tf", "# shared module\n")
+    ws.write("modules/net/main.tf", 'variable "cidr" {}\n')
     ws.write("app/deployment.yaml", """\
         deployment:
           targets: {dev: {}}
@@ -178,7 +190,7 @@ def test_parallel_terraform_components_of_one_module_never_share_a_data_dir(ws):
 
 def test_missing_terraform_binary_fails_the_component_naming_the_setting(ws):
     settings(ws, terraform="terraform-not-installed-anywhere")
-    ws.write("modules/ecr/main.tf", "# module\n")
+    ws.write("modules/ecr/main.tf", ECR_MODULE)
     ws.write("app/deployment.yaml", TF_DEPLOYMENT)
 
     proc, report = rollout(ws, "//app:dev", "-j2")

@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 from ..state.store import APPLY, BUILD
 
 # (the modes are re-exported: component types import them from here)
-__all__ = ["APPLY", "BUILD", "ActionContext", "ComponentType", "Invocation", "parse_json_object",
+__all__ = ["APPLY", "BUILD", "ActionContext", "CompileEnv", "Compiled", "ComponentType", "Invocation",
+           "parse_json_object",
            "read_outputs_file", "require_binary"]
 
 
@@ -24,6 +25,9 @@ __all__ = ["APPLY", "BUILD", "ActionContext", "ComponentType", "Invocation", "pa
 class Invocation:
     argv: tuple[str, ...]
     capture: bool = False  # hand this step's stdout to `outputs`
+    # False: a captured stdout that may hold secrets nobody knows yet
+    # (`terraform output -json`) is kept out of the log.
+    log: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,42 @@ class ActionContext:
     # so `nixpacks build .` or `tar .` never pick them up.
     meta_prefix: str = ""
     toolchain: Mapping[str, str] = field(default_factory=dict)
+    state_dir: str = ""  # STATE_DIR (absolute): what persists across rollouts lives here
+    root: str = ""  # the workspace root
+    component: Any = None  # the ResolvedComponent
+    ingredients: Mapping[str, Any] = field(default_factory=dict)  # the node's local key ingredients
+    extra: Mapping[str, Any] = field(default_factory=dict)  # what the type's `compile` kept
+    settings: Mapping[str, Any] = field(default_factory=dict)  # atmos.yaml, per type (`terraform:`)
+    color: bool = False  # the console shows colours (a terminal, no NO_COLOR): tools may colour
+
+
+@dataclass
+class CompileEnv:
+    """What a type's `compile` may use besides the component: the root, the
+    state directory (for caches), atmos.yaml settings, the digester of the
+    keys, and `fail(path, message)`, which gives the error to raise for a
+    problem at `path` of the deployment document (("vars", NAME) of the
+    component or its override, ...)."""
+
+    root: str
+    state_dir: str
+    deployment: str
+    target: str
+    digester: Any
+    toolchain: Mapping[str, str]
+    settings: Mapping[str, Any]
+    fail: Any  # (path: tuple, message: str) -> Exception
+    set_vars: frozenset = frozenset()  # vars written on the component or its per-target override
+    caches: dict = field(default_factory=dict)  # per-compile caches, shared by all nodes
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A type's refinement of a node's key ingredients (see `compile`)."""
+
+    config: Mapping[str, Any]
+    files: Mapping[str, list]
+    extra: Mapping[str, Any] = field(default_factory=dict)  # for the run, not the key
 
 
 class ComponentType:
@@ -59,6 +99,33 @@ class ComponentType:
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         raise NotImplementedError
+
+    def compile(self, comp, config: dict, files: dict, env: CompileEnv) -> Compiled | None:
+        """Refine the key ingredients at plan time (which vars count, extra
+        files, the toolchain's identity); None keeps them as they are. May
+        raise env.fail(...) or AtmosError for bad input."""
+        return None
+
+    def config_secrets(self, comp, settings: Mapping[str, Any], deployment: str, target: str) -> list[str]:
+        """Secret values in the type's own configuration (terraform: backend
+        passwords), masked in the action's output like sensitive vars."""
+        return []
+
+    def source_additions(self, ctx: ActionContext) -> dict[str, list]:
+        """Files the action added to its *source* directory that the next
+        compile will see (`.terraform.lock.hcl`), as key file entries
+        ("source:REL" -> [kind, digest, exec]): the key recorded for the
+        success includes them, so writing them does not re-run it."""
+        return {}
+
+    def sensitive_outputs(self, ctx: ActionContext, captured: str | None) -> frozenset[str]:
+        """The names of the outputs that are sensitive (masked, never stored)."""
+        return frozenset()
+
+    def recover_outputs(self, ctx: ActionContext) -> dict | None:
+        """A cached upstream's outputs, sensitive ones included, read back
+        from where the tool keeps them (Terraform state); None if it cannot."""
+        return None
 
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         return {}

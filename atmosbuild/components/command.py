@@ -11,6 +11,7 @@ class Command(ComponentType):
     mode = APPLY
     version = "1"
     required = ("run",)
+    forbidden = ("backend",)
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         if isinstance(ctx.run, str):

@@ -30,7 +30,7 @@ DEPLOYMENT_KEYS = ("name", "description", "labels", "vars", "env", "targets", "c
 TARGET_KEYS = ("vars", "env", "components")
 COMPONENT_KEYS = (
     "source", "vars", "env", "run", "inputs", "cache", "timeout", "retries",
-    "enabled", "sensitive", "metadata",
+    "enabled", "sensitive", "backend", "metadata",
 )
 METADATA_KEYS = ("depends_on",)
 

@@ -260,6 +260,12 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         r = fields["retries"]
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise v.fail(path + ("retries",), "retries must be a whole number >= 0")
+    if "backend" in fields:
+        from ..components.tfbackend import backend_problem
+
+        problem = backend_problem(fields["backend"])
+        if problem:
+            raise v.fail(path + ("backend", *problem[0]), problem[1])
     if "metadata" in fields:
         meta = v.mapping(fields["metadata"], path + ("metadata",), "metadata")
         v.known_keys(meta, METADATA_KEYS, path + ("metadata",), "metadata")

@@ -44,6 +44,8 @@ class ResolvedComponent:
     sensitive: tuple[str, ...]  # var/env names whose values are masked
     depends_on: tuple[str, ...]  # sorted: explicit ∪ implied by ${outputs...}
     output_refs: tuple[tuple[str, str], ...]  # (upstream id, key path)
+    backend: Any = None  # terraform: the component's `backend:` (an override's replaces it)
+    own_vars: tuple[str, ...] = ()  # var names set on the component itself or its per-target override
 
 
 class RenderError(Exception):
@@ -137,6 +139,8 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         timeout=float(timeout) if timeout is not None else None,
         retries=fields.get("retries", 0), sensitive=tuple(sorted(sensitive)),
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
+        backend=fields.get("backend"),
+        own_vars=tuple(sorted(set(comp.fields.get("vars") or {}) | set(override.get("vars") or {}))),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, UsageError, did_you_mean
 from .document import Document
@@ -23,7 +23,8 @@ SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", ".atmos", ".terraform", "node_modules", "__pycache__",
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
-SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "state")
+SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "terraform", "state")
+TERRAFORM_KEYS = ("backend",)
 TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
 
@@ -34,6 +35,7 @@ class Settings:
     keep_going: bool | None = None
     toolchain: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = ".atmos"
+    terraform: Mapping[str, Any] = field(default_factory=dict)  # {backend: {type, config}}
     state: str | None = None  # the state store: "sqlite" or a postgresql:// URL (SPEC 11)
 
 
@@ -102,13 +104,26 @@ def load_settings(root: str) -> Settings:
     state_dir = data.get("state_dir", ".atmos")
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
+    tf = data.get("terraform") or {}
+    if not isinstance(tf, dict):
+        raise fail("terraform", "terraform must be a map (terraform: {backend: {type: ..., config: {...}}})")
+    for key in tf:
+        if key not in TERRAFORM_KEYS:
+            raise fail(("terraform", key), f"unknown terraform setting '{key}'"
+                       + did_you_mean(str(key), TERRAFORM_KEYS) + f"; known: {', '.join(TERRAFORM_KEYS)}")
+    if "backend" in tf:
+        from ..components.tfbackend import backend_problem
+
+        problem = backend_problem(tf["backend"])
+        if problem:
+            raise fail(("terraform", "backend", *problem[0]), problem[1])
     state = data.get("state")
     if state is not None and not (state == "sqlite" or isinstance(state, str) and state.startswith(
             ("postgresql://", "postgres://"))):
         err = fail("state", "state must be 'sqlite' or postgresql://USER@HOST:PORT/DB")
         err.context = ()  # (the line may hold a password: not shown)
         raise err
-    return Settings(par, sched, kg, tc, state_dir, state)
+    return Settings(par, sched, kg, tc, state_dir, tf, state)
 
 
 def package_dir(root: str, package: str) -> str:

@@ -34,6 +34,9 @@ class ActionNode:
     local: Mapping = field(repr=False)  # local key ingredients
     local_canonical: str = field(repr=False)
     deps: tuple[str, ...] = ()  # node ids
+    # What the type's `compile` kept for the run (terraform: declared vars,
+    # modules to mirror, init inputs); not part of the key.
+    extra: Mapping = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def mode(self) -> str:
@@ -132,6 +135,8 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
 
     compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
+    if write_cache:
+        compiler.save_caches()
     if write_cache and key:  # only once everything checked out
         if cached is None:
             cache.save(key, _picklable(st, configs))
@@ -156,6 +161,36 @@ class NodeCompiler:
         self.root, self.specs, self.lookup, self.dag, self.digester = root, specs, lookup, dag, digester
         self.names = names if names is not None else {label: spec.name for label, spec in specs.items()}
         self.sources = SourceChecker(root)
+        self._settings = None  # atmos.yaml, read when a type's `compile` first needs it
+        self._caches: dict = {}  # shared by the types' `compile` across nodes
+
+    def save_caches(self) -> None:
+        for cache in self._caches.values():
+            save = getattr(cache, "save", None)
+            if save is not None:
+                save()
+
+    def _compile_env(self, label: Label, comp: ResolvedComponent, spec):
+        from ..components.base import CompileEnv
+
+        if self._settings is None:
+            from ..config.workspace import load_settings
+
+            self._settings = load_settings(self.root)
+        settings = self._settings
+
+        def fail(path: tuple, message: str):
+            if spec is None:
+                return NeedsFullCompile()
+            return spec.fail(_field_path(spec, label, comp, path[0]) + tuple(path[1:])
+                             if path[0] not in ("vars", "env") else _var_path(spec, label, comp, path),
+                             message)
+
+        return CompileEnv(
+            root=self.root, state_dir=os.path.join(self.root, settings.state_dir),
+            deployment=self.names[label], target=label.target, digester=self.digester,
+            toolchain=dict(settings.toolchain), settings=dict(getattr(settings, comp.type, None) or {}),
+            fail=fail, set_vars=frozenset(comp.own_vars), caches=self._caches)
 
     def node(self, nid: str) -> ActionNode:
         label, cid, comp, (config, config_text) = self.lookup(nid)
@@ -173,9 +208,16 @@ class NodeCompiler:
                     raise NeedsFullCompile() from None
                 raise SourceChecker.not_a_directory(spec, comp, label) from None
             raise
-        return ActionNode(nid, cid, label, self.names[label], label.target, comp, TYPES[comp.type],
+        ctype = TYPES[comp.type]
+        extra: Mapping = {}
+        if type(ctype).compile is not ComponentType.compile:
+            refined = ctype.compile(comp, config, files, self._compile_env(label, comp, spec))
+            if refined is not None:
+                config, files, extra = dict(refined.config), dict(refined.files), refined.extra
+                config_text = canonical(config)
+        return ActionNode(nid, cid, label, self.names[label], label.target, comp, ctype,
                           {**config, "files": files}, local_canonical(config_text, files),
-                          self.dag.deps[nid])
+                          self.dag.deps[nid], extra)
 
 
 class NeedsFullCompile(Exception):
@@ -198,6 +240,17 @@ def _field_path(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, fie
     if field in override:
         return ("deployment", "targets", label.target, "components", comp.type, comp.name, field)
     return ("deployment", "components", comp.type, comp.name, field)
+
+
+def _var_path(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, path: tuple) -> tuple:
+    """Where var (or env) `path[1]` of `comp` is written on the component or
+    its per-target override (the override wins)."""
+    section, name = path[0], path[1]
+    override = spec.targets[label.target].overrides.get(comp.id, {})
+    if name in (override.get(section) or {}):
+        return ("deployment", "targets", label.target, "components", comp.type, comp.name, section,
+                name) + tuple(path[2:])
+    return ("deployment", "components", comp.type, comp.name, section, name) + tuple(path[2:])
 
 
 def _located_cycle(exc: CycleError, specs, where) -> CycleError:

@@ -18,7 +18,8 @@ what is left in the pipe is read for at most DRAIN_SECONDS (a process that left
 the group with setsid may still hold it; the log says so).
 
 Output is read in binary, split into lines, decoded with errors="replace", masked
-(secrets -> `***`) and written to the action's log and the console. Steps
+(secrets -> `***`) and written to the action's log (without ANSI colour codes)
+and the console. Steps
 marked `capture` keep their raw stdout for `collect` (e.g. `terraform output
 -json`); that stdout goes to the log only and their stderr is kept apart, so
 warnings never corrupt the JSON.
@@ -59,6 +60,7 @@ class Step:
 
     argv: tuple[str, ...]
     capture: bool = False
+    log: bool = True  # False (with capture): the stdout is not written to the log either
 
 
 @dataclass
@@ -200,15 +202,20 @@ class _Alarms:
 _ALARMS = _Alarms()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class _Lines:
     """Output bytes -> masked lines in the log, and on the console or (`capture`) kept raw."""
 
-    __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending")
+    __slots__ = ("_node", "_mask", "_log", "_console", "_kept", "_pending", "_logged")
 
-    def __init__(self, node: str, mask: Callable[[str], str], log: IO[str], console: Console, capture: bool) -> None:
+    def __init__(self, node: str, mask: Callable[[str], str], log: IO[str], console: Console, capture: bool,
+                 logged: bool = True) -> None:
         self._node, self._mask, self._log, self._console = node, mask, log, console
         self._kept: list[bytes] | None = [] if capture else None
         self._pending: list[bytes] = []  # the start of an unfinished line
+        self._logged = logged or not capture
 
     def feed(self, data: bytes) -> None:
         if self._kept is not None:
@@ -235,8 +242,11 @@ class _Lines:
         return None if self._kept is None else b"".join(self._kept)
 
     def _emit(self, raw: bytes) -> None:
+        if not self._logged:
+            return
         line = self._mask(raw.decode("utf-8", "replace").rstrip("\r\n"))
-        self._log.write(line + "\n")
+        # Logs hold no colour codes, whatever a tool printed for the console.
+        self._log.write((_ANSI.sub("", line) if "\x1b" in line else line) + "\n")
         if self._kept is None:
             self._console.component_line(self._node, line)
 
@@ -564,7 +574,7 @@ class ProcessRunner:
             action.proc = proc
             if action.stop_signal is not None:  # stop() came while we were spawning
                 _killpg(proc.pid, action.stop_signal)
-        lines = _Lines(spec.node, mask, log, self._console, step.capture)
+        lines = _Lines(spec.node, mask, log, self._console, step.capture, step.log)
         output = _Output(proc, lines)
         try:
             try:
@@ -586,6 +596,8 @@ class ProcessRunner:
         finally:
             output.close()
         out = lines.captured()
+        if not step.log and out is not None:
+            log.write(f"--- {len(out)} bytes of output captured, not logged (they may hold secrets)\n")
         if errors is not None:
             with errors:
                 errors.seek(0)

@@ -51,6 +51,7 @@ class RolloutOptions:
     profile: str | None = None  # Chrome trace-event JSON
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Rollout(ScheduleHooks):
         self.workspaces: dict = {}
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
+        self._added: dict[str, dict] = {}  # node -> files its action added to its source
         self.done = 0
         self.running: list[str] = []
         self.rebuilder: Rebuilder | None = None
@@ -253,6 +255,9 @@ class Rollout(ScheduleHooks):
             outputs = fin.value or {}
             from ..graph.keys import result_digest
 
+            added = self._added.pop(fin.node, None)
+            if added:
+                node, decision = self._with_added_files(fin.node, node, decision, added)
             result = result_digest(decision.key, outputs)
             self.results[fin.node] = _Result(result, outputs)
             upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
@@ -265,6 +270,24 @@ class Rollout(ScheduleHooks):
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def _with_added_files(self, nid: str, node: ActionNode, decision: Decision, added: dict):
+        """The action wrote files into its source (terraform's lock file):
+        the key recorded is the one the next compile computes with them, so
+        writing them does not re-run it (SPEC 9)."""
+        from dataclasses import replace
+
+        from ..graph.keys import action_key, canonical, local_canonical
+
+        files = {**node.local["files"], **added}
+        config = {k: v for k, v in node.local.items() if k != "files"}
+        node = replace(node, local={**node.local, "files": files},
+                       local_canonical=local_canonical(canonical(config), files))
+        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
+        decision = replace(decision, key=action_key(node.local_canonical, upstream))
+        self.graph.nodes[nid] = node
+        self.decisions[nid] = decision
+        return node, decision
 
     def node_skipped(self, node: str, reason: str) -> None:
         self.done += 1
@@ -298,7 +321,8 @@ class Rollout(ScheduleHooks):
         outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
         ids = self.graph.specs[label].components
         quote = isinstance(comp.run, str)
-        secrets = secret_values(comp)
+        secrets = secret_values(comp) + node.ctype.config_secrets(
+            comp, self.options.settings.get(comp.type, {}), node.deployment, node.target)
         # Rendering can fail (a missing upstream output); that must fail this
         # action, not the scheduler, so it happens inside `prepare`.
         state: dict[str, Any] = {}
@@ -324,7 +348,10 @@ class Rollout(ScheduleHooks):
                 component_id=node.cid, name=comp.name, target=node.target,
                 deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
                 run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
-                meta_prefix=meta, toolchain=self.options.toolchain)
+                meta_prefix=meta, toolchain=self.options.toolchain,
+                state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
+                ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
+                color=bool(getattr(self.console, "color", False)))
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
@@ -339,10 +366,14 @@ class Rollout(ScheduleHooks):
                 "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
             })
             spec.env = full_env
-            spec.steps = [Step(tuple(i.argv), i.capture) for i in node.ctype.invocations(action_ctx)]
+            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in node.ctype.invocations(action_ctx)]
 
         def collect(captured: str | None):
-            return node.ctype.outputs(ctx(), captured)
+            outputs = node.ctype.outputs(ctx(), captured)
+            added = node.ctype.source_additions(ctx())
+            if added:
+                self._added[nid] = added
+            return outputs
 
         spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,

@@ -54,7 +54,8 @@ KEEP = 8  # records kept per workspace (one per selection)
 # Modules whose logic decides "up to date"; with the structure cache's own.
 DECISION_MODULES = ("run/uptodate.py", "run/rollout.py", "state/rebuild.py", "graph/keys.py",
                     "state/files.py", "components/base.py", "components/command.py",
-                    "components/terraform.py", "components/nixpack.py", "graph/actions.py")
+                    "components/terraform.py", "components/tfmodule.py", "components/tfbackend.py",
+                    "components/tftoolchain.py", "components/nixpack.py", "graph/actions.py")
 # A partial rollout decides at most a quarter of the selection again (or
 # PARTIAL_MIN nodes); past that, compiling the whole graph in one go is as
 # cheap as node by node.
@@ -133,7 +134,14 @@ def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
         return None
     import xxhash
 
-    key = xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}".encode())
+    # atmos.yaml too: its toolchain and terraform backend enter terraform keys.
+    try:
+        with open(os.path.join(root, "atmos.yaml"), "rb") as fh:
+            settings = fh.read()
+    except OSError:
+        settings = b""
+    key = xxhash.xxh3_128_hexdigest(f"{structure}\0{code_stamp(*DECISION_MODULES)}\0".encode()
+                                    + settings)
     return Keys(key, structure)
 
 
@@ -275,10 +283,47 @@ def make(graph, trees: dict, store, root: str) -> Record | None:
         seen.add(comp.source)
         if not _add_tree(out, comp.source, trees.get(comp.source), settled):
             return None
+    if not _add_terraform(out, graph, trees, settled, root):
+        return None
     recorded = RecordedGraph(tuple(graph.labels), {label: RecordedSpec(spec.name)
                                                    for label, spec in graph.specs.items()},
                              nodes, graph.dag)
     return _finish(recorded, out, store)
+
+
+def _add_terraform(out: _Paths, graph, trees: dict, settled: FileDigester, root: str) -> bool:
+    """Terraform keys also stand on local modules outside the component's
+    source and on the binary's identity: their trees and the binary are
+    watched, and a change in them takes the full path (no node's source
+    accounts for it). False (no record) when a module lies inside some
+    component's source: a change there would be pinned on that one only."""
+    sources = {node.component.source for node in graph.nodes.values()
+               if node.component.source is not None}
+    bases = tuple("" if s == "." else s + "/" for s in sources)
+    modules: set[str] = set()
+    binaries: set[str] = set()
+    for node in graph.nodes.values():
+        mods = node.local.get("modules") if hasattr(node.local, "get") else None
+        own = node.component.source
+        for mod in mods or ():
+            if own is not None and (own == "." or mod == own or mod.startswith(own + "/")):
+                continue
+            modules.add(mod)
+        binary = (getattr(node, "extra", None) or {}).get("binary")
+        if binary:
+            binaries.add(binary)
+    for mod in sorted(modules):
+        if any((mod + "/").startswith(base) for base in bases):
+            return False
+        if not _add_tree(out, mod, trees.get(mod), settled):
+            return False
+    for binary in sorted(binaries):  # an upgrade in place moves its signature
+        try:
+            out.files.append((binary, signature(os.lstat(binary))))
+        except OSError:
+            return False
+        out.watched.add(binary)
+    return True
 
 
 def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:

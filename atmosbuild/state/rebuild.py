@@ -173,6 +173,7 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
         out.append(f"source moved {old.get('source')} → {new_local.get('source')}")
     if old.get("timeout") != new_local.get("timeout"):
         out.append(f"timeout changed {old.get('timeout')} → {new_local.get('timeout')}")
+    out += _type_changes(old, new_local)
     before, after = old.get("files") or {}, new_local.get("files") or {}
     source = new_local.get("source") or old.get("source") or ""
     for name in sorted(set(before) | set(after)):
@@ -196,6 +197,29 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
                 out.append(f"dependency `{dep}` removed")
             elif b_up[dep] != a_up[dep]:
                 out.append(f"upstream `{dep}` result changed")
+    return out
+
+
+def _type_changes(old: Mapping, new: Mapping) -> list[str]:
+    """Ingredients a type adds (terraform: toolchain, backend, local modules)."""
+    out = []
+    if "toolchain" in old and _differs(old.get("toolchain"), new.get("toolchain")):
+        from ..components.tftoolchain import describe_toolchain
+
+        out.append(f"toolchain changed {describe_toolchain(old.get('toolchain'))} → "
+                   f"{describe_toolchain(new.get('toolchain'))}")
+    if "backend" in old and _differs(old.get("backend"), new.get("backend")):
+        b, a = old.get("backend") or {}, new.get("backend") or {}
+        if b.get("type") != a.get("type"):
+            out.append(f"backend changed {b.get('type')} → {a.get('type')}")
+        else:
+            out.append("backend config changed" + _values(b.get("config"), a.get("config")))
+    if _differs(old.get("modules"), new.get("modules")):
+        b, a = set(old.get("modules") or ()), set(new.get("modules") or ())
+        for name in sorted(a - b):
+            out.append(f"local module `{name}` added")
+        for name in sorted(b - a):
+            out.append(f"local module `{name}` removed")
     return out
 
 
