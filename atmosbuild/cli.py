@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import AtmosError, UsageError
+from .errors import AtmosError, ConfigError, UsageError
 
 SCHEDULES = ("waves", "eager")
 FORMATS = ("dot", "json", "mermaid")
@@ -40,6 +40,16 @@ class _Root:
             from .state.sqlite import configure_store
 
             configure_store(self.state_dir, self.settings.state)
+        self.state_was_there = os.path.lexists(self.state_dir)
+
+    def mark_state_dir(self) -> None:
+        """If this command made the state directory (whatever part of it
+        wrote there first: a store, a lock, a tool's cache), mark it as
+        atmosbuild's, so that `clean` may act there."""
+        if not self.state_was_there:
+            from .fileops import mark_state_dir
+
+            mark_state_dir(self.state_dir)
 
     def labels(self, texts, *, allow_pattern=True, single=False):
         from .config.labels import parse_label
@@ -61,6 +71,10 @@ class _Root:
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
                               cache=StructureCache(self.state_dir), write_cache=write_cache)
+        if write_cache:  # a rollout, past every check of its input: the state dir, marked
+            from .fileops import ensure_state_dir
+
+            ensure_state_dir(self.state_dir)
         return graph, store, digester
 
 
@@ -74,7 +88,9 @@ def cli(ctx: click.Context, root: str | None) -> None:
 
 
 def _root(ctx: click.Context) -> _Root:
-    return _Root(ctx.obj)
+    r = _Root(ctx.obj)
+    ctx.call_on_close(r.mark_state_dir)
+    return r
 
 
 # -- rollout / plan / graph ------------------------------------------------------
@@ -96,15 +112,21 @@ def _root(ctx: click.Context) -> _Root:
               help="Write a run report to FILE: JSON, or one self-contained page for a .html name.")
 @click.option("--profile", type=click.Path(dir_okay=False),
               help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing).")
+@click.option("--from-preview", "from_preview", metavar="PREVIEW_ID",
+              help="Apply exactly the plans saved by `atmosbuild preview` (refused if anything moved).")
 @click.pass_context
 def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_format, output,
-            keep_workspace, force, only, wait, report, profile):
+            keep_workspace, force, only, wait, report, profile, from_preview):
     """Roll out LABEL... (e.g. //api:dev, //...:dev)."""
     r = _root(ctx)
-    if parallelism is None:
-        parallelism = r.settings.parallelism or os.cpu_count() or 1
-    if parallelism < 1:
-        raise UsageError(f"-j/--parallelism must be at least 1, got {parallelism}")
+    parallelism = _parallelism(r, parallelism)
+    if from_preview is not None:
+        if dry_run or force:
+            raise UsageError("--from-preview applies a reviewed preview: it takes no --dry-run or --force")
+        code = _lifecycle(r, "apply", labels, parallelism=parallelism, only=only, report=report,
+                          profile=profile, schedule=schedule, keep_going=keep_going, keep_workspace=keep_workspace,
+                          wait=wait, from_preview=from_preview)
+        ctx.exit(code)
     if graph_format and not dry_run:
         raise UsageError("--graph needs --dry-run (use `atmosbuild graph LABEL` to export a plan)")
     if output and not graph_format:
@@ -153,6 +175,216 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     finally:
         store.close()
     ctx.exit(code)
+
+
+def _parallelism(r, parallelism):
+    if parallelism is None:
+        parallelism = r.settings.parallelism or os.cpu_count() or 1
+    if parallelism < 1:
+        raise UsageError(f"-j/--parallelism must be at least 1, got {parallelism}")
+    return parallelism
+
+
+def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, profile=None, schedule=None,
+               keep_going=None,
+               keep_workspace=False, wait=False, from_preview=None, confirm=None) -> int:
+    """preview / destroy / check / rollout --from-preview: the rollout's
+    pipeline with the verb's Rollout (run/lifecycle.py)."""
+    from .run import lifecycle
+    from .run.rollout import Rollout, RolloutOptions
+    from .run.ui import Console
+    from .state.sqlite import open_store
+
+    schedule = schedule or r.settings.schedule or "waves"
+    if keep_going is None:
+        keep_going = bool(r.settings.keep_going)
+    resolved = r.labels(labels)
+    manifest = None
+    if from_preview is not None:
+        manifest = lifecycle.load_manifest(r.state_dir, from_preview)
+        if sorted(manifest.get("labels") or []) != sorted(str(l) for l in resolved) or \
+                sorted(manifest.get("only") or []) != sorted(only):
+            raise UsageError(f"preview {from_preview} was made for "
+                             f"{' '.join(manifest.get('labels') or [])}"
+                             + (f" --only {' --only '.join(manifest['only'])}" if manifest.get("only") else "")
+                             + "; give the same selection")
+    console = Console(prefix=parallelism > 1)
+    options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
+                             keep_workspace=keep_workspace, wait=wait, report=report, profile=profile,
+                             toolchain=dict(r.settings.toolchain),
+                             settings={"terraform": dict(r.settings.terraform)}, verb=verb,
+                             from_preview=from_preview)
+    if verb in ("preview", "check") and not (report or profile):  # (a report describes each node)
+        from .run import uptodate
+
+        keys = uptodate.record_key(r.state_dir, r.root, resolved, list(only))
+        code = lifecycle.run_if_up_to_date(verb, keys, r.root, r.state_dir, options, console,
+                                           open_store, only)
+        if code is not None:
+            return code
+    # Compile against a read-only view first: bad input must leave no state behind.
+    graph, store, digester = r.graph(resolved, only=None if verb == "destroy" else list(only),
+                                     readonly=True, write_cache=True)
+    extra = {}
+    if verb == "destroy":
+        graph, extra["standing"] = lifecycle.destroy_selection(graph, list(only))
+    if confirm is not None:
+        if not confirm(graph, store):
+            store.close()
+            return 0
+    store.close()
+    store = open_store(r.state_dir)
+    store.save_file_cache(digester.changed)
+    if manifest is not None:
+        run = lifecycle.FromPreview(r.root, r.state_dir, graph, store, options, console, manifest=manifest)
+    else:
+        run = lifecycle.VERBS.get(verb, Rollout)(r.root, r.state_dir, graph, store, options, console, **extra)
+        if verb == "preview":
+            run.only = list(only)
+    try:
+        return run.run()
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
+@click.option("-j", "--parallelism", type=int, help="Run at most N previews at once (default: CPU count).")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
+              help="Select components (and what they depend on).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@click.pass_context
+def preview(ctx, labels, parallelism, only, wait, report, profile):
+    """What a rollout of LABEL... would change, nothing applied; saves the plans (SPEC 10)."""
+    r = _root(ctx)
+    ctx.exit(_lifecycle(r, "preview", labels, parallelism=_parallelism(r, parallelism), only=only,
+                        report=report, profile=profile, wait=wait))
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
+@click.option("-j", "--parallelism", type=int, help="Destroy at most N components at once.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), help="waves (default, reversed) or eager.")
+@click.option("-k", "--keep-going", is_flag=True, default=None,
+              help="After a failure, destroy everything that nothing standing needs.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
+              help="Destroy these components (and what depends on them, first).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed off a terminal).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@click.pass_context
+def destroy(ctx, labels, parallelism, schedule, keep_going, only, yes, wait, report, profile):
+    """Tear down LABEL... in reverse dependency order (SPEC 10)."""
+    r = _root(ctx)
+    parallelism = _parallelism(r, parallelism)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not yes and not interactive:
+        raise UsageError("destroy asks for confirmation: not on a terminal, pass --yes to destroy")
+
+    def confirm(graph, store) -> bool:
+        from .run.lifecycle import applied_nodes
+
+        doomed = applied_nodes(graph, store)
+        if not doomed:
+            click.echo("Nothing to destroy: no component of the selection is applied.")
+            return False
+        if yes:
+            return True
+        click.echo(f"This destroys {len(doomed)} component{'s' if len(doomed) != 1 else ''}, in this order:")
+        for nid in doomed:
+            click.echo(f"  {nid}")
+        if click.confirm("Destroy them?", default=False):
+            return True
+        click.echo("Nothing destroyed.")
+        return False
+
+    ctx.exit(_lifecycle(r, "destroy", labels, parallelism=parallelism, only=only, report=report,
+                        profile=profile, schedule=schedule, keep_going=keep_going, wait=wait, confirm=confirm))
+
+
+@cli.command()
+@click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
+@click.option("-j", "--parallelism", type=int, help="Run at most N checks at once.")
+@click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
+              help="Select components (and what they depend on).")
+@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
+@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@click.pass_context
+def check(ctx, labels, parallelism, only, wait, report, profile):
+    """Drift: does the infrastructure still match what was applied? Exit 4 if not (SPEC 10)."""
+    r = _root(ctx)
+    ctx.exit(_lifecycle(r, "check", labels, parallelism=_parallelism(r, parallelism), only=only,
+                        report=report, profile=profile, wait=wait))
+
+
+@cli.command()
+@click.argument("label", shell_complete=_complete_labels)
+@click.argument("component", shell_complete=_complete_components)
+@click.argument("key", required=False)
+@click.option("--json", "as_json", is_flag=True, help="All outputs as one JSON object.")
+@click.option("--format", "fmt_", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.option("--show-sensitive", is_flag=True, help="Show sensitive values (read from the Terraform state).")
+@click.pass_context
+def output(ctx, label, component, key, as_json, fmt_, show_sensitive):
+    """A component's recorded outputs; KEY alone prints one value raw (SPEC 10)."""
+    import json
+
+    from .errors import did_you_mean
+
+    r = _root(ctx)
+    graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
+    if component not in graph_.nodes:
+        raise UsageError(f"no component '{component}' in {label}" + did_you_mean(component, graph_.nodes))
+    node = graph_.nodes[component]
+    snap = store.snapshot(node.deployment, node.target, components=[node.cid])
+    last = snap.applied.get(node.cid)
+    if last is None:
+        removal = snap.removals.get(node.cid)
+        raise UsageError(f"{component} has no outputs at {label}: "
+                         + (removal.reason if removal else "never applied"))
+    outputs = dict(last.outputs)
+    sensitive = set((node.extra or {}).get("sensitive_outputs") or ()) & set(outputs)
+    if show_sensitive and sensitive:
+        recovered = _recover_outputs(r, node)
+        if recovered is None:
+            raise UsageError(f"cannot read the sensitive outputs of {component} back from its state")
+        outputs.update({k: recovered[k] for k in sensitive if k in recovered})
+        sensitive = set()
+    if key is not None:
+        if key not in outputs:
+            raise UsageError(f"{component} has no output '{key}'" + did_you_mean(key, outputs)
+                             + f"; outputs: {', '.join(sorted(outputs)) or 'none'}")
+        if key in sensitive:
+            raise UsageError(f"output '{key}' of {component} is sensitive: add --show-sensitive to print it")
+        value = outputs[key]
+        click.echo(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        return
+    shown = {k: ("<sensitive>" if k in sensitive else v) for k, v in sorted(outputs.items())}
+    if as_json or fmt_ == "json":
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    for k, v in shown.items():
+        click.echo(f"{k} = {v if k in sensitive else json.dumps(v, sort_keys=True)}")
+
+
+def _recover_outputs(r, node):
+    from .components.base import ActionContext
+
+    comp = node.component
+    ctx = ActionContext(component_id=node.cid, name=comp.name, target=node.target,
+                        deployment=node.deployment, key="", workdir="", vars={}, run=None,
+                        outputs_path="", vars_path="", toolchain=dict(r.settings.toolchain),
+                        state_dir=os.path.abspath(r.state_dir), root=r.root, component=comp,
+                        ingredients=node.local, extra=node.extra,
+                        settings=dict(r.settings.terraform) if comp.type == "terraform" else {})
+    return node.ctype.recover_outputs(ctx)
 
 
 def _show_plan(graph, store, graph_format, output, *, force=False):
@@ -241,6 +473,10 @@ def status(ctx, label, out_format):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.finished))
             rows.append((nid, node.mode, last.key[:12], when, f"{last.duration:.1f}s", state))
         else:
+            removal = rebuilder.snapshot(node).removals.get(node.cid)
+            if removal is not None and removal.kind == "destroyed":
+                # (SPEC 10) the next rollout applies it again
+                state = f"destroyed (by run {removal.run_id}): the next rollout applies it again"
             rows.append((nid, node.mode, "-", "-", "-", state))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
@@ -344,27 +580,74 @@ def _read_document(path: str):
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file is not formatted.")
-def fmt(files, check):
-    """Rewrite BUILD.atmos FILE... in the canonical DSL layout."""
+@click.option("--diff", is_flag=True, help="Print a unified diff of the changes.")
+def fmt(files, check, diff):
+    """Rewrite BUILD.atmos FILE... in the canonical DSL layout (`-`: stdin to stdout)."""
     from .config.fmt import format_dsl
+    from .fileops import write_atomic
 
-    unformatted = []
-    for path in files:
-        if not path.endswith(".atmos"):
+    # Every file is read and formatted before any is written: a parse error
+    # anywhere changes nothing anywhere.
+    from .config.dsl import parse_dsl
+
+    jobs = []
+    for path in dict.fromkeys(files):
+        if path != "-" and not path.endswith(".atmos"):
             raise UsageError(f"{path}: fmt formats DSL files (BUILD.atmos); "
                              "use `atmosbuild convert FILE --to dsl` for YAML")
-        doc = _read_document(path)
-        text = format_dsl(doc.data, getattr(doc, "comments", None))
-        if text != doc.text:
-            unformatted.append(path)
-            if not check:
-                with open(path, "w", encoding="utf-8") as fh:
-                    fh.write(text)
+        shown = "<stdin>" if path == "-" else path
+        try:
+            if path == "-":
+                raw = sys.stdin.buffer.read()
+            else:
+                with open(path, "rb") as fh:
+                    raw = fh.read()
+            text = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise UsageError(f"{path} is a directory; fmt formats BUILD.atmos files") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=shown) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        doc = parse_dsl(text, shown)
+        jobs.append((path, text, format_dsl(doc.data, getattr(doc, "comments", None))))
+    unformatted = []
+    for path, old, new in jobs:
+        if diff and new != old:
+            click.echo(_unified_diff(old, new, "<stdin>" if path == "-" else path), nl=False)
+        if path == "-":
+            if new != old:
+                unformatted.append("<stdin>")
+            if not check and not diff:
+                click.echo(new, nl=False)
+            continue
+        if new == old:
+            continue
+        unformatted.append(path)
+        if not check:
+            target = os.path.realpath(path)  # (a symlinked BUILD.atmos stays a link)
+            write_atomic(target, new.encode("utf-8"), mode=os.stat(target).st_mode & 0o7777,
+                         durable=True)
+            if not diff:
                 click.echo(f"formatted {path}")
     if check and unformatted:
         for path in unformatted:
             click.echo(f"would reformat {path}", err=True)
         sys.exit(1)
+
+
+def _unified_diff(old: str, new: str, name: str) -> str:
+    import difflib
+
+    def lines(text):
+        out = text.splitlines(keepends=True)
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n\\ No newline at end of file\n"
+        return out
+
+    return "".join(difflib.unified_diff(lines(old), lines(new), f"a/{name}", f"b/{name}"))
 
 
 @cli.command()
@@ -381,54 +664,95 @@ def convert(file, to):
 
 
 # -- clean ------------------------------------------------------------------------
+# What each flag removes: only entries atmosbuild makes in its state directory,
+# and only in a directory holding its marker (fileops.MARKER). Never removed:
+# tfstate/ (Terraform state is user data: it maps real resources; only
+# --terraform-state removes it), locks/ (a rollout waiting on a lock file holds
+# it open: removing it would let that rollout and a new one run one target at
+# once) and anything else found there (the user's).
+CLEAN_WORKSPACES = ("workspaces",)
+CLEAN_CACHE = ("state.db", "state.db-wal", "state.db-shm", "cache", "vendor-cache", "logs", "terraform")
+CLEAN_ALL = CLEAN_WORKSPACES + CLEAN_CACHE + ("previews",)
+TERRAFORM_STATE = "tfstate"
+
 
 @cli.command()
 @click.option("--workspaces", is_flag=True, help="Remove rollout workspaces left behind.")
-@click.option("--cache", is_flag=True, help="Remove the state database, vendor cache and logs.")
-@click.option("--all", "all_", is_flag=True, help="Remove the whole state directory.")
+@click.option("--cache", is_flag=True,
+              help="Remove the state database (what was applied), caches, vendor cache and logs.")
+@click.option("--all", "all_", is_flag=True,
+              help="Remove everything atmosbuild made in the state directory but Terraform state.")
+@click.option("--terraform-state", is_flag=True,
+              help="Also remove the local Terraform state (tfstate/): the resources it tracks are forgotten.")
 @click.pass_context
-def clean(ctx, workspaces, cache, all_):
-    """Remove state (refused while a rollout holds a lock)."""
+def clean(ctx, workspaces, cache, all_, terraform_state):
+    """Remove state atmosbuild made (refused while a rollout holds a lock)."""
     import shutil  # (only here: every other command starts faster without it)
+    from contextlib import ExitStack
 
-    from .run.lock import held_locks
+    from .errors import LockedError
+    from .fileops import MARKER, is_state_dir
 
-    if not (workspaces or cache or all_):
-        raise UsageError("say what to clean: --workspaces, --cache or --all")
+    if not (workspaces or cache or all_ or terraform_state):
+        raise UsageError("say what to clean: --workspaces, --cache, --all or --terraform-state")
     r = _root(ctx)
-    held = held_locks(r.state_dir)
-    if held:
-        from .errors import LockedError
+    shown = os.path.relpath(r.state_dir, r.root)
+    if not os.path.lexists(r.state_dir):
+        click.echo(f"nothing to clean: no {shown}/")
+        return
+    if not os.path.isdir(r.state_dir) or os.path.islink(r.state_dir) or not is_state_dir(r.state_dir):
+        raise UsageError(f"{shown}/ has no {MARKER} marker: atmosbuild did not create it, so clean "
+                         "removes nothing there (if it did, an older version made it: remove it by hand)")
+    names = CLEAN_ALL if all_ else (CLEAN_WORKSPACES if workspaces else ()) + (CLEAN_CACHE if cache else ())
+    if terraform_state:
+        names += (TERRAFORM_STATE,)
+    with ExitStack() as held:
+        for deployment, target, label in _lockable(r):
+            try:
+                held.enter_context(_lock(r.state_dir, deployment, target, label))
+            except LockedError as exc:
+                raise LockedError(exc.message.split("; use --wait")[0] + "; nothing removed") from None
+        for name in dict.fromkeys(names):
+            path = os.path.join(r.state_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+                click.echo(f"removed {os.path.join(shown, name)}/")
+            elif os.path.lexists(path):
+                os.unlink(path)
+                click.echo(f"removed {os.path.join(shown, name)}")
+    if all_ and not terraform_state and os.path.isdir(os.path.join(r.state_dir, TERRAFORM_STATE)):
+        click.echo(f"kept {os.path.join(shown, TERRAFORM_STATE)}/ (Terraform state: the resources it "
+                   "tracks; `clean --terraform-state` removes it)")
 
-        raise LockedError(f"a rollout is running ({', '.join(held)}); nothing removed")
-    removed = []
-    kept = None
-    if all_:
-        # Everything but Terraform's state (the default backend's, SPEC 9):
-        # it describes real infrastructure, and losing it orphans that.
-        tfstate = os.path.join(r.state_dir, "tfstate")
-        if os.path.isdir(tfstate) and os.listdir(tfstate):
-            kept = tfstate
-            removed += [os.path.join(r.state_dir, name) for name in sorted(os.listdir(r.state_dir))
-                        if name != "tfstate"]
-        else:
-            removed.append(r.state_dir)
-    else:
-        if workspaces:
-            removed.append(os.path.join(r.state_dir, "workspaces"))
-        if cache:
-            for name in ("state.db", "state.db-wal", "state.db-shm", "vendor-cache", "logs"):
-                removed.append(os.path.join(r.state_dir, name))
-    for path in removed:
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-            click.echo(f"removed {os.path.relpath(path, r.root)}/")
-        elif os.path.exists(path):
-            os.unlink(path)
-            click.echo(f"removed {os.path.relpath(path, r.root)}")
-    if kept:
-        click.echo(f"kept {os.path.relpath(kept, r.root)}/: Terraform state of real infrastructure "
-                   "(destroy it first, or remove the directory yourself)")
+
+def _lock(state_dir, deployment, target, label):
+    from .run.lock import deployment_lock
+
+    return deployment_lock(state_dir, deployment, target, label)
+
+
+def _lockable(r: _Root) -> list[tuple[str, str, str]]:
+    """Every deployment+target a rollout could hold while clean deletes, as
+    (deployment, target, label): each lock file there is, and each target of
+    every package here that loads (one that does not cannot roll out)."""
+    from .config.workspace import discover_packages, load_package
+    from .errors import AtmosError
+
+    found: dict[tuple[str, str], str] = {}
+    for package in discover_packages(r.root):
+        try:
+            spec = load_package(r.root, package)
+        except AtmosError:
+            continue
+        for target in spec.targets:
+            found.setdefault((spec.name, target), f"//{package}:{target}")
+    locks = os.path.join(r.state_dir, "locks")
+    for name in sorted(os.listdir(locks)) if os.path.isdir(locks) else []:
+        if name.endswith(".lock") and "@" in name:
+            safe, _, target = name[:-len(".lock")].rpartition("@")
+            deployment = safe.replace("%2F", "/")
+            found.setdefault((deployment, target), f"{deployment}@{target}")
+    return [(deployment, target, label) for (deployment, target), label in sorted(found.items())]
 
 
 # -- entry point ------------------------------------------------------------------

@@ -12,7 +12,38 @@ from pathlib import Path
 
 import pytest
 
+import clockseam
+
 REPO = Path(__file__).resolve().parents[1]
+CLOCKSEAM = str(Path(__file__).resolve().parent / "clockseam.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_environment(tmp_path_factory):
+    """For the whole session: a private per-user cache (never the real
+    ~/.cache/atmosbuild), and a clock tests move instead of sleeping out
+    the racy window (clockseam.py). Every CLI run inherits both."""
+    saved = {name: os.environ.get(name) for name in ("XDG_CACHE_HOME", "ATMOS_TEST_CLOCK")}
+    base = tmp_path_factory.mktemp("session-env")
+    os.environ["XDG_CACHE_HOME"] = str(base / "xdg-cache")
+    os.environ["ATMOS_TEST_CLOCK"] = str(base / "clock")
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def settle() -> None:
+    """Everything written so far has settled, as if the racy window (2 s)
+    had been waited out: the clock atmosbuild reads moves on instead."""
+    clockseam.settle()
+
+
+def settle_argv() -> list[str]:
+    """A `run` (argv) that settles everything written so far, from inside a rollout."""
+    return [sys.executable, CLOCKSEAM, os.environ["ATMOS_TEST_CLOCK"]]
 
 # pg_server (a throwaway PostgreSQL for the session), pg_db, pg_url.
 pytest_plugins = ("pgserver",)
@@ -105,6 +136,9 @@ class Workspace:
 
     def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_cli("-C", str(self.root), *args, **kw)
+
+    def settle(self) -> None:
+        settle()
 
     @property
     def state(self) -> Path:

@@ -462,3 +462,135 @@ def test_formatting_does_not_import_the_parser():
     """`fmt.py` is used by `convert --to yaml`; lark stays out of that path."""
     code = "import sys, atmosbuild.config.fmt; assert 'lark' not in sys.modules, 'lark imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+# ---------------------------------------------------------------------------
+# the `fmt` command (SPEC 3): in place and atomic, --check, --diff, `-`
+
+
+MESSY = 'deployment "api" {\n  # the region\n  vars { region = "eu" }\n    target "dev" {}\n}\n'
+
+
+def _cli(*args, cwd, input=None):
+    from conftest import run_cli
+
+    return run_cli(*args, cwd=cwd, input=input)
+
+
+def test_fmt_rewrites_in_place_keeping_comments_mode_and_a_symlink(tmp_path):
+    real = tmp_path / "real.atmos"
+    real.write_text(MESSY)
+    real.chmod(0o640)
+    link = tmp_path / "BUILD.atmos"
+    link.symlink_to(real.name)
+    proc = _cli("fmt", "BUILD.atmos", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "formatted BUILD.atmos\n", proc.stderr
+    assert link.is_symlink() and real.read_text() == fmt(MESSY)
+    assert "# the region" in real.read_text()
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BUILD.atmos", "real.atmos"]  # no temporary left
+    again = _cli("fmt", "BUILD.atmos", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout == ""
+
+
+def test_fmt_check_changes_nothing_and_exits_1_when_a_file_would_change(tmp_path):
+    messy, tidy = tmp_path / "a.atmos", tmp_path / "b.atmos"
+    messy.write_text(MESSY)
+    tidy.write_text(fmt(MESSY))
+    before = messy.stat()
+    proc = _cli("fmt", "--check", "a.atmos", "b.atmos", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "would reformat a.atmos\n"
+    assert messy.read_text() == MESSY and messy.stat().st_mtime_ns == before.st_mtime_ns
+    assert _cli("fmt", "--check", "b.atmos", cwd=tmp_path).returncode == 0
+
+
+def test_fmt_diff_prints_a_unified_diff_that_patch_applies(tmp_path):
+    (tmp_path / "BUILD.atmos").write_text(MESSY)
+    proc = _cli("fmt", "--check", "--diff", "BUILD.atmos", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("--- a/BUILD.atmos\n+++ b/BUILD.atmos\n@@ ")
+    assert (tmp_path / "BUILD.atmos").read_text() == MESSY  # --check: nothing written
+    patched = subprocess.run(["patch", "-p1", "--dry-run", "-o", "-"], input=proc.stdout, text=True,
+                             capture_output=True, cwd=tmp_path)
+    if patched.returncode == 0:  # (where `patch` is installed)
+        assert fmt(MESSY) in patched.stdout
+    proc = _cli("fmt", "--diff", "BUILD.atmos", cwd=tmp_path)  # without --check: written too
+    assert proc.returncode == 0 and proc.stdout.startswith("--- a/BUILD.atmos")
+    assert (tmp_path / "BUILD.atmos").read_text() == fmt(MESSY)
+
+
+def test_fmt_dash_reads_stdin_and_prints_the_result(tmp_path):
+    proc = _cli("fmt", "-", cwd=tmp_path, input=MESSY)
+    assert proc.returncode == 0 and proc.stdout == fmt(MESSY)
+    assert list(tmp_path.iterdir()) == []
+    check = _cli("fmt", "--check", "-", cwd=tmp_path, input=MESSY)
+    assert check.returncode == 1 and check.stdout == "" and "would reformat <stdin>" in check.stderr
+    assert _cli("fmt", "--check", "-", cwd=tmp_path, input=fmt(MESSY)).returncode == 0
+
+
+@pytest.mark.parametrize("broken, where", [
+    ('deployment "api" {\n  vars { region = \n}\n', "3:1"),
+    ('deployment "api" {\n  vars { region = "eu" }\n', "2:25"),
+    ('deployment "api" {\n  description = "a"\n  description = "b"\n}\n', "3:3"),
+])
+def test_a_parse_error_is_one_line_with_its_position_and_changes_no_file(tmp_path, broken, where):
+    (tmp_path / "good.atmos").write_text(MESSY)
+    (tmp_path / "bad.atmos").write_text(broken)
+    proc = _cli("fmt", "good.atmos", "bad.atmos", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"error: bad.atmos:{where}: "), proc.stderr
+    assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert (tmp_path / "good.atmos").read_text() == MESSY  # parsed first, so not written either
+    assert (tmp_path / "bad.atmos").read_text() == broken
+    stdin = _cli("fmt", "-", cwd=tmp_path, input=broken)
+    assert stdin.returncode == 2 and stdin.stderr.startswith(f"error: <stdin>:{where}: ")
+
+
+def test_fmt_refuses_what_it_cannot_format(tmp_path):
+    (tmp_path / "deployment.yaml").write_text("deployment: {}\n")
+    (tmp_path / "latin1.atmos").write_bytes('deployment "caf\xe9" {}\n'.encode("latin-1"))
+    for args, message in ((["deployment.yaml"], "convert"), (["missing.atmos"], "no such file"),
+                          (["latin1.atmos"], "latin1.atmos: not UTF-8")):
+        proc = _cli("fmt", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_write_atomic_from_many_threads_never_shows_half_a_file(tmp_path):
+    """fmt and every cache write through fileops.write_atomic: a reader sees
+    one whole version or another, never a mix, and no temporary is left,
+    even with threads of one process writing the same file at once."""
+    import threading
+
+    from atmosbuild.fileops import write_atomic
+
+    path = tmp_path / "BUILD.atmos"
+    versions = [bytes([65 + i]) * 200_000 for i in range(8)]
+    write_atomic(str(path), versions[0])
+    errors: list = []
+    stop = threading.Event()
+
+    def writer(data):
+        try:
+            for _ in range(20):
+                write_atomic(str(path), data)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reader():
+        while not stop.is_set():
+            data = path.read_bytes()
+            if data not in versions:
+                errors.append(AssertionError(f"a torn read: {data[:1]!r}...{data[-1:]!r}, {len(data)} bytes"))
+
+    threads = [threading.Thread(target=writer, args=(v,)) for v in versions]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["BUILD.atmos"]

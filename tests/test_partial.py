@@ -10,17 +10,15 @@ import json
 import os
 import re
 import shutil
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RECORD, Workspace, ran, write_chain
+from conftest import RECORD, Workspace, ran, settle, write_chain
 from atmosbuild.run import uptodate
 from atmosbuild.state.files import file_digest, signature
 
-SETTLE = 2.1  # directories newer than this are never recorded (see test_tree_cache.py)
 
 
 def _deployment(ws, comps: dict) -> None:
@@ -33,7 +31,7 @@ def _chain(ws, base_run: str = RECORD) -> None:
 
 
 def _recorded_first_run(ws, *args: str) -> None:
-    time.sleep(SETTLE)
+    settle()
     proc = ws.run("rollout", "//app:dev", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ran(ws)
@@ -240,7 +238,7 @@ def test_a_tree_shared_by_two_deployments_is_decided_in_both(ws):
             }}}}))
         ws.write(f"src/{package}/main.sh", f"{package}\n")
     ws.write("src/shared/lib.sh", "shared\n")
-    time.sleep(SETTLE)
+    settle()
     assert ws.run("rollout", "//...:dev").returncode == 0
     assert len(ran(ws)) == 4
     _forget_structure(ws)
@@ -281,9 +279,9 @@ def test_an_edit_writes_a_small_delta_and_a_new_file_rewrites_the_record(ws):
     ws.write("src/solo/lib/util.sh", "util v2\n")  # an edit on top of the delta
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/solo"]
-    time.sleep(SETTLE)  # (a new directory entry is recorded only once it is settled)
+    settle()  # (a new directory entry is recorded only once it is settled)
     ws.write("src/solo/new.sh", "new\n")
-    time.sleep(SETTLE)
+    settle()
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/solo"] and not _compiled_everything(ws)
     now, _ = _record_files(ws)
@@ -304,9 +302,9 @@ def test_a_delta_for_another_record_file_is_ignored(ws):
     cache = ws.state / "cache"
     [delta] = cache.glob("uptodate-*.delta")
     saved = delta.read_bytes()
-    time.sleep(SETTLE)
+    settle()
     ws.write("src/base/new.sh", "new\n")  # base moves on, and the record is written whole
-    time.sleep(SETTLE)
+    settle()
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/app", "command/base", "command/edge"]
     delta.write_bytes(saved)  # an old delta comes back: its rows are base's old ones
@@ -334,7 +332,7 @@ def test_a_racily_new_file_is_trusted_by_its_signature_once_it_has_settled(ws):
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/app", "command/base", "command/edge"]
     assert [entry[0] for entry in _record(ws).racy] == [edited]
-    time.sleep(SETTLE)
+    settle()
     ws.write("src/solo/main.sh", "echo solo v2\n")
     assert ws.run("rollout", "//app:dev").returncode == 0
     assert ran(ws) == ["command/solo"]

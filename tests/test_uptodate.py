@@ -1,8 +1,9 @@
 """The up-to-date record (run/uptodate.py): a rollout that left everything up
 to date lets the next rollout of the same selection skip compiling and
 deciding when, and only when, nothing it was made with changed. These run
-the real CLI; sources are let settle for SETTLE seconds first, since files
-newer than that are (rightly) never trusted (see test_tree_cache.py)."""
+the real CLI; sources are let settle first (the clock moves past the racy
+window, see conftest.settle), since files newer than that are (rightly)
+never trusted (see test_tree_cache.py)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,18 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import sqlite3
-import time
 
 import pytest
 
-from conftest import RECORD, ran, write_chain
+from conftest import RECORD, ran, settle, settle_argv, write_chain
 from atmosbuild.run.lock import lock_path
 
-SETTLE = 2.1
 
 
 def _settled_first_run(ws, *args: str) -> None:
-    time.sleep(SETTLE)
+    settle()
     proc = ws.run("rollout", "//app:dev", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ran(ws)
@@ -120,7 +120,7 @@ def test_sources_too_new_when_a_rollout_began_are_read_again_at_its_end(ws):
     """As git re-hashes racily clean entries: files written just before a
     rollout cannot be trusted when it starts, but if they have settled and
     still hold the planned bytes when it ends, the record is written."""
-    write_chain(ws, {"slow": {"run": ["sleep", str(SETTLE)]}})
+    write_chain(ws, {"slow": {"run": settle_argv()}})  # (the sources settle while it runs)
     proc = ws.run("rollout", "//app:dev", "-j1")  # no settling first
     assert proc.returncode == 0 and len(ran(ws)) == 4
     assert len(_records(ws)) == 1
@@ -136,10 +136,11 @@ def test_a_source_changed_while_its_rollout_ran_runs_again(ws, settle_first):
     computed from, which the edit changed. Too new at the start: the re-read
     at the end sees other bytes than planned, so there is no record."""
     # Edited early, then left to settle: only the bytes tell it changed.
-    edit = f'{RECORD}; echo edited-meanwhile >> "$ATMOS_ROOT/src/solo/main.sh"; sleep {SETTLE}'
+    edit = (f'{RECORD}; echo edited-meanwhile >> "$ATMOS_ROOT/src/solo/main.sh"; '
+            + " ".join(shlex.quote(arg) for arg in settle_argv()))
     write_chain(ws, {"solo": {"source": "src/solo", "run": edit}})
     if settle_first:
-        time.sleep(SETTLE)
+        settle()
     ws.run("rollout", "//app:dev", "-j1")
     ran(ws)
     if not settle_first:

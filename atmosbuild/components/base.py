@@ -56,6 +56,9 @@ class ActionContext:
     extra: Mapping[str, Any] = field(default_factory=dict)  # what the type's `compile` kept
     settings: Mapping[str, Any] = field(default_factory=dict)  # atmos.yaml, per type (`terraform:`)
     color: bool = False  # the console shows colours (a terminal, no NO_COLOR): tools may colour
+    verb: str = "apply"  # apply | preview | destroy | check (SPEC 10)
+    # preview/check: where the plan goes; apply --from-preview: the reviewed plan to apply
+    plan_file: str = ""
 
 
 @dataclass
@@ -99,6 +102,42 @@ class ComponentType:
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         raise NotImplementedError
+
+    # -- the lifecycle verbs (SPEC 10) ---------------------------------------------
+    # A type that has nothing to do for a verb says so up front (has_*), so
+    # the verb lists the component ("would run", nothing to destroy) instead
+    # of starting an action for it.
+
+    def has_preview(self, comp) -> bool:
+        return False
+
+    def preview_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        return []
+
+    def read_preview(self, ctx: ActionContext, captured: str | None) -> dict:
+        """What the preview found: {"add", "change", "destroy": counts or
+        None, "outputs": names of outputs that would change, or None when the
+        type cannot tell}."""
+        return {"add": None, "change": None, "destroy": None, "outputs": None}
+
+    def has_destroy(self, comp) -> bool:
+        return False
+
+    def destroy_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        return []
+
+    def has_check(self, comp) -> bool:
+        return False
+
+    def check_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        return []
+
+    def read_check(self, ctx: ActionContext, captured: str | None) -> list[str]:
+        """The addresses of what drifted (empty: none)."""
+        return []
+
+    def after_lifecycle(self, ctx: ActionContext) -> None:
+        """A preview/destroy/check action succeeded (terraform: stamp its data dir)."""
 
     def compile(self, comp, config: dict, files: dict, env: CompileEnv) -> Compiled | None:
         """Refine the key ingredients at plan time (which vars count, extra

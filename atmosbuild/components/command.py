@@ -17,3 +17,17 @@ class Command(ComponentType):
         if isinstance(ctx.run, str):
             return [Invocation(("sh", "-c", ctx.run))]
         return [Invocation(tuple(as_text(a) for a in ctx.run))]
+
+    # SPEC 10: `preview:` and `destroy:` are optional argv of their own; the
+    # rollout renders the verb's argv into ctx.run.
+    def has_preview(self, comp) -> bool:
+        return getattr(comp, "preview", None) is not None
+
+    def preview_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        return self.invocations(ctx)
+
+    def has_destroy(self, comp) -> bool:
+        return getattr(comp, "destroy", None) is not None
+
+    def destroy_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        return self.invocations(ctx)

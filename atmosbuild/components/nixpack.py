@@ -10,7 +10,7 @@ class Nixpack(ComponentType):
     name = "nixpack"
     mode = BUILD
     version = "1"
-    forbidden = ("run", "backend")
+    forbidden = ("run", "backend", "preview", "destroy")
     # nixpacks reads only the image name from vars, so deployment- and
     # target-wide vars (replicas, cpu) must not split the build cache between
     # targets: prod reuses the image built for dev when the source is the same.

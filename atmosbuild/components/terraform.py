@@ -45,6 +45,7 @@ LOCK_FILE = ".terraform.lock.hcl"
 STAMP_FILE = "atmos-init.json"  # in the data dir: the digest init last succeeded with
 SAVED_LOCK = "atmos.lock.hcl"  # in the data dir: the lock file of the last success
 _FLOCKRUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flockrun.py")
+_EXITMAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exitmap.py")
 
 
 def _escape(text: str) -> str:
@@ -116,7 +117,7 @@ class Terraform(ComponentType):
     name = "terraform"
     mode = APPLY
     version = "2"  # 2: SPEC 9 (declared vars only, local modules, backend, toolchain in the key)
-    forbidden = ("run",)
+    forbidden = ("run", "preview", "destroy")
 
     def __init__(self) -> None:
         self._runs: dict[str, dict] = {}  # per running action (meta prefix): init or not, paths
@@ -316,6 +317,98 @@ class Terraform(ComponentType):
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
+        nc = () if ctx.color else ("-no-color",)
+        steps = self._setup(ctx)
+        if ctx.plan_file:  # rollout --from-preview: exactly the reviewed plan (its vars are in it)
+            steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", *nc, ctx.plan_file)))
+        else:
+            steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", *nc,
+                                     f"-var-file={self.tfvars_path(ctx)}")))
+        # Its stdout holds every output in clear, sensitive ones too: never logged.
+        steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))
+        return steps
+
+    # -- the lifecycle verbs (SPEC 10): same backend, data dir and var file ----
+
+    def has_preview(self, comp) -> bool:
+        return True
+
+    def preview_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        tf = self._binary(ctx)
+        nc = () if ctx.color else ("-no-color",)
+        return self._setup(ctx) + [
+            Invocation((tf, "plan", f"-out={ctx.plan_file}", "-input=false", *nc,
+                        f"-var-file={self.tfvars_path(ctx)}")),
+            # The plan's JSON holds values (sensitive ones too): read, never logged.
+            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)]
+
+    def read_preview(self, ctx: ActionContext, captured: str | None) -> dict:
+        plan = parse_json_object((captured or "").strip() or "{}", "what `terraform show -json` printed")
+        counts = {"add": 0, "change": 0, "destroy": 0}
+        addresses = []
+        for rc in plan.get("resource_changes") or ():
+            actions = set((rc.get("change") or {}).get("actions") or ())
+            if actions <= {"no-op", "read"}:
+                continue
+            addresses.append(str(rc.get("address")))
+            if "create" in actions:
+                counts["add"] += 1
+            if "delete" in actions:
+                counts["destroy"] += 1
+            if "update" in actions:
+                counts["change"] += 1
+        outputs = sorted(name for name, oc in (plan.get("output_changes") or {}).items()
+                         if set((oc or {}).get("actions") or ()) - {"no-op"})
+        return {**counts, "outputs": outputs, "addresses": addresses}
+
+    def has_destroy(self, comp) -> bool:
+        return True
+
+    def destroy_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        tf = self._binary(ctx)
+        nc = () if ctx.color else ("-no-color",)
+        return self._setup(ctx) + [Invocation((tf, "destroy", "-auto-approve", "-input=false", *nc,
+                                               f"-var-file={self.tfvars_path(ctx)}"))]
+
+    def has_check(self, comp) -> bool:
+        return True
+
+    def check_invocations(self, ctx: ActionContext) -> list[Invocation]:
+        tf = self._binary(ctx)
+        nc = () if ctx.color else ("-no-color",)
+        plan = (tf, "plan", "-detailed-exitcode", f"-out={ctx.plan_file}", "-input=false", *nc,
+                f"-var-file={self.tfvars_path(ctx)}")
+        # -detailed-exitcode: 2 means "changes", an answer; exitmap keeps it from failing the action.
+        return self._setup(ctx) + [
+            Invocation((sys.executable, "-S", "-E", _EXITMAP, ctx.plan_file + ".exitcode", "0,2", "--",
+                        *plan)),
+            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)]
+
+    def read_check(self, ctx: ActionContext, captured: str | None) -> list[str]:
+        found = self.read_preview(ctx, captured)
+        plan = parse_json_object((captured or "").strip() or "{}", "what `terraform show -json` printed")
+        drifted = {str(rd.get("address")) for rd in plan.get("resource_drift") or ()
+                   if set((rd.get("change") or {}).get("actions") or ()) - {"no-op", "read"}}
+        return sorted(drifted | set(found["addresses"]))
+
+    def after_lifecycle(self, ctx: ActionContext) -> None:
+        """Stamp the data dir (init ran with these inputs) and keep its lock
+        file, but write nothing into the source: preview and check change
+        nothing outside STATE_DIR."""
+        from ..fileops import write_atomic
+
+        run = self._runs.pop(ctx.meta_prefix, None)
+        data = self._data_dir(ctx)
+        lock = os.path.join(ctx.workdir, LOCK_FILE)
+        write_atomic(os.path.join(data, STAMP_FILE),
+                     json.dumps({"stamp": self._stamp((ctx.extra or {}).get("init", ""), lock)}).encode())
+        if run is not None and run["init"] and os.path.isfile(lock):
+            with open(lock, "rb") as fh:
+                write_atomic(os.path.join(data, SAVED_LOCK), fh.read())
+
+    def _setup(self, ctx: ActionContext) -> list[Invocation]:
+        """init and workspace selection, when the data dir needs them."""
+        tf = self._binary(ctx)
         # Colours only for a terminal (the log is stripped of them anyway).
         nc = () if ctx.color else ("-no-color",)
         run = self._runs.get(ctx.meta_prefix, {"init": True, "backend": self._backend(ctx)})
@@ -336,10 +429,6 @@ class Terraform(ComponentType):
             if backend is None or backend["type"] != "module":
                 steps.append(Invocation((tf, "workspace", "select", "-or-create=true", *nc,
                                          ctx.target)))
-        steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", *nc,
-                                 f"-var-file={self.tfvars_path(ctx)}")))
-        # Its stdout holds every output in clear, sensitive ones too: never logged.
-        steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))
         return steps
 
     def _cache_locks(self, ctx: ActionContext, providers) -> list[str]:

@@ -2,15 +2,18 @@
 
 Parsing is the slowest part of loading a big deployment (libyaml or lark on
 every run); the data it yields is a pure function of the file's bytes. So the
-data is kept, keyed by a digest of (atmosbuild version, syntax, text), in the
+data is kept, keyed by a digest of (this code, syntax, text), in the
 per-user cache directory (like lark's grammar cache; never in the project's
-state). A hit costs one read, one xxh3 and one `marshal.loads`. An edited file
+state). A hit costs one read, one xxh3, one `marshal.loads` and the check
+that what it read is plain data (`fileops.plain_data`: marshal can also
+build code objects, and nothing read from a cache may be code). An edited file
 has a new digest, so a stale entry can never be used. Errors are never cached:
 bad input is parsed, and reported, every time.
 """
 
 from __future__ import annotations
 
+import functools
 import marshal
 import os
 from typing import Callable
@@ -18,24 +21,39 @@ from typing import Callable
 import xxhash
 
 from .. import __version__
-from ..fileops import keep_newest, write_atomic
+from ..fileops import keep_newest, load_plain, write_atomic
 from .document import Document
 
 MAX_ENTRIES = 256
 
 
-def code_stamp(*modules: str) -> str:
-    """Size and mtime of the given modules of this package: a cached entry
-    made by other code (a checkout between releases) is never reused."""
-    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parts = [__version__]
-    for rel in modules:
-        try:
-            st = os.stat(os.path.join(base, rel))
-            parts.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{rel}:?")
-    return "|".join(parts)
+@functools.lru_cache(maxsize=None)
+def code_stamp() -> str:
+    """This code's identity: the version and a digest of every source file
+    of the package (and of the grammar beside it), by (path, size, mtime_ns).
+    A cached entry made by other code (a checkout between releases, an edit
+    to any module, a component type's new version) is never reused. About
+    60 stats, once per process."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = xxhash.xxh3_64()
+    h.update(__version__.encode())
+    for base in (package, os.path.join(os.path.dirname(package), "grammar")):
+        stack = [base]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name == "__pycache__":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.name.endswith((".py", ".lark")):
+                    st = entry.stat()
+                    h.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return f"{__version__}:{h.hexdigest()}"
 
 
 def cache_dir() -> str | None:
@@ -63,12 +81,12 @@ def load(text: str, file: str, kind: str, parse: Callable[[str, str], Document])
     directory = cache_dir()
     if directory is None:
         return parse(text, file)
-    stamp = code_stamp("config/yaml.py", "config/dsl.py", "config/document.py")
+    stamp = code_stamp()
     digest = xxhash.xxh3_128_hexdigest(f"{stamp}\0{kind}\0{text}".encode("utf-8", "surrogatepass"))
     entry = os.path.join(directory, f"{digest}.marshal")
     try:
         with open(entry, "rb") as fh:
-            data = marshal.loads(fh.read())
+            data = load_plain(fh.read())
     except (OSError, ValueError, EOFError, TypeError):
         data = None
     if data is not None:

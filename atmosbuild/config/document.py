@@ -29,7 +29,7 @@ Position = tuple[int, int]  # (line, col), both 1-based
 DEPLOYMENT_KEYS = ("name", "description", "labels", "vars", "env", "targets", "components")
 TARGET_KEYS = ("vars", "env", "components")
 COMPONENT_KEYS = (
-    "source", "vars", "env", "run", "inputs", "cache", "timeout", "retries",
+    "source", "vars", "env", "run", "preview", "destroy", "inputs", "cache", "timeout", "retries",
     "enabled", "sensitive", "backend", "metadata",
 )
 METADATA_KEYS = ("depends_on",)

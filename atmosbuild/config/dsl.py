@@ -598,6 +598,7 @@ _builder: Optional[_Builder] = None
 
 
 def _get_parser() -> tuple[Lark, _Builder]:
+    """The parser and its builder, made once; call it holding `_lock`."""
     global _parser, _builder
     if _parser is None:
         builder = _Builder()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -296,6 +297,7 @@ def _ordered_component(component):
 
 
 _dumper = None
+_dumper_lock = threading.Lock()
 # Line breaks (to YAML) other than \n; written as escapes in double quotes.
 _YAML_LINE_BREAKS_RE = re.compile("[\r\x85\u2028\u2029\ufeff]")
 
@@ -304,25 +306,32 @@ def _yaml_dumper():
     """A SafeDumper that never writes anchors and writes multi-line strings
     as literal blocks (`|`) when YAML allows it (else double-quoted)."""
     global _dumper
-    if _dumper is None:
-        import yaml
-
-        class Dumper(yaml.SafeDumper):
-            def ignore_aliases(self, data) -> bool:
-                return True
-
-        def represent_str(dumper, text: str):
-            if _YAML_LINE_BREAKS_RE.search(text):
-                style = '"'  # PyYAML folds these wrongly in other styles
-            elif "\n" in text:
-                style = "|"
-            else:
-                style = None
-            return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
-
-        Dumper.add_representer(str, represent_str)
-        _dumper = Dumper
+    if _dumper is not None:
+        return _dumper
+    with _dumper_lock:
+        if _dumper is None:
+            _dumper = _make_dumper()
     return _dumper
+
+
+def _make_dumper():
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:
+            return True
+
+    def represent_str(dumper, text: str):
+        if _YAML_LINE_BREAKS_RE.search(text):
+            style = '"'  # PyYAML folds these wrongly in other styles
+        elif "\n" in text:
+            style = "|"
+        else:
+            style = None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+    Dumper.add_representer(str, represent_str)
+    return Dumper
 
 
 def format_yaml(data: dict) -> str:

@@ -234,16 +234,18 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         v.mapping(fields["vars"], path + ("vars",), "vars")
     if "env" in fields:
         v.env_map(fields["env"], path + ("env",), "env")
-    if "run" in fields:
-        run = fields["run"]
+    for key in ("run", "preview", "destroy"):  # (preview/destroy: command's lifecycle argv, SPEC 10)
+        if key not in fields:
+            continue
+        run = fields[key]
         if isinstance(run, list):
             if not run:
-                raise v.fail(path + ("run",), "run must not be empty")
+                raise v.fail(path + (key,), f"{key} must not be empty")
             for i, arg in enumerate(run):
                 if isinstance(arg, (dict, list)) or arg is None:
-                    raise v.fail(path + ("run", i), "run: each argument must be a string or number")
+                    raise v.fail(path + (key, i), f"{key}: each argument must be a string or number")
         elif not isinstance(run, str) or not run.strip():
-            raise v.fail(path + ("run",), "run must be a list of arguments or a non-empty string")
+            raise v.fail(path + (key,), f"{key} must be a list of arguments or a non-empty string")
     for key in ("inputs", "sensitive"):
         if key in fields:
             items = fields[key]

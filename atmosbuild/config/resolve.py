@@ -46,6 +46,8 @@ class ResolvedComponent:
     output_refs: tuple[tuple[str, str], ...]  # (upstream id, key path)
     backend: Any = None  # terraform: the component's `backend:` (an override's replaces it)
     own_vars: tuple[str, ...] = ()  # var names set on the component itself or its per-target override
+    preview: Any = None  # command: argv (tuple) or shell string for `preview` (SPEC 10); not in the key
+    destroy: Any = None  # command: argv or shell string for `destroy`; not in the key
 
 
 class RenderError(Exception):
@@ -115,6 +117,14 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         run = tuple(as_text(interp.value(a, ("run", i))) for i, a in enumerate(run))
     elif isinstance(run, str):
         run = interp.value(run, ("run",), quote=True)
+    lifecycle = {}
+    for key in ("preview", "destroy"):  # command's optional argv for those verbs (SPEC 10)
+        argv = fields.get(key)
+        if isinstance(argv, list):
+            argv = tuple(as_text(interp.value(a, (key, i))) for i, a in enumerate(argv))
+        elif isinstance(argv, str):
+            argv = interp.value(argv, (key,), quote=True)
+        lifecycle[key] = argv
     if run is None and comp.type == "command":
         raise spec.fail(cpath, f"component {comp.id} has no `run`: command components need one")
 
@@ -127,7 +137,8 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
                    for i, p in enumerate(fields.get("inputs") or []))
 
     explicit = [d for d in ((fields.get("metadata") or {}).get("depends_on") or []) if d in enabled]
-    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run)
+    refs = interp.refs_in(vars_) | interp.refs_in(env) | interp.refs_in(run) \
+        | interp.refs_in(lifecycle["preview"]) | interp.refs_in(lifecycle["destroy"])
     depends = sorted(set(explicit) | {ref[0] for ref in refs})
 
     sensitive = set(fields.get("sensitive") or [])
@@ -139,7 +150,7 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         timeout=float(timeout) if timeout is not None else None,
         retries=fields.get("retries", 0), sensitive=tuple(sorted(sensitive)),
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
-        backend=fields.get("backend"),
+        backend=fields.get("backend"), preview=lifecycle["preview"], destroy=lifecycle["destroy"],
         own_vars=tuple(sorted(set(comp.fields.get("vars") or {}) | set(override.get("vars") or {}))),
     )
 

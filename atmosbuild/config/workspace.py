@@ -60,6 +60,9 @@ def find_root(explicit: str | None, cwd: str | None = None) -> str:
 def load_settings(root: str) -> Settings:
     path = os.path.join(root, SETTINGS_FILE)
     if not os.path.isfile(path):
+        problem = state_dir_problem(root, Settings.state_dir)
+        if problem:
+            raise ConfigError(problem)
         return Settings()
     from . import doccache
     from .yaml import parse_yaml
@@ -101,9 +104,12 @@ def load_settings(root: str) -> Settings:
                        + did_you_mean(str(key), TOOLCHAIN_KEYS) + f"; known: {', '.join(TOOLCHAIN_KEYS)}")
         if not isinstance(binary, str) or not binary:
             raise fail(("toolchain", key), f"toolchain.{key} must be a binary name")
-    state_dir = data.get("state_dir", ".atmos")
+    state_dir = data.get("state_dir", Settings.state_dir)
     if not isinstance(state_dir, str) or not state_dir:
         raise fail("state_dir", "state_dir must be a directory path")
+    problem = state_dir_problem(root, state_dir)
+    if problem:
+        raise fail("state_dir" if "state_dir" in data else (), problem)
     tf = data.get("terraform") or {}
     if not isinstance(tf, dict):
         raise fail("terraform", "terraform must be a map (terraform: {backend: {type: ..., config: {...}}})")
@@ -124,6 +130,25 @@ def load_settings(root: str) -> Settings:
         err.context = ()  # (the line may hold a password: not shown)
         raise err
     return Settings(par, sched, kg, tc, state_dir, tf, state)
+
+
+def state_dir_problem(root: str, state_dir: str) -> str | None:
+    """Why `state_dir` cannot be the state directory of `root`, or None.
+
+    It must be a directory strictly inside the root, symlinks followed:
+    atmosbuild creates, locks and (`clean`) removes entries there, so the
+    root itself, anything above or beside it, and a link that leads out are
+    refused before any command does anything."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, state_dir))
+    if real == real_root:
+        return (f"state_dir '{state_dir}' is the workspace root itself; it must be a directory "
+                "inside the root, such as .atmos")
+    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        shown = "" if os.path.normpath(os.path.join(root, state_dir)) == real else f" (to {real})"
+        return (f"state_dir '{state_dir}' resolves outside the workspace root{shown}; it must be "
+                "a directory inside the root, such as .atmos")
+    return None
 
 
 def package_dir(root: str, package: str) -> str:

@@ -7,6 +7,8 @@ file:line:col, so valid files pay nothing for good error messages.
 
 from __future__ import annotations
 
+import threading
+
 from ..errors import ConfigError, caret_context
 from .document import Document, Position
 
@@ -16,12 +18,18 @@ yaml = None
 _BaseLoader = None
 
 
+_import_lock = threading.Lock()
+
+
 def _import_yaml() -> None:
     global yaml, _BaseLoader
     if yaml is None:
-        import yaml as module
+        with _import_lock:  # (loading can run in threads: both names are set together)
+            if yaml is None:
+                import yaml as module
 
-        yaml, _BaseLoader = module, getattr(module, "CSafeLoader", module.SafeLoader)
+                _BaseLoader = getattr(module, "CSafeLoader", module.SafeLoader)
+                yaml = module
 
 
 _STR = "tag:yaml.org,2002:str"

@@ -43,9 +43,13 @@ TABLE_CHUNK = 200  # table rows per chunk
 COLOURS = {
     "succeeded": "#6aa84f", "cached": "#b6d7a8", "failed": "#e06666",
     "skipped": "#cccccc", "cancelled": "#f6b26b",
+    # the lifecycle verbs' statuses (SPEC 10)
+    "would-change": "#f1c232", "no-change": "#b6d7a8", "needs-upstream": "#cccccc",
+    "destroyed": "#8e7cc3", "drifted": "#e69138",
 }
-TEXT_COLOURS = {"succeeded": "#fff", "failed": "#fff"}
-STATUSES = ("succeeded", "failed", "cancelled", "skipped", "cached")
+TEXT_COLOURS = {"succeeded": "#fff", "failed": "#fff", "destroyed": "#fff"}
+STATUSES = ("succeeded", "failed", "cancelled", "skipped", "cached",
+            "would-change", "no-change", "needs-upstream", "destroyed", "drifted")
 CRITICAL = "#1c4587"
 
 

@@ -52,6 +52,8 @@ class RolloutOptions:
     grace_period: float = 10.0
     toolchain: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
+    verb: str = "apply"  # apply | preview | destroy | check: which Rollout (run/lifecycle.py, SPEC 10)
+    from_preview: str | None = None  # rollout --from-preview ID
 
 
 @dataclass
@@ -144,8 +146,49 @@ class Rollout(ScheduleHooks):
         else:
             remove_tree(ws)
 
+    # -- what a verb changes (run/lifecycle.py): the order, the argv, the record --
+
+    def schedule_dag(self):
+        """The graph the scheduler runs (destroy: reversed)."""
+        return self.graph.dag
+
+    def verb_run(self, comp):
+        """The component's own argv this verb renders into ctx.run."""
+        return comp.run
+
+    def dep_outputs(self, node) -> dict:
+        """Upstream id -> outputs, for rendering the node's vars, env and run."""
+        return {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
+
+    def verb_invocations(self, node, ctx):
+        return node.ctype.invocations(ctx)
+
+    def plan_file(self, nid: str) -> str:
+        return ""
+
+    def verb_collect(self, nid: str, node, ctx, captured):
+        outputs = node.ctype.outputs(ctx, captured)
+        added = node.ctype.source_additions(ctx)
+        if added:
+            self._added[nid] = added
+        return outputs
+
+    def node_status(self, nid: str, status: str) -> tuple[str, str]:
+        """The report's status and reason for a node ("" keeps the reason)."""
+        return status, ""
+
+    def exit_code(self, outcome) -> int:
+        if outcome.result == "success":
+            return EXIT_OK
+        if outcome.result == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED
+
+    def after_run(self, outcome, duration: float) -> None:
+        """After the summary, before the report (preview: the table and the manifest)."""
+
     def _execute(self) -> int:
-        dag = self.graph.dag
+        dag = self.schedule_dag()
         weights = {}
         for nid, node in self.graph.nodes.items():
             last = self.recorded_duration(node)
@@ -190,11 +233,7 @@ class Rollout(ScheduleHooks):
         lost = getattr(self.store, "lost", None)
         if lost:
             raise StoreLost(lost)
-        if outcome.result == "success":
-            return EXIT_OK
-        if outcome.result == "interrupted":
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED
+        return self.exit_code(outcome)
 
     def _stop_running(self, runner) -> None:
         """Signal every running action once; wait for them (the runner kills
@@ -318,9 +357,10 @@ class Rollout(ScheduleHooks):
         label = node.label
         workdir = os.path.join(self.workspaces[label], *node.cid.split("/"))
         meta = os.path.join(self.workspaces[label], META_DIR, meta_stem(node.cid))
-        outputs = {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
+        outputs = self.dep_outputs(node)
         ids = self.graph.specs[label].components
-        quote = isinstance(comp.run, str)
+        own_run = self.verb_run(comp)
+        quote = isinstance(own_run, str)
         secrets = secret_values(comp) + node.ctype.config_secrets(
             comp, self.options.settings.get(comp.type, {}), node.deployment, node.target)
         # Rendering can fail (a missing upstream output); that must fail this
@@ -334,7 +374,7 @@ class Rollout(ScheduleHooks):
             try:
                 vars_ = render(comp.vars, outputs, ids)
                 env = render(dict(comp.env), outputs, ids)
-                run = render(comp.run, outputs, ids, quote=quote)
+                run = render(own_run, outputs, ids, quote=quote)
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
             vendor = None
@@ -351,7 +391,8 @@ class Rollout(ScheduleHooks):
                 meta_prefix=meta, toolchain=self.options.toolchain,
                 state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
                 ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
-                color=bool(getattr(self.console, "color", False)))
+                color=bool(getattr(self.console, "color", False)), verb=self.options.verb,
+                plan_file=self.plan_file(nid))
             with open(action_ctx.vars_path, "w", encoding="utf-8") as fh:
                 json.dump(vars_, fh, indent=2, sort_keys=True)
             node.ctype.prepare(action_ctx)
@@ -366,14 +407,10 @@ class Rollout(ScheduleHooks):
                 "ATMOS_VARS_FILE": action_ctx.vars_path, "ATMOS_OUTPUTS": action_ctx.outputs_path,
             })
             spec.env = full_env
-            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in node.ctype.invocations(action_ctx)]
+            spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in self.verb_invocations(node, action_ctx)]
 
         def collect(captured: str | None):
-            outputs = node.ctype.outputs(ctx(), captured)
-            added = node.ctype.source_additions(ctx())
-            if added:
-                self._added[nid] = added
-            return outputs
+            return self.verb_collect(nid, node, ctx(), captured)
 
         spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
@@ -390,6 +427,7 @@ class Rollout(ScheduleHooks):
                              counts["skipped"], counts["cancelled"], duration)
         self.everything_up_to_date = (outcome.result == "success"
                                       and counts["succeeded"] + counts["cached"] == len(outcome.nodes))
+        self.after_run(outcome, duration)
         if self.options.report or self.options.profile:
             report = self._report(outcome, duration)
             if self.options.report:
@@ -400,16 +438,16 @@ class Rollout(ScheduleHooks):
     def _report(self, outcome, duration: float) -> RunReport:
         """The one result of the run that every written view renders."""
         nodes = []
-        dag = self.graph.dag
+        dag = self.schedule_dag()
         for wave in dag.waves:
             for nid in wave:
                 node = self.graph.nodes[nid]
                 fin = outcome.nodes[nid].finished
                 decision = self.decisions.get(nid)
-                status = outcome.nodes[nid].status
+                status, why = self.node_status(nid, outcome.nodes[nid].status)
                 # The schedule's reason says why a node was cancelled ("stopped:
                 # X failed", "interrupted"); the runner's only that it was.
-                reason = outcome.nodes[nid].reason
+                reason = why or outcome.nodes[nid].reason
                 if not reason and fin is not None and status in ("failed", "cancelled"):
                     reason = fin.message
                 if not reason:

@@ -13,8 +13,9 @@ the same tree: one lstat per path, no scandir, no digest lookups, no sorting.
 
 Racy entries (git's "racily clean" problem): timestamps have a coarse tick,
 so a file rewritten twice within one tick, with a read in between, could keep
-its signature with new bytes. A signature newer than RACY_NS before the scan
-started is therefore never trusted later: such files are read again next time.
+its signature with new bytes. A signature newer than the racy window (2 s,
+atmosbuild/clock.py) before the scan started is therefore never trusted
+later: such files are read again next time.
 """
 
 from __future__ import annotations
@@ -24,16 +25,15 @@ import operator
 import os
 import stat as stat_mod
 import threading
-import time
 from typing import Callable, Iterable
 
 import xxhash
 
-from ..fileops import write_atomic
+from .. import clock as clock_mod
+from ..fileops import load_plain, write_atomic
 
 # Directories never part of a component's source tree.
 EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
-RACY_NS = 2_000_000_000
 TREE_CACHE_VERSION = 2
 
 FileEntry = tuple  # (relpath, kind, digest, executable) with kind "f" or "l"
@@ -108,39 +108,62 @@ def _share(groups, part: int, workers: int, indices: bool = False) -> list:
 
 
 def _changed_forked(groups, workers: int) -> list[str]:
-    helpers = []
-    for part in range(1, workers):
-        try:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-        except OSError:
-            helpers.append((part, None, None))
-            continue
-        if pid == 0:  # the helper: its share, as indices, then leave at once
-            code = 1
+    helpers = []  # (part, pid, read fd): pid None when the fork failed
+    try:
+        for part in range(1, workers):
             try:
-                os.close(read_fd)
-                found = _share(groups, part, workers, indices=True)
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(marshal.dumps(found))
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        helpers.append((part, pid, read_fd))
-    shares = {0: _share(groups, 0, workers, indices=True)}
-    for part, pid, read_fd in helpers:
-        found = None
-        if pid is not None:
-            with os.fdopen(read_fd, "rb") as result:
-                data = result.read()
-            _, status = os.waitpid(pid, 0)
-            if status == 0:
+                read_fd, write_fd = os.pipe()
+            except OSError:
+                helpers.append((part, None, None))
+                continue
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(read_fd), os.close(write_fd)
+                helpers.append((part, None, None))
+                continue
+            if pid == 0:  # the helper: its share, as indices, then leave at once
+                code = 1
                 try:
-                    found = [(number, index) for number, index in marshal.loads(data)]
-                except (ValueError, EOFError, TypeError):
-                    found = None
-        shares[part] = found if found is not None else _share(groups, part, workers, indices=True)
+                    os.close(read_fd)
+                    found = _share(groups, part, workers, indices=True)
+                    with os.fdopen(write_fd, "wb") as out:
+                        out.write(marshal.dumps(found))
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            helpers.append((part, pid, read_fd))
+        shares = {0: _share(groups, 0, workers, indices=True)}
+        for slot, (part, pid, read_fd) in enumerate(helpers):
+            found = None
+            if pid is not None:
+                with os.fdopen(read_fd, "rb") as result:
+                    helpers[slot] = (part, pid, None)  # the fd is closed with `result`
+                    data = result.read()
+                _, status = os.waitpid(pid, 0)
+                helpers[slot] = (part, None, None)
+                if status == 0:
+                    try:
+                        found = [(number, index) for number, index in marshal.loads(data)]
+                    except (ValueError, EOFError, TypeError):
+                        found = None
+            shares[part] = found if found is not None else _share(groups, part, workers, indices=True)
+    finally:
+        # Raised out of here (Ctrl-C, an error): no helper is left behind
+        # as a zombie, no pipe stays open.
+        for part, pid, read_fd in helpers:
+            if read_fd is not None:
+                try:
+                    os.close(read_fd)
+                except OSError:
+                    pass
+            if pid is not None:
+                try:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
     # In the order a single pass gives: group by group, path by path.
     hits = sorted(hit for found in shares.values() for hit in found)
     return [groups[number][0][index] for number, index in hits]
@@ -177,12 +200,13 @@ class FileDigester:
     not found in the tree cache (a no-op run never needs it). `changed`
     collects entries to write back to the store. `trees` is the tree cache
     (see module doc), loaded and saved with load_trees/save_trees.
-    `clock` (wall time in ns) decides which signatures are too new to trust.
+    `clock` (wall time in ns; atmosbuild.clock by default) decides which
+    signatures are too new to trust.
     """
 
     def __init__(self, root: str, cache: dict | None = None,
                  load_cache: Callable[[], dict] | None = None,
-                 trees: dict | None = None, clock: Callable[[], int] = time.time_ns) -> None:
+                 trees: dict | None = None, clock: Callable[[], int] = clock_mod.now_ns) -> None:
         self.root = root
         self.cache = cache
         self._load_cache = load_cache
@@ -190,7 +214,7 @@ class FileDigester:
         self.trees: dict[str, tuple] = trees if trees is not None else {}
         self.trees_changed = False
         self.reads = 0  # how many files were actually read (for tests and benchmarks)
-        self.racy_after = clock() - RACY_NS
+        self.racy_after = clock() - clock_mod.racy_window_ns()
 
     def _cached(self, rel: str) -> tuple | None:
         if self.cache is None:
@@ -214,7 +238,7 @@ class FileDigester:
         return digest
 
     def racy(self, st: os.stat_result) -> bool:
-        """Too new to trust: changed less than RACY_NS before this pass began."""
+        """Too new to trust: changed less than the racy window before this pass began."""
         return st.st_mtime_ns >= self.racy_after or st.st_ctime_ns >= self.racy_after
 
     def racy_signature(self, sig: tuple) -> bool:
@@ -288,6 +312,7 @@ class FileDigester:
 # -- the tree cache on disk ---------------------------------------------------------
 # One marshal file per state directory, for one root: a cache, so any error
 # reading it means "no cache", and writing it is best effort (atomic rename).
+# Plain data only: what a file there holds is checked before it is used.
 
 def _trees_path(state_dir: str) -> str:
     return os.path.join(state_dir, "cache", "trees.marshal")
@@ -298,7 +323,7 @@ def load_trees(state_dir: str, root: str) -> dict:
         return {}
     try:
         with open(_trees_path(state_dir), "rb") as fh:
-            version, cached_root, trees = marshal.loads(fh.read())
+            version, cached_root, trees = load_plain(fh.read())
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     if version != TREE_CACHE_VERSION or cached_root != root or not isinstance(trees, dict):

@@ -120,6 +120,9 @@ class Rebuilder:
         """What changed in the node's own inputs since its last success."""
         last = self.applied(node)
         if last is None:
+            removal = self.snapshot(node).removals.get(node.cid)
+            if removal is not None:
+                return [removal.reason]
             return ["never applied" if node.mode != BUILD else "never built"]
         return describe_changes(last.ingredients, storable_ingredients(node), None)
 
@@ -145,7 +148,11 @@ class Rebuilder:
         if attempt is not None and attempt.status != "succeeded":
             out.append(f"last attempt {attempt.status}")
         if last is None:
-            out.append("never applied" if node.mode != BUILD else "never built")
+            removal = self.snapshot(node).removals.get(node.cid)
+            if removal is not None:
+                out.append(removal.reason)  # destroyed by run R / drift: N resources changed ...
+            else:
+                out.append("never applied" if node.mode != BUILD else "never built")
             return tuple(out)
         changes = describe_changes(last.ingredients, storable_ingredients(node), upstream)
         if node.mode == BUILD and not changes:

@@ -18,7 +18,7 @@ import time
 from typing import Mapping
 
 from ..errors import StateError
-from .store import Applied, Attempt, Built, Snapshot
+from .store import Applied, Attempt, Built, Removal, Snapshot
 
 APPLICATION_ID = 0x41544D42  # "ATMB"
 SCHEMA_VERSION = 1
@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL, deployment TEXT NOT NULL, target TEXT NOT NULL,
     component TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL,
     finished REAL NOT NULL, duration REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS removed (
+    deployment TEXT NOT NULL, target TEXT NOT NULL, component TEXT NOT NULL,
+    kind TEXT NOT NULL, run_id TEXT NOT NULL, reason TEXT NOT NULL, key TEXT NOT NULL,
+    finished REAL NOT NULL,
+    PRIMARY KEY (deployment, target, component)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, digest TEXT NOT NULL) WITHOUT ROWID;
@@ -72,7 +77,9 @@ def _create(path: str) -> None:
     """Create the database whole (schema, application id, WAL) under a
     private name, then link it into place: rollouts starting together never
     see a half-made database. The first link wins; the others use it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    from ..fileops import ensure_state_dir
+
+    ensure_state_dir(os.path.dirname(path) or ".")  # (with its marker, when made here)
     tmp = f"{path}.new-{os.getpid()}-{os.urandom(4).hex()}"
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
@@ -180,6 +187,8 @@ class SqliteStore:
             app_id = self.db.execute("PRAGMA application_id").fetchone()[0]
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            self.has_removed = self.db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name='removed'").fetchone()[0] > 0
         finally:
             self.db.execute("COMMIT")
         if app_id == 0 and tables == 0 and self.readonly:
@@ -189,6 +198,7 @@ class SqliteStore:
         if app_id == 0 and tables == 0:
             self._init_in_place()
             app_id, version = APPLICATION_ID, SCHEMA_VERSION
+            self.has_removed = True
         if app_id != APPLICATION_ID:
             raise StateError(f"{self.path} is not an atmosbuild state database (application id "
                              f"{app_id:#x}); move it away or set state_dir in atmos.yaml")
@@ -197,6 +207,11 @@ class SqliteStore:
                              f"{SCHEMA_VERSION}; run `atmosbuild clean --cache` to start afresh")
         if not self.readonly:
             self.db.execute("PRAGMA synchronous=NORMAL")
+            if not self.has_removed:  # a database from before SPEC 10: same schema plus a table
+                with self._transaction():
+                    self.db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS removed"):
+                                            _SCHEMA.index("CREATE TABLE IF NOT EXISTS files")].rstrip().rstrip(";"))
+                self.has_removed = True
 
     def _init_in_place(self) -> None:
         """Give an existing empty file the schema (new files get it in _create)."""
@@ -229,6 +244,7 @@ class SqliteStore:
                 full = self.snapshot(deployment, target)
                 snap.applied = {c: a for c, a in full.applied.items() if c in wanted}
                 snap.attempts = {c: a for c, a in full.attempts.items() if c in wanted}
+                snap.removals = {c: a for c, a in full.removals.items() if c in wanted}
                 return snap
             where += f" AND component IN ({','.join('?' * len(components))})"
             args += components
@@ -241,6 +257,11 @@ class SqliteStore:
                 f"SELECT component, key, status, run_id, finished, duration FROM attempts WHERE {where}",
                 args):
             snap.attempts[row[0]] = Attempt(*row[1:])
+        if self.has_removed:
+            for row in self.db.execute(
+                    f"SELECT component, kind, run_id, reason, key, finished FROM removed WHERE {where}",
+                    args):
+                snap.removals[row[0]] = Removal(*row[1:])
         return snap
 
     @_guarded
@@ -308,7 +329,21 @@ class SqliteStore:
                            applied.duration)))
         attempt = Attempt(applied.key, "succeeded", run_id, applied.finished, applied.duration)
         stmts += self._attempt_statements(deployment, target, component, attempt)
+        if self.has_removed:
+            stmts.append(("DELETE FROM removed WHERE deployment=? AND target=? AND component=?",
+                          (deployment, target, component)))
         self._write(stmts)
+
+    @_guarded
+    def record_removal(self, deployment, target, component, removal: Removal) -> None:
+        place = (deployment, target, component)
+        self._write([
+            ("DELETE FROM applied WHERE deployment=? AND target=? AND component=?", place),
+            ("INSERT OR REPLACE INTO removed VALUES (?,?,?,?,?,?,?,?)",
+             (*place, removal.kind, removal.run_id, removal.reason, removal.key, removal.finished)),
+            ("INSERT INTO history VALUES (?,?,?,?,?,?,?,?)",
+             (removal.run_id, *place, removal.key, removal.kind, removal.finished, 0.0)),
+        ])
 
     @_guarded
     def record_attempt(self, deployment, target, component, attempt: Attempt) -> None:

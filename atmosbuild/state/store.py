@@ -80,12 +80,27 @@ class Attempt:
     duration: float
 
 
+@dataclass(frozen=True)
+class Removal:
+    """Why a component at a deployment+target is no longer applied (SPEC 10):
+    `destroy` tore it down, or `check` found it drifted. Recording one drops
+    the applied record (so the next rollout applies it again, and the
+    up-to-date record sees the row gone); the next success clears it."""
+
+    kind: str  # "destroyed" | "drifted"
+    run_id: str
+    reason: str  # shown by explain/status: "destroyed by run R", "drift: 2 resources changed ..."
+    key: str  # the key that was applied when it was removed
+    finished: float
+
+
 @dataclass
 class Snapshot:
     """What one rollout reads from the store up front (bulk reads)."""
 
     applied: dict[str, Applied] = field(default_factory=dict)  # component id -> record
     attempts: dict[str, Attempt] = field(default_factory=dict)
+    removals: dict[str, Removal] = field(default_factory=dict)  # component id -> why not applied
 
 
 class Store(Protocol):
@@ -106,6 +121,12 @@ class Store(Protocol):
 
     def record_attempt(self, deployment: str, target: str, component: str,
                        attempt: Attempt) -> None: ...
+
+    def record_removal(self, deployment: str, target: str, component: str,
+                       removal: Removal) -> None:
+        """One transaction: drop the applied record (the build cache stays),
+        keep `removal` as the reason, add a history row (status = kind).
+        `record_success` of the component clears the removal again."""
 
     def file_cache(self) -> dict[str, tuple]: ...
 
@@ -129,6 +150,7 @@ class MemoryStore:
         self.applied: dict[tuple[str, str, str], Applied] = {}
         self.built: dict[str, Built] = {}
         self.attempts: dict[tuple[str, str, str], Attempt] = {}
+        self.removals: dict[tuple[str, str, str], Removal] = {}
         self.files: dict[str, tuple] = {}
 
     def snapshot(self, deployment: str, target: str, components=None) -> Snapshot:
@@ -140,6 +162,9 @@ class MemoryStore:
         for (d, t, c), rec in self.attempts.items():
             if (d, t) == (deployment, target) and (wanted is None or c in wanted):
                 snap.attempts[c] = rec
+        for (d, t, c), rec in self.removals.items():
+            if (d, t) == (deployment, target) and (wanted is None or c in wanted):
+                snap.removals[c] = rec
         return snap
 
     def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
@@ -150,6 +175,7 @@ class MemoryStore:
 
     def record_success(self, deployment, target, component, applied, run_id, build) -> None:
         self.applied[(deployment, target, component)] = applied
+        self.removals.pop((deployment, target, component), None)
         if build:
             self.built[applied.key] = Built(applied.key, component, applied.result,
                                             applied.outputs, applied.finished, applied.duration)
@@ -158,6 +184,10 @@ class MemoryStore:
 
     def record_attempt(self, deployment, target, component, attempt) -> None:
         self.attempts[(deployment, target, component)] = attempt
+
+    def record_removal(self, deployment, target, component, removal) -> None:
+        self.applied.pop((deployment, target, component), None)
+        self.removals[(deployment, target, component)] = removal
 
     def file_cache(self) -> dict[str, tuple]:
         return dict(self.files)
