@@ -158,6 +158,21 @@ def test_history_lists_attempts_newest_first(backend):
     assert [(r[0], r[1], r[2]) for r in rows] == [("run-2", "k2", "succeeded"), ("run-1", "k1", "failed")]
 
 
+def test_a_removal_drops_the_applied_record_until_the_next_success(backend):
+    from atmosbuild.state.store import Removal
+
+    store = backend.open()
+    store.record_success("d", "dev", "terraform/db", applied(key="k1"), "run-1", build=False)
+    store.record_removal("d", "dev", "terraform/db", Removal("destroyed", "run-2", "destroyed by run run-2", "k1", 5.0))
+    snap = backend.open().snapshot("d", "dev")
+    assert "terraform/db" not in snap.applied
+    assert snap.removals["terraform/db"] == Removal("destroyed", "run-2", "destroyed by run run-2", "k1", 5.0)
+    assert backend.open().applied_summary("d", "dev") == {}
+    store.record_success("d", "dev", "terraform/db", applied(key="k1"), "run-3", build=False)
+    snap = backend.open().snapshot("d", "dev")
+    assert snap.removals == {} and snap.applied["terraform/db"].key == "k1"
+
+
 def test_the_stat_cache_stays_on_this_machine(backend, tmp_path):
     store = backend.open()
     store.save_file_cache({"/ws/a.txt": (10, 111, 222, 7, "d1")})
@@ -334,8 +349,10 @@ def test_pg_schema_is_settable_and_versioned(pg_url, tmp_path):
     store.record_success("d", "dev", "command/a", applied(), "r", build=False)
     store.close()
     assert "team_b" in schemas(pg_url) and "atmosbuild" not in schemas(pg_url)
+    from atmosbuild.state.postgres import SCHEMA_VERSION
+
     assert dict(pg_exec(pg_url, "SELECT name, value FROM team_b.meta")) == {
-        "application": "atmosbuild", "version": "1"}
+        "application": "atmosbuild", "version": str(SCHEMA_VERSION)}
     with pytest.raises(StateError, match="plain SQL name"):
         open_store(str(tmp_path), state=pg_url + "?schema=a;drop")
 
@@ -436,3 +453,23 @@ def test_pg_lock_outlives_a_killed_holder_while_its_action_runs(pg_url, tmp_path
             os.kill(child, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_pg_an_older_schema_is_migrated_forward_keeping_its_rows(pg_url, tmp_path):
+    store = open_store(str(tmp_path), state=pg_url)
+    store.record_success("d", "dev", "command/a", applied(), "r", build=False)
+    store.close()
+    pg_exec(pg_url, "DROP TABLE atmosbuild.removed", "UPDATE atmosbuild.meta SET value = '1' WHERE name = 'version'")
+    reader = open_store(str(tmp_path), readonly=True, state=pg_url)  # reads it as it is
+    try:
+        assert reader.snapshot("d", "dev").applied["command/a"] == applied()
+        assert dict(pg_exec(pg_url, "SELECT name, value FROM atmosbuild.meta"))["version"] == "1"
+    finally:
+        reader.close()
+    store = open_store(str(tmp_path), state=pg_url)  # a writer migrates
+    try:
+        assert store.snapshot("d", "dev").applied["command/a"] == applied()
+        assert dict(pg_exec(pg_url, "SELECT name, value FROM atmosbuild.meta"))["version"] == "2"
+        assert pg_exec(pg_url, "SELECT count(*) FROM atmosbuild.removed") == [(0,)]
+    finally:
+        store.close()

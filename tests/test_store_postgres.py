@@ -442,3 +442,19 @@ def test_a_no_op_costs_a_few_statements_not_one_per_component(tmp_path, pg_serve
     assert 0 < len(recorded) <= 6, recorded  # meta, lock, applied rows, unlock
     assert 0 < len(full) <= 10, full  # + the snapshot (applied, attempts, builds)
     assert any("applied" in line for line in recorded) and any("advisory" in line for line in recorded)
+
+
+def test_a_destroy_on_one_machine_is_seen_by_the_other(tmp_path, pg_url):
+    """Destroy marks are shared like the applied records (SPEC 10, 11)."""
+    a = team_repo(tmp_path / "m1" / "repo", pg_url)
+    b = team_repo(tmp_path / "m2" / "repo", pg_url)
+    assert a.run("rollout", "//app:dev").returncode == 0
+    ran(a)
+    gone = a.run("destroy", "//app:dev", "--yes")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    status = b.run("status", "//app:dev")
+    assert status.returncode == 0 and status.stdout.count("destroyed") >= 4, status.stdout
+    again = b.run("rollout", "//app:dev")
+    assert again.returncode == 0, again.stderr
+    assert ran(b) == ALL  # applied again, from the other machine
+    assert "0 ran, 4 cached" in a.run("rollout", "//app:dev").stdout

@@ -45,11 +45,11 @@ import time
 from typing import Callable, Iterator, Mapping
 
 from ..errors import LockedError, StateError, StoreLost
-from .store import Applied, Attempt, Built, Snapshot
+from .store import Applied, Attempt, Built, Removal, Snapshot
 
 DEFAULT_SCHEMA = "atmosbuild"
 APPLICATION = "atmosbuild"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_POLL_SECONDS = 0.25
 WATCH_SECONDS = 5.0  # while actions run, the session is checked this often
 INSTALL_HINT = "pip install 'atmosbuild[postgres]'"
@@ -89,6 +89,11 @@ MIGRATIONS: list[list[str]] = [[
         deployment text NOT NULL, target text NOT NULL, backend_pid integer NOT NULL,
         host text NOT NULL, pid integer NOT NULL, started double precision NOT NULL,
         label text NOT NULL, PRIMARY KEY (deployment, target))""",
+], [  # 1 -> 2: why a component is no longer applied (destroy, drift: SPEC 10)
+    """CREATE TABLE {s}.removed (
+        deployment text NOT NULL, target text NOT NULL, component text NOT NULL,
+        kind text NOT NULL, run_id text NOT NULL, reason text NOT NULL, key text NOT NULL,
+        finished double precision NOT NULL, PRIMARY KEY (deployment, target, component))""",
 ]]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -211,6 +216,7 @@ class PostgresStore:
         self.lost: str | None = None  # why the session was found gone (watch)
         self._known_builds: dict[str, tuple] = {}  # key -> builds row, read with a snapshot
         self._dup_fd: int | None = None  # the socket, for actions to inherit (_session_fds)
+        self.version = SCHEMA_VERSION
         psycopg = self.psycopg = _driver()
         self.s = f'"{self.url.schema}"'
         try:
@@ -278,12 +284,10 @@ class PostgresStore:
         if version < 1:
             raise StateError(f"{where} has no valid version; nothing was changed: use another "
                              "schema (?schema=NAME in the state URL)")
-        if version < SCHEMA_VERSION:  # (read-only: the next rollout migrates it)
-            raise StateError(f"{where} has state schema version {version}: run a rollout to "
-                             f"migrate it to {SCHEMA_VERSION}")
         if version > SCHEMA_VERSION:
             raise StateError(f"{where} has state schema version {version}, this atmosbuild "
                              f"reads up to {SCHEMA_VERSION}: upgrade atmosbuild (nothing was changed)")
+        self.version = version  # below SCHEMA_VERSION only for readers: the next writer migrates
 
     def _create_or_migrate(self) -> dict[str, str]:
         """Create the schema, or bring it forward, in one transaction that
@@ -356,6 +360,11 @@ class PostgresStore:
                     "SELECT component, key, status, run_id, finished, duration "
                     f"FROM {self.s}.attempts WHERE {where}", args):
                 snap.attempts[row[0]] = Attempt(*row[1:])
+            if self.version >= 2:  # (a reader leaves an older schema as it is)
+                for row in self.db.execute(
+                        "SELECT component, kind, run_id, reason, key, finished "
+                        f"FROM {self.s}.removed WHERE {where}", args):
+                    snap.removals[row[0]] = Removal(*row[1:])
             # The builds behind these rows, for `builds`: a build-mode node
             # that is up to date asks for exactly its applied key, and one
             # round trip per node would cost a 5,000-node rollout seconds.
@@ -428,7 +437,26 @@ class PostgresStore:
                      applied.duration]
         attempt = Attempt(applied.key, "succeeded", run_id, applied.finished, applied.duration)
         more, more_args = self._attempt_ctes(deployment, target, component, attempt)
+        ctes.append(f"""r AS (DELETE FROM {self.s}.removed WHERE deployment = %s AND target = %s
+            AND component = %s)""")
+        args += [deployment, target, component]
         self._write(ctes + more, args + more_args, f"recording {component}")
+
+    def record_removal(self, deployment, target, component, removal: Removal) -> None:
+        place = [deployment, target, component]
+        self._write([
+            f"""a AS (DELETE FROM {self.s}.applied WHERE deployment = %s AND target = %s
+                AND component = %s)""",
+            f"""r AS (INSERT INTO {self.s}.removed VALUES (%s,%s,%s,%s,%s,%s,%s,%s)
+                ON CONFLICT (deployment, target, component) DO UPDATE SET kind = excluded.kind,
+                run_id = excluded.run_id, reason = excluded.reason, key = excluded.key,
+                finished = excluded.finished)""",
+            f"""h AS (INSERT INTO {self.s}.history
+                (run_id, deployment, target, component, key, status, finished, duration)
+                VALUES (%s,%s,%s,%s,%s,%s,%s,0))""",
+        ], [*place, *place, removal.kind, removal.run_id, removal.reason, removal.key, removal.finished,
+            removal.run_id, *place, removal.key, removal.kind, removal.finished],
+            f"recording the removal of {component}")
 
     def record_attempt(self, deployment, target, component, attempt: Attempt) -> None:
         ctes, args = self._attempt_ctes(deployment, target, component, attempt)
