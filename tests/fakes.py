@@ -74,6 +74,8 @@ class FakeRunner:
     - stop(nodes, signum) cancels those nodes now: their Finished (status
       cancelled, finished = now) come from the next wait() calls, before
       anything else. Nodes in `ignores_stop` keep running and finish normally.
+    - setup(**kwargs) and teardown() do nothing but count (`setups` keeps
+      each call's arguments, `teardowns` the number of calls).
     - `interrupt_at` (a time or several): wait() returns
       InterruptRequested(interrupt_signum) once per time, when the clock would
       reach or pass it.
@@ -113,6 +115,8 @@ class FakeRunner:
         self.stops: list[tuple[float, tuple[str, ...], int | None]] = []
         self.max_running = 0
         self.interrupts = 0  # delivered so far
+        self.setups: list[dict] = []  # setup(**kwargs) calls
+        self.teardowns = 0
 
         # Protocol view: started and Finished not yet delivered.
         self._started_at: dict[str, float] = {}
@@ -122,6 +126,12 @@ class FakeRunner:
         self._seq = 0
 
     # -- the Runner protocol --------------------------------------------------
+
+    def setup(self, **kwargs: Any) -> None:
+        self.setups.append(kwargs)  # nothing to get ready: fake actions spawn nothing
+
+    def teardown(self) -> None:
+        self.teardowns += 1
 
     def start(self, node: str) -> None:
         if node in self._started_at:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from atmosbuild.run.alarms import Alarms
 from atmosbuild.run.events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT, Finished, InterruptRequested
 from atmosbuild.run.process import ActionSpec, ProcessRunner, Step, make_masker
 from atmosbuild.run.ui import Console
@@ -475,3 +479,135 @@ def test_worker_threads_are_reused(rig):
     for pair in zip(nodes[::2], nodes[1::2]):
         assert all(f.ok for f in rig.run(*pair).values())
     assert threading.active_count() - before <= 3  # two workers (+ the shared alarm thread)
+
+
+# -- what must not go wrong quietly ------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/dev/fd"))
+
+
+class BrokenConsole(Console):
+    """A console whose output breaks (a closed pipe), as a real one can."""
+
+    def component_line(self, node, line):
+        raise BrokenPipeError("the console went away")
+
+
+def test_a_capture_steps_temporary_file_is_closed_whatever_happens(tmp_path):
+    rig = Rig(tmp_path)
+    broken = Rig(tmp_path)
+    broken.runner = ProcessRunner(broken.specs.__getitem__, BrokenConsole(io.StringIO(), io.StringIO(),
+                                  prefix=True, live=False, color=False))
+    for i in range(5):  # warm up: worker threads, the log directory
+        rig.add(f"command/ok{i}", sh("echo fine", capture=True))
+        rig.run(f"command/ok{i}")
+    before = open_fds()
+    for i in range(5):
+        rig.add(f"command/nul{i}", sh("true", capture=True), env={**ENV, "BAD": "a\0b"})
+        result = rig.run(f"command/nul{i}")[f"command/nul{i}"]
+        assert result.status == FAILED and "null byte" in result.message, result
+        broken.add(f"command/pipe{i}", sh("echo warning >&2", capture=True))
+        result = broken.run(f"command/pipe{i}")[f"command/pipe{i}"]
+        assert result.status == FAILED and "the console went away" in result.message, result
+    assert open_fds() <= before, "a temporary file (or pipe) leaked"
+
+
+class BrokenAlarms(Alarms):
+    """Alarms whose callbacks fail, as a bug in one would."""
+
+    def call_later(self, seconds, callback, *args, on_error=None):
+        def broken(*_):
+            raise RuntimeError("the alarm broke")
+
+        return super().call_later(seconds, broken, *args, on_error=on_error)
+
+
+def test_an_alarm_error_is_handed_on_and_the_other_alarms_still_fire():
+    alarms = Alarms()
+    errors, fired = [], threading.Event()
+    alarms.call_later(0.01, lambda: 1 / 0, on_error=errors.append)
+    alarms.call_later(0.05, fired.set)
+    assert fired.wait(3)
+    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+
+
+def test_a_timeout_that_cannot_fire_fails_the_action_saying_why(tmp_path):
+    rig = Rig(tmp_path)
+    rig.runner = ProcessRunner(rig.specs.__getitem__, rig.console, alarms=BrokenAlarms())
+    rig.add("command/x", sh("sleep 30"), timeout=0.2)
+    began = time.monotonic()
+    result = rig.run("command/x")["command/x"]
+    assert time.monotonic() - began < 5, "the action ran on with a broken timeout"
+    assert result.status == FAILED
+    assert "the alarm broke" in result.message and "timer" in result.message
+    assert "the alarm broke" in rig.log("command/x")
+
+
+AWKWARD_SECRET = "a'b\"c\\d\ne f $HOME `x` ;"
+
+
+def assert_secret_absent(data: bytes, secret: str) -> None:
+    for piece in {secret, *secret.splitlines(), shlex.quote(secret)}:
+        if piece.strip():
+            assert piece.encode() not in data, (piece, data)
+
+
+def test_a_secret_with_quotes_backslashes_and_newlines_is_masked_on_the_echoed_line(rig):
+    secret = AWKWARD_SECRET
+    rig.add("command/x", Step(("sh", "-c", "true", "sh", secret, f"--token={secret}")),
+            secrets=[secret])
+    assert rig.run("command/x")["command/x"].ok
+    data = Path(rig.specs["command/x"].log_path).read_bytes()
+    assert_secret_absent(data, secret)
+    assert data.decode().splitlines()[0] == "$ sh -c true sh *** --token=***"
+
+
+@settings(max_examples=40, deadline=None)
+@given(secret=st.text(alphabet=st.sampled_from("ab'\"\\\n $`;&|(){}#é日 -"), min_size=3, max_size=20)
+       .filter(lambda s: all(len(line.strip()) >= 3 for line in s.splitlines())))
+def test_any_secret_in_argv_never_reaches_the_log(secret):
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = Rig(Path(tmp))
+        rig.add("command/x", Step(("sh", "-c", 'printf "%s\\n" "$1"', "sh", secret, "x" + secret)),
+                secrets=[secret])
+        assert rig.run("command/x")["command/x"].ok
+        data = Path(rig.specs["command/x"].log_path).read_bytes() + rig.out.getvalue().encode()
+        assert_secret_absent(data, secret)
+
+
+def test_teardown_with_an_action_still_running_stops_it_gently_and_waits(tmp_path):
+    """A caller that bails out early (an exception in the schedule) leaves
+    nothing running unwatched, and does not SIGKILL what could stop cleanly."""
+    rig = Rig(tmp_path, grace_period=5)
+    ready, stopped = tmp_path / "ready", tmp_path / "stopped"
+    rig.add("command/x", sh(f"trap 'echo TERM > {stopped}; exit 0' TERM; touch {ready}; "
+                            "while :; do sleep 0.05; done"))
+    rig.runner.setup()
+    rig.runner.start("command/x")
+    assert eventually(ready.exists)
+    rig.runner.teardown()
+    assert stopped.read_text() == "TERM\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_actions_inherit_the_kept_descriptors_and_their_pids_are_told(rig, tmp_path):
+    """What keeps the deployment lock held while an action runs (lock.py)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    kept = fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 70)
+    os.close(write_end)
+    seen: list[dict] = []
+    write = f"import os; os.write({kept}, b'inherited\\n')"
+    rig.add("command/x", sh(f'echo $$ > {tmp_path / "pid"}; exec {sys.executable} -c "{write}"'))
+    rig.runner.setup(keep_fds=[kept], on_processes=seen.append)
+    try:
+        assert rig.run("command/x")["command/x"].ok, rig.log("command/x")
+    finally:
+        rig.runner.teardown()
+        os.close(kept)
+    assert os.read(read_end, 100) == b"inherited\n"
+    os.close(read_end)
+    assert seen == [{"command/x": 0}, {"command/x": read_pid(tmp_path / "pid")}, {}]  # 0: being spawned

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,90 @@ def test_kill_9_mid_rollout_keeps_what_finished_and_the_next_run_does_the_rest(w
     assert again.returncode == 0, again.stdout + again.stderr
     assert ran(ws) == ["command/three", "command/two"]
     assert ws.run("rollout", "//app:dev").returncode == 0 and ran(ws) == []
+
+
+HOLD = """\
+deployment:
+  targets: {dev: {}}
+  components:
+    command:
+      hold:
+        run: ["sh", "-c", 'echo $$ > "$ATMOS_ROOT/hold.pid"; echo "start $(date +%s.%N)" >> "$ATMOS_ROOT/times"; SLEEP; echo "end $(date +%s.%N)" >> "$ATMOS_ROOT/times"']
+"""
+
+
+def spans(path: Path) -> list[tuple[float, float]]:
+    """(start, end) of each run of the action, from its `times` lines."""
+    out, start = [], None
+    for kind, t in (line.split() for line in path.read_text().splitlines()):
+        if kind == "start":
+            assert start is None, "two runs of the component overlapped"
+            start = float(t)
+        else:
+            out.append((start, float(t)))
+            start = None
+    return out
+
+
+def test_kill_9_of_atmosbuild_keeps_the_lock_until_its_action_has_exited(ws):
+    """SPEC 6: the lock is held until every action the rollout started has
+    exited, even when atmosbuild is killed: the action inherited the lock's
+    descriptor. A second rollout exits 3 naming what still runs; with
+    --wait it waits, and the component never runs twice at once."""
+    wait_for_release = ('i=0; while [ ! -e "$ATMOS_ROOT/release" ] && [ $i -lt 600 ]; do '
+                        'sleep 0.05; i=$((i+1)); done')
+    ws.write("app/deployment.yaml", HOLD.replace("SLEEP", wait_for_release))
+    proc = start_cli(ws, "rollout", "//app:dev")
+    waiter, finished = None, False
+    try:
+        wait_for(ws.root / "hold.pid")
+        pid = int((ws.root / "hold.pid").read_text())
+        lock = next((ws.state / "locks").iterdir())
+        deadline = time.monotonic() + 10  # the pid is noted just after the spawn
+        while f"(pid {pid})" not in lock.read_text():
+            assert time.monotonic() < deadline, lock.read_text()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+
+        second = ws.run("rollout", "//app:dev")
+        assert second.returncode == 3, second.stdout + second.stderr
+        message = second.stderr.strip()
+        assert message.startswith("error: //app:dev is locked by pid "), message
+        assert f"locked by pid {proc.pid} " in message
+        assert "which has exited, but actions it started still run" in message
+        assert f"command/hold (pid {pid})" in message
+        assert "--wait" in message and len(second.stderr.splitlines()) == 1
+        assert "Workspace:" not in second.stdout
+
+        waiter = start_cli(ws, "rollout", "//app:dev", "--wait")
+        time.sleep(1.0)
+        assert waiter.poll() is None, "--wait did not wait for the orphaned action"
+        (ws.root / "release").write_text("")
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, out + err
+        assert "waiting for //app:dev" in out + err
+        finished = True
+    finally:
+        if not finished:  # an orphan a kill -9 cannot take with it (the pid is stale otherwise)
+            kill_pid_file(ws.root / "hold.pid")
+        for p in (proc, waiter):
+            if p is not None:
+                p.kill()
+                p.communicate()
+    runs = spans(ws.root / "times")
+    assert len(runs) == 2, runs  # the orphan ran to its end, then the waiter's run
+    (_, first_end), (second_start, _) = runs
+    assert second_start >= first_end, "the component ran twice at once"
+
+
+def test_without_a_kill_the_lock_is_free_the_moment_the_rollout_ends(ws):
+    """The inherited descriptor keeps nothing locked once the actions ended."""
+    ws.write("app/deployment.yaml", HOLD.replace("SLEEP", "true"))
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    again = ws.run("rollout", "//app:dev", "--force")
+    assert again.returncode == 0, again.stderr
 
 
 # -- concurrent rollouts ------------------------------------------------------------

@@ -154,28 +154,58 @@ def test_no_node_of_wave_k_plus_1_starts_before_every_node_of_wave_k_ended(ws):
 
 # -- failures --------------------------------------------------------------------------
 
-def test_fail_fast_stops_what_runs_skips_the_rest_and_exits_1(ws):
+def nixpacks_standin(ws, script: str) -> None:
+    """A `nixpacks` (a build-mode component type) that runs `script` (sh)."""
+    tool = ws.root.parent / "bin" / "nixpacks"
+    tool.parent.mkdir(exist_ok=True)
+    tool.write_text(f"#!/bin/sh\n{script}\n")
+    tool.chmod(0o755)
+    ws.write("atmos.yaml", json.dumps({"toolchain": {"nixpacks": str(tool)}}))
+
+
+def test_fail_fast_lets_running_applies_finish_stops_builds_skips_the_rest_and_exits_1(ws):
+    """SPEC 6 (changed: it stopped every running action): a running
+    apply-mode action (a command, terraform apply) is left to finish and is
+    recorded; a running build-mode one (nixpack) is stopped."""
+    nixpacks_standin(ws, 'touch "$ATMOS_ROOT/build.started"; [ -e "$ATMOS_ROOT/slow" ] && exec sleep 30; true')
+    ws.write("slow", "")
     deployment(ws, {
-        "bad": {"run": "sleep 1; echo about to fail; exit 3"},
-        "long": {"run": f'{RECORD}; sleep 30'},
+        "bad": {"run": 'while [ ! -e "$ATMOS_ROOT/build.started" ]; do sleep 0.05; done; '
+                       'touch "$ATMOS_ROOT/bad.failing"; echo about to fail; exit 3'},
+        # Still running when bad fails: it waits for that, then works on.
+        "long": {"run": f'{RECORD}; while [ ! -e "$ATMOS_ROOT/bad.failing" ]; do sleep 0.05; done; '
+                        'sleep 2; touch "$ATMOS_ROOT/long.done"'},
         "later": {"run": RECORD, **after("long")},
         "other": {"run": RECORD, **after("bad")},
     })
+    ws.write("app/deployment.yaml", (ws.root / "app/deployment.yaml").read_text().replace(
+        '"components": {', '"components": {"nixpack": {"image": {"source": "img"}}, ', 1))
+    ws.write("img/Dockerfile", "FROM scratch\n")
     started = time.monotonic()
-    proc, report = rollout(ws, "//app:dev", "-j2")
-    assert time.monotonic() - started < 15, "the running node was not stopped"
+    proc, report = rollout(ws, "//app:dev", "-j3")
+    assert time.monotonic() - started < 15, "the running build was not stopped"
     nodes = {n["id"]: n for n in report["nodes"]}
-    assert statuses(report) == {"command/bad": "failed", "command/long": "cancelled",
-                                "command/later": "skipped", "command/other": "skipped"}
+    assert statuses(report) == {"command/bad": "failed", "command/long": "succeeded",
+                                "command/later": "skipped", "command/other": "skipped",
+                                "nixpack/image": "cancelled"}, report
+    assert (ws.root / "long.done").exists(), "the apply-mode action did not run to its end"
     assert nodes["command/bad"]["exit_code"] == 3
     assert nodes["command/bad"]["reason"] == "exit code 3"
-    assert "command/bad" in nodes["command/long"]["reason"]
+    assert "command/bad" in nodes["nixpack/image"]["reason"]
     assert report["result"] == "failure"
     assert "FAILED: command/bad: exit code 3" in proc.stderr
     assert "| about to fail" in proc.stderr  # the failing log's last lines
     assert "1 failed" in proc.stdout
+    assert ("Stopping: command/bad failed; letting 1 running apply-mode action finish: command/long"
+            in proc.stdout + proc.stderr)
     assert ran(ws) == ["command/long"]
     assert proc.returncode == 1
+    # The finished apply was recorded: the next rollout does not run it again.
+    (ws.root / "slow").unlink()
+    (ws.root / "app/deployment.yaml").write_text(
+        (ws.root / "app/deployment.yaml").read_text().replace("exit 3", "exit 0"))
+    again, report = rollout(ws, "//app:dev", "-j3")
+    assert statuses(report)["command/long"] == "cached", report
 
 
 def test_keep_going_skips_exactly_the_dependents_of_a_failure(ws):
@@ -243,7 +273,9 @@ def test_sigint_stops_everything_leaves_no_orphan_keeps_successes_and_exits_130(
         # only the sweep of the action's process group can take it down.
         "hang": {"run": f'{RECORD}; if [ -e "$ATMOS_ROOT/hang" ]; then '
                         'sleep 60 >/dev/null 2>&1 & echo $! > "$ATMOS_ROOT/sleep.pid"; '
-                        'exec python3 -c "import time; time.sleep(60)"; fi'},
+                        # (a plain `sleep` obeys SIGINT at once; Python's time.sleep can
+                        # miss a signal that lands just before its syscall)
+                        'exec sleep 61; fi'},
         "after": {"run": RECORD, **after("hang")},
     })
     ws.write("hang", "")
@@ -380,20 +412,26 @@ def test_an_action_editing_its_copy_in_place_touches_neither_the_source_nor_the_
     assert statuses(report) == {"command/edit": "cached"}
 
 
-def test_waves_start_the_longest_known_action_of_a_wave_first(ws):
-    """Behind a wave barrier only the wave's own durations matter, so once
-    durations are recorded a wave starts longest first (LPT); before that,
-    by id."""
+def test_waves_start_the_longest_known_action_of_a_wave_first_above_j1_and_by_id_at_j1(ws):
+    """SPEC 6 (changed: -j1 used durations too, so a serial log changed
+    order between runs): behind a wave barrier only the wave's own durations
+    matter, so once durations are recorded a wave above -j1 starts longest
+    first (LPT); at -j1, and before anything is recorded, by id."""
     deployment(ws, {"a-short": {"run": ["sleep", "0.05"]}, "b-long": {"run": ["sleep", "0.6"]},
                     "c-mid": {"run": ["sleep", "0.3"]}})
 
     def start_order(report):
         return [n["id"] for n in sorted(report["nodes"], key=lambda n: n["started"])]
 
+    by_id = ["command/a-short", "command/b-long", "command/c-mid"]
     _, first = rollout(ws, "//app:dev", "-j1", "--schedule", "waves")
-    assert start_order(first) == ["command/a-short", "command/b-long", "command/c-mid"]
+    assert start_order(first) == by_id
     _, again = rollout(ws, "//app:dev", "-j1", "--schedule", "waves", "--force")
-    assert start_order(again) == ["command/b-long", "command/c-mid", "command/a-short"]
+    assert start_order(again) == by_id, "a serial wave keeps id order once durations are known"
+    _, wide = rollout(ws, "//app:dev", "-j2", "--schedule", "waves", "--force")
+    # The two longest take both slots; the short one waits for the first to end.
+    order = start_order(wide)
+    assert set(order[:2]) == {"command/b-long", "command/c-mid"} and order[2] == "command/a-short", order
 
 
 # -- selection and several labels ----------------------------------------------------------
@@ -471,3 +509,35 @@ def test_keep_going_and_schedule_can_come_from_atmos_yaml(ws):
     assert statuses(report) == {"command/bad": "failed", "command/after_bad": "skipped",
                                 "command/independent": "succeeded"}
     assert ran(ws) == ["command/independent"]
+
+
+# -- the runner seam ---------------------------------------------------------------------
+
+def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_down(ws):
+    """Any runner (here the fake) gets setup() with the descriptors of the
+    locks it must keep held, and teardown() once the schedule is over."""
+    import io
+
+    from atmosbuild.config.labels import parse_label
+    from atmosbuild.config.workspace import expand
+    from atmosbuild.graph.actions import compile_graph
+    from atmosbuild.run.rollout import Rollout, RolloutOptions
+    from atmosbuild.run.ui import Console
+    from atmosbuild.state.files import FileDigester
+    from atmosbuild.state.store import MemoryStore
+    from fakes import FakeRunnerFactory
+
+    deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
+    root, state = str(ws.root), str(ws.state)
+    store = MemoryStore()
+    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    factory = FakeRunnerFactory()
+    console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
+    rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
+                      runner_factory=factory)
+    assert rollout.run() == 0
+    runner = factory.runners[-1]
+    assert runner.started_order == ["command/a", "command/b"]
+    assert len(runner.setups) == 1 and runner.teardowns == 1
+    (kept,) = runner.setups[0]["keep_fds"]
+    assert kept >= 3 and callable(runner.setups[0]["on_processes"])

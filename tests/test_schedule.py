@@ -105,7 +105,8 @@ class Sim:
     outcome: ScheduleOutcome
 
 
-def simulate(sc: Scenario, policy: str, *, keep_going: bool = False, interrupt_at: float | None = None) -> Sim:
+def simulate(sc: Scenario, policy: str, *, keep_going: bool = False, interrupt_at: float | None = None,
+             modes: dict[str, str] | None = None) -> Sim:
     dag = build_dag(sc.deps)
     runner = FakeRunner(sc.durations, sc.failures, FakeClock(), timeouts=sc.timeouts, interrupt_at=interrupt_at)
 
@@ -123,7 +124,7 @@ def simulate(sc: Scenario, policy: str, *, keep_going: bool = False, interrupt_a
         priority = None
     outcome = execute(
         dag, runner, policy=policy, parallelism=sc.parallelism, needs_run=needs_run,
-        keep_going=keep_going, priority=priority, hooks=Recorder(runner),
+        keep_going=keep_going, priority=priority, hooks=Recorder(runner), modes=modes,
     )
     return Sim(sc, dag, runner, outcome)
 
@@ -293,6 +294,82 @@ def test_fail_fast_starts_nothing_after_the_first_failure(policy, sc):
     assert sim.outcome.result == "failure"
     if policy == "waves":
         check_waves_announced(sim)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@SETTINGS
+@given(sc=scenarios(), data=st.data())
+def test_fail_fast_lets_running_applies_finish_and_stops_running_builds(policy, sc, data):
+    """SPEC 6: after the first failure nothing starts; of what runs then,
+    apply-mode nodes finish (succeeded or failed, never cancelled) and
+    build-mode nodes are stopped (cancelled), once, in one stop."""
+    nodes = sorted(sc.deps)
+    modes = dict(zip(nodes, data.draw(st.lists(st.sampled_from(["apply", "build"]),
+                                               min_size=len(nodes), max_size=len(nodes)))))
+    sim = simulate(sc, policy, modes=modes)
+    r = replay(sim, policy, keep_going=False)  # no start after the failure; at most N at once
+    assert sim.runner.max_running <= sc.parallelism
+    if r.first_failure is None:
+        assert not sim.runner.stops
+        return
+    log = sim.runner.log
+    finished_before = {e.node for e in log[: r.first_failure + 1] if e.kind == "finish"}
+    running_then = [n for n in sim.outcome.started if n not in finished_before]
+    assert {n for n, _ in sim.runner.starts} == set(sim.outcome.started)
+    assert all(sim.runner.start_times[n] <= log[r.first_failure].time for n in sim.outcome.started)
+    builds = tuple(n for n in running_then if modes[n] == "build")
+    assert [nodes_ for _, nodes_, _ in sim.runner.stops] == ([builds] if builds else [])
+    for n in running_then:
+        status = sim.outcome.nodes[n].status
+        if modes[n] == "apply":
+            assert status in ("succeeded", "failed"), (n, status)
+            assert sim.outcome.nodes[n].finished.status != CANCELLED
+        else:
+            assert status == "cancelled", (n, status)
+    assert sim.outcome.result == "failure"
+
+
+def test_fail_fast_story_an_apply_sibling_finishes_a_build_sibling_is_stopped():
+    deps = {"terraform/db": [], "nixpack/api": [], "command/bad": [], "terraform/app": ["terraform/db"]}
+    dag = build_dag(deps)
+    runner = FakeRunner({"terraform/db": 5, "nixpack/api": 5, "command/bad": 1}, failures={"command/bad"})
+
+    class Told(ScheduleHooks):
+        calls: list = []
+
+        def failing_fast(self, reason, stopped, finishing):
+            self.calls.append((reason, tuple(stopped), tuple(finishing)))
+
+    outcome = execute(dag, runner, policy="waves", parallelism=3, needs_run=lambda n: True, hooks=Told(),
+                      modes={"terraform/db": "apply", "nixpack/api": "build", "command/bad": "apply",
+                             "terraform/app": "apply"})
+    assert runner.stops == [(1.0, ("nixpack/api",), None)]
+    assert Told.calls == [("command/bad failed", ("nixpack/api",), ("terraform/db",))]
+    assert {n: o.status for n, o in outcome.nodes.items()} == {
+        "terraform/db": "succeeded", "nixpack/api": "cancelled", "command/bad": "failed",
+        "terraform/app": "skipped"}
+    assert outcome.nodes["terraform/db"].finished.finished == 5.0  # ran to its end
+
+
+def test_the_schedulers_modes_are_the_component_types_modes():
+    from atmosbuild.components import base
+    from atmosbuild.run import schedule
+
+    assert (schedule.APPLY, schedule.BUILD) == (base.APPLY, base.BUILD)
+
+
+def test_wave_order_is_by_id_at_j1_and_longest_recorded_first_above():
+    from atmosbuild.run.schedule import priorities
+
+    dag = build_dag({"a": [], "b": [], "c": [], "d": ["a"]})
+    durations = {"a": 1.0, "b": 9.0, "c": None, "d": 2.0}
+    for parallelism, expected in ((1, ("a", "b", "c", "d")), (2, ("b", "a", "c", "d"))):
+        runner = FakeRunner({})
+        outcome = execute(dag, runner, policy="waves", parallelism=parallelism, needs_run=lambda n: True,
+                          priority=priorities(dag, "waves", parallelism, durations))
+        assert outcome.started == expected, parallelism
+    # eager: the longest remaining path, weighted by the recorded durations
+    assert priorities(dag, "eager", 1, durations) == {"a": 3.0, "b": 9.0, "c": 1.0, "d": 2.0}
 
 
 def expected_keep_going(dag: Dag, sc: Scenario) -> dict[str, str]:

@@ -9,7 +9,7 @@ schedulers with a fake runner and a fake clock (tests/fakes.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Protocol, Union
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence, Union
 
 # Terminal statuses of one action attempt, as a runner reports them.
 SUCCEEDED = "succeeded"
@@ -47,6 +47,20 @@ Event = Union[Finished, InterruptRequested]
 
 
 class Runner(Protocol):
+    """What runs actions. The caller (rollout.py) calls setup() before the
+    schedule and teardown() after it, whatever happened; the schedulers only
+    start, wait and stop."""
+
+    def setup(self, *, keep_fds: Sequence[int] = (),
+              on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
+        """Get ready to run: e.g. catch Ctrl-C. Every process an action runs
+        inherits the descriptors `keep_fds` (the deployment locks, lock.py);
+        `on_processes(node -> pid)` hears which action runs in which process
+        (pid 0: a process of it is being spawned)."""
+
+    def teardown(self) -> None:
+        """The schedule is over: undo setup; nothing may be left running."""
+
     def start(self, node: str) -> None:
         """Begin running `node`; its Finished event comes later from wait()."""
 

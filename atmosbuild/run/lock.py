@@ -1,17 +1,35 @@
 """One rollout per deployment+target: an OS file lock (flock), released by
-the kernel when the holder exits or dies, so a crash never leaves it stale.
-The lock file names its holder (pid, start time, label) for the message a
-second rollout prints."""
+the kernel when the last process holding it exits or dies, so a crash never
+leaves it stale.
+
+The lock is held until every action the rollout started has exited, even if
+atmosbuild itself is killed (`kill -9`; SPEC 6): the runner passes the lock's
+file descriptor to every action process (`HeldLock.fds`). An flock belongs to
+the open file description, not to a process, so while any action (or anything
+it spawned that kept the descriptor) still runs, the description stays open
+and the lock stays taken. The descriptor sits at a high number (>= 64) so that
+a script's own `exec 3>…` does not close it by accident. Out of reach: a
+process that closes every descriptor it inherited (a daemonizing tool) no
+longer holds the lock once it did.
+
+The lock file names its holder (pid, start time, label) and the actions it
+runs (id and pid), for the message a second rollout prints: if the holder has
+died and its actions still run, the message says so.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from ..errors import LockedError
+
+_HIGH_FD = 64  # the lock's descriptor goes at or above this number
+_RUNNING = "running: "
 
 
 def lock_path(state_dir: str, deployment: str, target: str) -> str:
@@ -34,21 +52,93 @@ def held_locks(state_dir: str) -> list[str]:
     return held
 
 
+class HeldLock:
+    """A deployment lock this process holds.
+
+    `fds`: descriptors an action process must inherit to keep the lock held
+    while it runs (empty for a lock that cannot be inherited).
+    `note_running(processes)` rewrites the list of running actions (id -> pid,
+    0 for one being spawned) in the lock file; it may be called from any thread.
+    """
+
+    def __init__(self, fd: int, holder: str) -> None:
+        self.fd = fd
+        self.fds: tuple[int, ...] = (fd,)
+        self._holder = holder
+        self._write_lock = threading.Lock()
+
+    def note_running(self, processes: Mapping[str, int]) -> None:
+        lines = [self._holder] + [f"{_RUNNING}{node} ({f'pid {pid}' if pid else 'starting'})"
+                                  for node, pid in processes.items()]
+        data = ("\n".join(lines) + "\n").encode()
+        with self._write_lock:
+            try:
+                os.pwrite(self.fd, data, 0)
+                os.ftruncate(self.fd, len(data))
+            except OSError:
+                pass  # the note is for people; the lock itself does not depend on it
+
+
+def _high(fd: int) -> int:
+    """`fd` moved to a number >= _HIGH_FD (close-on-exec, like every fd we open)."""
+    try:
+        high = fcntl.fcntl(fd, getattr(fcntl, "F_DUPFD_CLOEXEC", fcntl.F_DUPFD), _HIGH_FD)
+    except OSError:
+        return fd  # too few descriptors allowed: keep the one we have
+    os.set_inheritable(high, False)
+    os.close(fd)
+    return high
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we can tell
+
+
+def describe_holder(text: str) -> str:
+    """What holds a lock, from its file's text: the rollout, and what it runs.
+
+    `text` as the holder wrote it (`HeldLock.note_running`); empty when it
+    wrote nothing yet."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    head = next((line for line in lines if not line.startswith(_RUNNING)), "")
+    running = [line[len(_RUNNING):] for line in lines if line.startswith(_RUNNING)]
+    if not head:
+        return "another rollout"
+    words = head.split()
+    pid = int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else None
+    if pid is not None and not _alive(pid):
+        what = ", ".join(running) if running else "a process it started (it keeps the lock file open)"
+        return f"{head}, which has exited, but actions it started still run: {what}"
+    if running:
+        return f"{head}, running {', '.join(running)}"
+    return head
+
+
 def _holder(fd: int) -> str:
     try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 4096).decode("utf-8", "replace").strip()
+        text = os.pread(fd, 65536, 0).decode("utf-8", "replace")
     except OSError:
         text = ""
-    return text or "another rollout"
+    return describe_holder(text)
 
 
 @contextmanager
 def deployment_lock(state_dir: str, deployment: str, target: str, label: str, *,
-                    wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+                    wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[HeldLock]:
     path = lock_path(state_dir, deployment, target)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _high(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,9 +150,8 @@ def deployment_lock(state_dir: str, deployment: str, target: str, label: str, *,
                 on_wait(f"waiting for {label}, locked by {holder}")
             fcntl.flock(fd, fcntl.LOCK_EX)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"pid {os.getpid()} (started {started}, {label})\n".encode())
-        yield
+        held = HeldLock(fd, f"pid {os.getpid()} (started {started}, {label})")
+        held.note_running({})
+        yield held
     finally:
-        os.close(fd)  # closing releases the flock
+        os.close(fd)  # the last close of the description releases the flock

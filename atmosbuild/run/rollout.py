@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import StoreLost
-from ..graph.dag import critical_path
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
 from .process import ActionSpec, ProcessRunner, Step
 from .report import NodeRun, RunReport, write_profile, write_report
-from .schedule import ScheduleHooks, execute
+from .schedule import ScheduleHooks, execute, priorities
 from .ui import Console
 from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
                         vendor_dir)
@@ -74,6 +73,7 @@ class Rollout(ScheduleHooks):
         self.log_dir = os.path.join(state_dir, "logs", self.run_id)
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}
+        self.locks: list = []  # the deployment locks held (lock.HeldLock)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self._added: dict[str, dict] = {}  # node -> files its action added to its source
@@ -121,12 +121,13 @@ class Rollout(ScheduleHooks):
         of atmosbuild), then the store's own when it is shared (PostgreSQL:
         an advisory lock that other machines see). Always in this order, so
         two rollouts never wait for each other."""
-        stack.enter_context(deployment_lock(self.state_dir, deployment, target, label,
-                                            wait=self.options.wait, on_wait=self.console.info))
+        self.locks.append(stack.enter_context(deployment_lock(
+            self.state_dir, deployment, target, label, wait=self.options.wait,
+            on_wait=self.console.info)))
         shared = getattr(self.store, "deployment_lock", None)
         if shared is not None:
-            stack.enter_context(shared(deployment, target, label, wait=self.options.wait,
-                                       on_wait=self.console.info))
+            self.locks.append(stack.enter_context(shared(
+                deployment, target, label, wait=self.options.wait, on_wait=self.console.info)))
 
     def read_state(self) -> None:
         """Read the store, under the locks, before anything is created or
@@ -189,45 +190,36 @@ class Rollout(ScheduleHooks):
 
     def _execute(self) -> int:
         dag = self.schedule_dag()
-        weights = {}
-        for nid, node in self.graph.nodes.items():
-            last = self.recorded_duration(node)
-            weights[nid] = max(last, 0.001) if last is not None else 1.0
-        if self.options.schedule == "waves":
-            # Behind a wave barrier only the wave's own durations matter:
-            # longest first (LPT); unknown durations tie, and ties go by id.
-            priority = weights
-        else:
-            priority = critical_path(dag, weights)
+        nodes = self.graph.nodes
+        durations = {nid: self.recorded_duration(node) for nid, node in nodes.items()}
+        priority = priorities(dag, self.options.schedule, self.options.parallelism, durations)
         # The CLI loads with the collector off; a rollout can run for hours,
         # so collect again from here, skipping the graph loaded so far.
         gc.freeze()
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = self.started_at = time.monotonic()
-        real = isinstance(runner, ProcessRunner)
+        # Every action process inherits the lock descriptors (this machine's
+        # flock, a shared store's session): the locks stay held until the
+        # last of them exits, even if we are killed (lock.py, postgres.py).
+        runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
+                     on_processes=self._note_processes)
         unwatch = None
-        if real:
-            runner.install_signal_handlers()
-            watch = getattr(self.store, "watch", None)  # a shared store's session
-            if watch is not None:
-                # Its loss stops the run as Ctrl-C would (the runner's own path).
-                unwatch = watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
+        watch = getattr(self.store, "watch", None)  # a shared store's session
+        if watch is not None and isinstance(runner, ProcessRunner):
+            # Its loss stops the run as Ctrl-C would (the runner's signal path).
+            unwatch = watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
-                              keep_going=self.options.keep_going, priority=priority, hooks=self)
-        except StoreLost:
-            # Nothing more can be recorded (and a shared store's lock went
-            # with its connection): stop what runs as Ctrl-C does, then fail.
-            self._stop_running(runner)
-            raise
+                              keep_going=self.options.keep_going, priority=priority, hooks=self,
+                              modes={nid: node.mode for nid, node in nodes.items()})
         finally:
+            # (A StoreLost from a hook lands here too: teardown stops what
+            # still runs as Ctrl-C does and waits for it.)
             if unwatch is not None:
                 unwatch()
-            if real:
-                runner.restore_signal_handlers()
-                runner.kill_all()
+            runner.teardown()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
         lost = getattr(self.store, "lost", None)
@@ -235,16 +227,11 @@ class Rollout(ScheduleHooks):
             raise StoreLost(lost)
         return self.exit_code(outcome)
 
-    def _stop_running(self, runner) -> None:
-        """Signal every running action once; wait for them (the runner kills
-        what outlives the grace period; a second Ctrl-C kills at once)."""
-        if not self.running:
-            return
-        runner.stop(tuple(self.running), signal.SIGTERM)
-        while self.running:
-            event = runner.wait()
-            if isinstance(event, Finished) and event.node in self.running:
-                self.running.remove(event.node)
+    def _note_processes(self, processes) -> None:
+        for lock in self.locks:
+            note = getattr(lock, "note_running", None)
+            if note is not None:
+                note(processes)
 
     # -- scheduler callbacks --------------------------------------------------
 
@@ -309,6 +296,12 @@ class Rollout(ScheduleHooks):
             self.store.record_attempt(node.deployment, node.target, node.cid, Attempt(
                 decision.key, fin.status, self.run_id, time.time(), duration))
         self.console.progress(self.done, len(self.graph.nodes), self.running)
+
+    def failing_fast(self, reason: str, stopped, finishing) -> None:
+        if finishing:
+            word = "action" if len(finishing) == 1 else "actions"
+            self.console.info(f"Stopping: {reason}; letting {len(finishing)} running apply-mode "
+                              f"{word} finish: {', '.join(finishing)}")
 
     def _with_added_files(self, nid: str, node: ActionNode, decision: Decision, added: dict):
         """The action wrote files into its source (terraform's lock file):

@@ -23,8 +23,10 @@ the heap): a 50,000-node graph schedules in about a second of CPU, fake
 runner included (tests/test_schedule.py::test_50k_nodes_schedule_fast).
 
 Failure (failed, timeout, or a cancel nobody asked for):
-- fail-fast: start and admit nothing more, stop what runs (once), drain;
-  pending nodes end `skipped`.
+- fail-fast: start and admit nothing more, stop the running *build*-mode
+  nodes (once), let the running *apply*-mode ones finish (stopping
+  `terraform apply` half-way taints resources; SPEC 6), drain; pending nodes
+  end `skipped`.
 - keep-going: everything downstream of the failure ends `skipped` right away;
   the rest carries on.
 Interrupt: start and admit nothing more, `stop(running, signum)` once, drain;
@@ -54,11 +56,17 @@ from atmosbuild.run.events import (
 )
 
 __all__ = [
-    "POLICIES", "STATUSES", "RESULTS", "Policy",
-    "ScheduleHooks", "NodeOutcome", "ScheduleOutcome", "execute",
+    "POLICIES", "STATUSES", "RESULTS", "Policy", "APPLY", "BUILD",
+    "ScheduleHooks", "NodeOutcome", "ScheduleOutcome", "execute", "priorities",
 ]
 
 Policy = Literal["waves", "eager"]
+# A node's mode (SPEC 4), as far as scheduling cares: on fail-fast a running
+# build-mode node is stopped, a running apply-mode node is left to finish.
+# The same strings as the component types' modes (the scheduler imports no
+# component code; tests/test_schedule.py checks they agree).
+APPLY = "apply"
+BUILD = "build"
 POLICIES: tuple[str, ...] = ("waves", "eager")
 
 # Final statuses of a node (SPEC 7, --report) and overall results.
@@ -100,6 +108,11 @@ class ScheduleHooks:
     def node_skipped(self, node: str, reason: str) -> None:
         """`node` will never run: a failure upstream, or fail-fast."""
 
+    def failing_fast(self, reason: str, stopped: Sequence[str], finishing: Sequence[str]) -> None:
+        """fail-fast halted the schedule (`reason`: "X failed"): `stopped`
+        build-mode nodes were asked to stop, `finishing` apply-mode nodes are
+        left to finish. Called once, after the skips."""
+
 
 class NodeOutcome(NamedTuple):  # (a tuple: one per node, built at the end of every rollout)
     status: str  # one of STATUSES
@@ -126,6 +139,26 @@ class ScheduleOutcome:
         return counts
 
 
+def priorities(
+    dag: Dag, policy: Policy, parallelism: int, durations: Mapping[str, float | None]
+) -> dict[str, float]:
+    """The start order of queued nodes (SPEC 6) from recorded durations
+    (None: never recorded).
+
+    waves: behind a wave barrier only the wave's own durations matter, so
+    above -j1 a wave starts longest first (LPT), unknown durations count as
+    1 s, ties go by id; at -j1 order cannot shorten the wave, so it is by id
+    and a serial log reads the same from run to run. eager: the longest
+    remaining path (weighted by those durations) first, then id.
+    """
+    if policy == "waves" and parallelism == 1:
+        return {}
+    weights = {n: (max(d, 0.001) if d is not None else 1.0) for n, d in durations.items()}
+    if policy == "waves":
+        return weights
+    return critical_path(dag, weights)
+
+
 def execute(
     dag: Dag,
     runner: Runner,
@@ -136,13 +169,15 @@ def execute(
     keep_going: bool = False,
     priority: Mapping[str, float] | None = None,
     hooks: ScheduleHooks | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> ScheduleOutcome:
     """Run `dag` through `runner` under `policy`, at most `parallelism` at once.
 
     `needs_run(node)` is asked exactly once per admitted node, only after all
     its dependencies succeeded or were cached. `priority` orders queued nodes
     (higher first, then by id); absent, the unit-weight critical path is used,
-    nodes missing from it count as 0.
+    nodes missing from it count as 0. `modes` maps nodes to APPLY or BUILD;
+    a node missing from it (or every node, without it) counts as BUILD.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown schedule policy {policy!r}; expected one of {POLICIES}")
@@ -151,7 +186,7 @@ def execute(
     run = _Run(
         dag, runner, parallelism, needs_run, keep_going,
         critical_path(dag) if priority is None else priority,
-        hooks or ScheduleHooks(),
+        hooks or ScheduleHooks(), modes or {},
     )
     run.policy = _Waves(run) if policy == "waves" else _Eager(run)
     return run.execute()
@@ -162,7 +197,7 @@ class _Run:
 
     policy: _Waves | _Eager
 
-    def __init__(self, dag, runner, parallelism, needs_run, keep_going, priority, hooks):
+    def __init__(self, dag, runner, parallelism, needs_run, keep_going, priority, hooks, modes):
         self.dag = dag
         self.runner = runner
         self.parallelism = parallelism
@@ -170,6 +205,7 @@ class _Run:
         self.keep_going = keep_going
         self.priority = priority
         self.hooks = hooks
+        self.modes = modes
 
         self.state: dict[str, str] = dict.fromkeys(dag.order, _PENDING)
         self.reason: dict[str, str] = {}
@@ -282,8 +318,13 @@ class _Run:
             return
         self.halt(f"stopped: {node} {verb}")
         self.skip(self.dag.order, f"not started: {node} {verb}")
-        if self.running:
-            self.runner.stop(tuple(self.running))
+        # Apply-mode nodes finish and are recorded as usual: only build-mode
+        # work is safe to throw away half-way.
+        stoppable = tuple(n for n in self.running if self.modes.get(n, BUILD) == BUILD)
+        if stoppable:
+            self.runner.stop(stoppable)
+        finishing = tuple(n for n in self.running if n not in stoppable)
+        self.hooks.failing_fast(f"{node} {verb}", stoppable, finishing)
 
     def on_interrupt(self, event: InterruptRequested) -> None:
         if self.interrupted:  # stop once; the runner escalates on its own
