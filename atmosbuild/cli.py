@@ -60,6 +60,15 @@ class _Root:
         parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
         return expand(self.root, parsed)
 
+    def remote(self):
+        """The git vendor cache (sources/git.py): one per command, so a
+        branch is resolved once per rollout."""
+        if getattr(self, "_remote", None) is None:
+            from .sources.git import GitVendor
+
+            self._remote = GitVendor(self.state_dir)
+        return self._remote
+
     def graph(self, labels, *, only=None, readonly=True, write_cache=False):
         from .graph.actions import compile_graph
         from .graph.cache import StructureCache
@@ -70,7 +79,8 @@ class _Root:
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
-                              cache=StructureCache(self.state_dir), write_cache=write_cache)
+                              cache=StructureCache(self.state_dir), write_cache=write_cache,
+                              remote=self.remote())
         if write_cache:  # a rollout, past every check of its input: the state dir, marked
             from .fileops import ensure_state_dir
 
@@ -139,6 +149,7 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
         graph, store, _ = r.graph(resolved, only=list(only), readonly=True)
         _show_plan(graph, store, graph_format, output, force=force)
         return
+    from .config.workspace import executor_setting
     from .run import uptodate
     from .run.rollout import Rollout, RolloutOptions
     from .run.ui import Console
@@ -148,7 +159,8 @@ def rollout(ctx, labels, parallelism, schedule, keep_going, dry_run, graph_forma
     options = RolloutOptions(parallelism=parallelism, schedule=schedule, keep_going=keep_going,
                              keep_workspace=keep_workspace, force=force, wait=wait, report=report,
                              profile=profile, toolchain=dict(r.settings.toolchain),
-                             settings={"terraform": dict(r.settings.terraform)})
+                             settings={"terraform": dict(r.settings.terraform)},
+                             executor=executor_setting(r.settings, os.environ))
     # Read once, before compiling (as the structure cache's own key is): the
     # selection's up-to-date record is looked up and, after a rollout, saved
     # under it.
@@ -663,6 +675,79 @@ def convert(file, to):
     click.echo(format_dsl(doc.data) if to == "dsl" else format_yaml(doc.data), nl=False)
 
 
+# -- vendor / affected (SPEC 12) -------------------------------------------------------
+
+def _every_label(root: str, texts) -> list:
+    """Labels for LABEL/PATTERN texts; none given: every target of every package."""
+    from .config.labels import Label, parse_label
+    from .config.workspace import discover_packages, expand, load_package
+
+    if texts:
+        return expand(root, [parse_label(t, allow_pattern=True) for t in texts])
+    return [Label(pkg, target) for pkg in discover_packages(root)
+            for target in load_package(root, pkg).targets]
+
+
+@cli.group()
+def vendor():
+    """The vendor cache of remote (git::) sources."""
+
+
+@vendor.command("pull")
+@click.argument("labels", nargs=-1)
+@click.pass_context
+def vendor_pull(ctx, labels):
+    """Fetch the git sources of LABEL/PATTERN... (default: every package and
+    target) into the vendor cache, so later rollouts need no network."""
+    from .graph.actions import build_structure, load_specs, source_error
+    from .sources import is_remote
+    from .sources.git import SourceError, parse_git_source
+
+    r = _root(ctx)
+    vendor_ = r.remote()
+    seen = set()
+    for label in _every_label(r.root, labels):
+        specs = load_specs(r.root, [label])
+        st = build_structure(specs, [label])
+        spec = specs[label]
+        for comp in st.resolved[label].values():
+            if not is_remote(comp.source) or comp.source in seen:
+                continue
+            seen.add(comp.source)
+            try:
+                src = parse_git_source(comp.source)
+                before = len(vendor_.fetched)
+                tree = vendor_.tree(src)
+            except SourceError as exc:
+                raise source_error(spec, label, comp, exc) from None
+            how = "fetched" if len(vendor_.fetched) > before else "cached"
+            click.echo(f"{how} {src.shown} -> {tree.commit[:12]} ({len(tree.entries)} files)")
+    if not seen:
+        click.echo("no git sources in the selection")
+
+
+@cli.command()
+@click.option("--base", "base", required=True, metavar="REF", help="The commit to compare against.")
+@click.option("--head", "head", metavar="REF", help="The commit to compare (default: the working tree).")
+@click.option("--format", "fmt_", type=click.Choice(("text", "json")), default="text", show_default=True)
+@click.argument("patterns", nargs=-1)
+@click.pass_context
+def affected(ctx, base, head, fmt_, patterns):
+    """Components whose keys differ between two commits (PATTERN...: labels
+    or //PREFIX/...:TARGET; default every target of every package), their
+    dependents, and the ones added or removed."""
+    import json
+
+    from .affected import affected as compute, render_text
+
+    r = _root(ctx)
+    doc = compute(r.root, r.state_dir, base, head, list(patterns))
+    if fmt_ == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(render_text(doc), nl=False)
+
+
 # -- clean ------------------------------------------------------------------------
 # What each flag removes: only entries atmosbuild makes in its state directory,
 # and only in a directory holding its marker (fileops.MARKER). Never removed:
@@ -670,7 +755,7 @@ def convert(file, to):
 # --terraform-state removes it), locks/ (a rollout waiting on a lock file holds
 # it open: removing it would let that rollout and a new one run one target at
 # once) and anything else found there (the user's).
-CLEAN_WORKSPACES = ("workspaces",)
+CLEAN_WORKSPACES = ("workspaces", "trash")  # trash/: what workspace removals left (run/workspace.py)
 CLEAN_CACHE = ("state.db", "state.db-wal", "state.db-shm", "cache", "vendor-cache", "logs", "terraform")
 CLEAN_ALL = CLEAN_WORKSPACES + CLEAN_CACHE + ("previews",)
 TERRAFORM_STATE = "tfstate"
@@ -715,7 +800,7 @@ def clean(ctx, workspaces, cache, all_, terraform_state):
         for name in dict.fromkeys(names):
             path = os.path.join(r.state_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
+                shutil.rmtree(path, onerror=_vanished_meanwhile)
                 click.echo(f"removed {os.path.join(shown, name)}/")
             elif os.path.lexists(path):
                 os.unlink(path)
@@ -723,6 +808,13 @@ def clean(ctx, workspaces, cache, all_, terraform_state):
     if all_ and not terraform_state and os.path.isdir(os.path.join(r.state_dir, TERRAFORM_STATE)):
         click.echo(f"kept {os.path.join(shown, TERRAFORM_STATE)}/ (Terraform state: the resources it "
                    "tracks; `clean --terraform-state` removes it)")
+
+
+def _vanished_meanwhile(func, path, exc_info):
+    """rmtree's onerror: a workspace's detached removal (run/workspace.py)
+    may be emptying the trash at the same time; what is gone already is fine."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
 
 
 def _lock(state_dir, deployment, target, label):

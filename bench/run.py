@@ -1,7 +1,7 @@
 """atmosbuild against Ninja, doit and Make on one synthetic graph.
 
     python bench/run.py [--n 5000] [--files 5] [--runs 5] [--out bench/out]
-                        [--only cold,noop,edit,load,makespan,scale] [--smoke]
+                        [--only cold,noop,edit,load,makespan,scale,dask] [--smoke]
                         [--tools ninja,doit,make,atmosbuild] [--workdir DIR]
 
 Scenarios (bench/README.md says what each measures):
@@ -11,6 +11,10 @@ Scenarios (bench/README.md says what each measures):
   load      parse + validate the deployment (YAML and DSL)
   makespan  300 sleeping actions at -j4 against the schedule lower bounds
   scale     5k/20k/50k components: validate, plan, no-op rollout (only if asked)
+  dask      500 no-op actions at -j4: local executor against a loopback Dask
+            cluster of two workers (only if asked)
+  remote    the same components from one git repository (one commit): cold with an
+            empty vendor cache, cold with a warm one, no-op (only if asked)
   postgres  no-op and one-file edit with state on a loopback PostgreSQL against
             SQLite (only if asked; needs PostgreSQL's server binaries and psycopg)
 
@@ -32,6 +36,7 @@ import shutil
 import statistics
 import sys
 import time
+from pathlib import Path
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
@@ -41,7 +46,8 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "postgres")
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask", "remote",
+             "postgres")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
 # "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
@@ -63,6 +69,13 @@ SUPERLINEAR_RATIO = 1.25  # a segment's slope this much above the previous one..
 SUPERLINEAR_MIN_EXCESS_S = 0.1  # ...and costing at least this much more in total
 SUPERLINEAR_MIN_EXCESS_MB = 5.0
 EDIT_SUFFIX = b"# edited by bench/run.py\n"
+DASK_NODES = 500
+SMOKE_DASK_NODES = 40
+DASK_JOBS = 4
+DASK_TOOLS = ("atmosbuild-local", "atmosbuild-dask")
+REMOTE_TOOLS = ("ninja", "atmosbuild-cold-empty", "atmosbuild-cold-warm", "atmosbuild-noop")
+GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 
 
 def base_tool(name: str) -> str:
@@ -258,6 +271,69 @@ class Bench:
                 note += f" (from report: {e['target_ratio']:.2f}x)"
             e["note"] = note
 
+    # --- dask -----------------------------------------------------------------------------
+
+    def dask(self, root: str, n: int) -> None:
+        """The same cold rollout of n no-op actions (`true`, one source file
+        each, the generated DAG) at -j4, locally and on a loopback Dask
+        cluster (a scheduler and two workers of 2 threads, tests/daskcluster.py).
+        Per-action overhead = (dask - local) / n, from wall time and from the
+        reports' first start to last finish (which leaves out start-up)."""
+        why = self.unavailable("atmosbuild")
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            why = why or "n/a: distributed not installed (pip install 'atmosbuild[dask]')"
+        if why:
+            self.scenarios["dask"] = {t: report.na_entry(why) for t in DASK_TOOLS}
+            return
+        sys.path.insert(0, os.path.join(os.path.dirname(BENCH_DIR), "tests"))
+        from daskcluster import Cluster, free_port
+
+        spaces = {}
+        for name in DASK_TOOLS:
+            spaces[name] = os.path.join(root, f"dask-{name.split('-')[1]}")
+            generate.generate(spaces[name], n, 1, SEED)
+        cluster = Cluster(free_port(), Path(root) / "dask-cluster")
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+        cluster.dir.mkdir(parents=True)
+        spans: dict[str, list[float]] = {}
+        try:
+            cluster.start_scheduler()
+            for w in ("w1", "w2"):
+                cluster.start_worker(w)
+            with open(os.path.join(spaces["atmosbuild-dask"], "atmos.yaml"), "w") as fh:
+                fh.write(f"executor: {cluster.executor}\n")
+            for r in range(self.args.runs):
+                print(f"round {r + 1}/{self.args.runs}: dask", flush=True)
+                for name in rotated(list(DASK_TOOLS), r):
+                    ws = spaces[name]
+                    report_path = os.path.join(self.c.logs, f"dask-{name}-report.json")
+                    measure.remove_file(report_path)
+                    measure.reset_state("atmosbuild", ws)
+                    argv = measure.build_argv(self.tools, "atmosbuild", ws, DASK_JOBS, ("--report", report_path))
+                    if self.c.run("dask", name, argv, ws):
+                        span = report_makespan(report_path)
+                        if span is not None:
+                            spans.setdefault(name, []).append(span)
+        finally:
+            cluster.stop()
+        self._collect("dask", DASK_TOOLS)
+        entries = self.scenarios["dask"]
+        local, remote = entries["atmosbuild-local"], entries["atmosbuild-dask"]
+        info: dict = {"nodes": n, "jobs": DASK_JOBS, "workers": 2, "threads_per_worker": 2}
+        if local["status"] == remote["status"] == "ok":
+            info["overhead_ms_wall"] = (remote["median_s"] - local["median_s"]) / n * 1000
+            if spans.get("atmosbuild-local") and spans.get("atmosbuild-dask"):
+                for name in DASK_TOOLS:
+                    entries[name]["report_makespan_s"] = statistics.median(spans[name])
+                info["overhead_ms_report"] = ((entries["atmosbuild-dask"]["report_makespan_s"]
+                                               - entries["atmosbuild-local"]["report_makespan_s"]) / n * 1000)
+            remote["note"] = (f"{info['overhead_ms_wall']:.1f} ms/action over local (wall)"
+                              + (f", {info['overhead_ms_report']:.1f} ms from the reports"
+                                 if "overhead_ms_report" in info else ""))
+        self.extra["dask"] = info
+
     # --- postgres: the shared store against the embedded one --------------------------
 
     def postgres(self, root: str) -> None:
@@ -374,6 +450,56 @@ class Bench:
         }
 
 
+    # --- remote ---------------------------------------------------------------------
+
+    def remote(self, root: str) -> None:
+        """The bench graph with every source in one commit of a git
+        repository (`git::file://ORIGIN//src/cNNNNN?ref=v1`): a cold rollout
+        with an empty vendor cache (one fetch, one checkout of the commit),
+        a cold one with the vendor cache kept (state, logs and caches gone),
+        and a no-op. Ninja's cold build of the same graph is the reference."""
+        import re
+        import subprocess
+
+        ws = os.path.join(root, "remote")
+        origin = os.path.join(root, "remote-origin")
+        shutil.rmtree(origin, ignore_errors=True)
+        generate.generate(ws, self.args.n, self.args.files, SEED)
+        shutil.copytree(os.path.join(ws, "src"), os.path.join(origin, "src"))
+        env = dict(os.environ, **GIT_ENV)
+        for argv in (["git", "-c", "init.defaultBranch=main", "init", "-q"], ["git", "add", "-A"],
+                     ["git", "commit", "-q", "-m", "components"], ["git", "tag", "v1"]):
+            subprocess.run(argv, cwd=origin, env=env, check=True, capture_output=True)
+        path = os.path.join(ws, generate.YAML_PACKAGE, "deployment.yaml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(re.sub(r"source: src/(c\d+)", lambda m: f'source: "git::file://{origin}//src/{m.group(1)}?ref=v1"',
+                           text))
+        state = os.path.join(ws, ".atmos")
+        tools = [t for t in REMOTE_TOOLS if not self.unavailable(t)]
+        for r in range(self.args.runs):
+            print(f"round {r + 1}/{self.args.runs}: remote", flush=True)
+            if "ninja" in tools:
+                measure.reset_state("ninja", ws)
+                self.c.run("remote", "ninja", measure.build_argv(self.tools, "ninja", ws, JOBS), ws)
+            if "atmosbuild-cold-empty" not in tools:
+                continue
+            argv = measure.build_argv(self.tools, "atmosbuild", ws, JOBS)
+            measure.reset_state("atmosbuild", ws)
+            if not self.c.run("remote", "atmosbuild-cold-empty", argv, ws):
+                break
+            for name in os.listdir(state):  # keep only the vendor cache
+                if name != "vendor-cache":
+                    # (ignore_errors: the last rollout's detached removal may still be emptying trash/)
+                    target = os.path.join(state, name)
+                    shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.remove(target)
+            if self.c.run("remote", "atmosbuild-cold-warm", argv, ws):
+                self.c.run("remote", "atmosbuild-noop", argv, ws)
+        self._collect("remote", REMOTE_TOOLS)
+        shutil.rmtree(origin, ignore_errors=True)
+
+
 def descendants(g: generate.Graph, i: int) -> set[int]:
     dependents: dict[int, list[int]] = {}
     for node in g.nodes:
@@ -447,7 +573,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="rounds; each number is the median (default 5)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "out"), help="results and logs (default bench/out)")
     p.add_argument("--workdir", help="where the generated workspaces go (default OUT/ws)")
-    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale, postgres)")
+    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale, remote and postgres)")
     p.add_argument("--tools", default=",".join(INCREMENTAL_TOOLS),
                    help="comma list of tools to measure (default: ninja,doit,make,atmosbuild)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no scale: seconds")
@@ -507,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
             bench.load(ws)
     if "scale" in wanted:
         bench.scale(args.workdir, args.scale_sizes)
+    if "dask" in wanted:
+        bench.dask(args.workdir, SMOKE_DASK_NODES if args.smoke else DASK_NODES)
+    if "remote" in wanted:
+        bench.remote(args.workdir)
     terraform_results = None
     if "terraform" in wanted:  # bench/terraform.py: its own rounds and numbers
         import terraform as tfbench
@@ -544,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         results["makespan_graph"] = bench.extra["makespan_graph"]
     if "scale" in bench.extra:
         results["scale"] = bench.extra["scale"]
+    if "dask" in bench.extra:
+        results["dask"] = bench.extra["dask"]
     results["targets"] = report.targets(results)
     if terraform_results is not None:
         results["terraform"] = terraform_results

@@ -385,6 +385,7 @@ COMPONENT = st.fixed_dictionaries({}, optional={
     "retries": st.integers(0, 5),
     "enabled": st.booleans(),
     "sensitive": st.lists(KEYS, max_size=2),
+    "resources": st.dictionaries(KEYS, st.one_of(st.integers(1, 8), st.floats(0.5, 4)), max_size=2),
     "metadata": st.fixed_dictionaries({"depends_on": st.lists(COMPONENT_ID, max_size=3)}),
 })
 TYPE = st.one_of(st.sampled_from(["terraform", "nixpack", "command"]), IDENT)

@@ -30,7 +30,7 @@ DEPLOYMENT_KEYS = ("name", "description", "labels", "vars", "env", "targets", "c
 TARGET_KEYS = ("vars", "env", "components")
 COMPONENT_KEYS = (
     "source", "vars", "env", "run", "preview", "destroy", "inputs", "cache", "timeout", "retries",
-    "enabled", "sensitive", "backend", "metadata",
+    "enabled", "sensitive", "backend", "resources", "metadata",
 )
 METADATA_KEYS = ("depends_on",)
 

@@ -18,6 +18,7 @@ from .document import (COMPONENT_KEYS, DEPLOYMENT_KEYS, METADATA_KEYS, TARGET_KE
 
 _TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _SEGMENT = re.compile(r"[^\s/\x00-\x1f\x7f]+\Z")
+_RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,14 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         problem = backend_problem(fields["backend"])
         if problem:
             raise v.fail(path + ("backend", *problem[0]), problem[1])
+    if "resources" in fields:
+        res = v.mapping(fields["resources"], path + ("resources",), "resources")
+        for name, amount in res.items():
+            if not _RESOURCE_NAME.match(name):
+                raise v.fail(path + ("resources", name), f"bad resource name '{name}': use letters, "
+                             "digits, '_', '.', '-' (as in `dask worker --resources NAME=N`)")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+                raise v.fail(path + ("resources", name), f"resources: '{name}' must be a positive number")
     if "metadata" in fields:
         meta = v.mapping(fields["metadata"], path + ("metadata",), "metadata")
         v.known_keys(meta, METADATA_KEYS, path + ("metadata",), "metadata")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .model import DeploymentSpec
@@ -33,7 +33,7 @@ class ResolvedComponent:
     id: str
     type: str
     name: str
-    source: str | None  # root-relative posix path
+    source: str | None  # root-relative posix path, or `git::URL//SUBDIR?ref=REF` (sources/git.py)
     vars: Mapping[str, Any]
     env: Mapping[str, str]
     run: Any  # tuple of str, str (shell), or None
@@ -48,6 +48,8 @@ class ResolvedComponent:
     own_vars: tuple[str, ...] = ()  # var names set on the component itself or its per-target override
     preview: Any = None  # command: argv (tuple) or shell string for `preview` (SPEC 10); not in the key
     destroy: Any = None  # command: argv or shell string for `destroy`; not in the key
+    # Where it may run (Dask worker resources), not what it does: not in the key.
+    resources: Mapping[str, float] = field(default_factory=dict)
 
 
 class RenderError(Exception):
@@ -130,7 +132,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
 
     source = fields.get("source")
     if source is not None:
-        source = _root_relative(spec, interp.value(source, ("source",)), where("source"), "source")
+        source = interp.value(source, ("source",))
+        if not (isinstance(source, str) and source.startswith("git::")):  # git: sources/git.py
+            source = _root_relative(spec, source, where("source"), "source")
         if interp.refs_in(source):
             raise spec.fail(where("source"), "source cannot use ${outputs...}: it must be known before running")
     inputs = tuple(_root_relative(spec, p, where("inputs", i), "inputs")
@@ -152,6 +156,7 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
         depends_on=tuple(depends), output_refs=tuple(sorted(refs)),
         backend=fields.get("backend"), preview=lifecycle["preview"], destroy=lifecycle["destroy"],
         own_vars=tuple(sorted(set(comp.fields.get("vars") or {}) | set(override.get("vars") or {}))),
+        resources=dict(fields.get("resources") or {}),
     )
 
 

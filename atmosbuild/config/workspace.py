@@ -4,6 +4,7 @@ and loading one package's deployment from whichever front end it uses."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -23,7 +24,8 @@ SKIP_DIRS = frozenset({
     ".git", ".hg", ".svn", ".atmos", ".terraform", "node_modules", "__pycache__",
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
-SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "terraform", "state")
+SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "terraform",
+                 "executor", "state")
 TERRAFORM_KEYS = ("backend",)
 TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
@@ -36,7 +38,33 @@ class Settings:
     toolchain: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = ".atmos"
     terraform: Mapping[str, Any] = field(default_factory=dict)  # {backend: {type, config}}
+    executor: str = "local"
     state: str | None = None  # the state store: "sqlite" or a postgresql:// URL (SPEC 11)
+
+
+# `executor:` (or $ATMOS_EXECUTOR): `local`, or a Dask scheduler as
+# dask://HOST:PORT (HOST a name, an IPv4 address or a [bracketed] IPv6 one).
+_EXECUTOR = re.compile(r"dask://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}\Z")
+EXECUTOR_ENV = "ATMOS_EXECUTOR"
+
+
+def executor_problem(value) -> str | None:
+    """Why `value` is not an executor, or None if it is one."""
+    if value == "local" or (isinstance(value, str) and _EXECUTOR.match(value)
+                            and 0 < int(value.rsplit(":", 1)[1]) < 65536):
+        return None
+    return f"executor must be 'local' or 'dask://HOST:PORT' (a Dask scheduler), got {value!r}"
+
+
+def executor_setting(settings: Settings, environ: Mapping[str, str]) -> str:
+    """$ATMOS_EXECUTOR if set, else the settings' `executor`."""
+    value = environ.get(EXECUTOR_ENV)
+    if not value:
+        return settings.executor
+    problem = executor_problem(value)
+    if problem:
+        raise UsageError(f"${EXECUTOR_ENV}: {problem}")
+    return value
 
 
 def find_root(explicit: str | None, cwd: str | None = None) -> str:
@@ -123,13 +151,17 @@ def load_settings(root: str) -> Settings:
         problem = backend_problem(tf["backend"])
         if problem:
             raise fail(("terraform", "backend", *problem[0]), problem[1])
+    executor = data.get("executor", "local")
+    problem = executor_problem(executor)
+    if problem:
+        raise fail("executor", problem)
     state = data.get("state")
     if state is not None and not (state == "sqlite" or isinstance(state, str) and state.startswith(
             ("postgresql://", "postgres://"))):
         err = fail("state", "state must be 'sqlite' or postgresql://USER@HOST:PORT/DB")
         err.context = ()  # (the line may hold a password: not shown)
         raise err
-    return Settings(par, sched, kg, tc, state_dir, tf, state)
+    return Settings(par, sched, kg, tc, state_dir, tf, executor, state)
 
 
 def state_dir_problem(root: str, state_dir: str) -> str | None:

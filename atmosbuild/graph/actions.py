@@ -13,6 +13,7 @@ from ..config.model import DeploymentSpec
 from ..config.resolve import ResolvedComponent, resolve_target
 from ..config.workspace import load_package
 from ..errors import CycleError, UsageError, did_you_mean
+from ..sources import is_remote
 from ..state.files import FileDigester
 from .dag import Dag, build_dag
 from .keys import (InputOutsideRoot, canonical, config_ingredients, file_ingredients,
@@ -114,7 +115,10 @@ def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
 def compile_graph(root: str, labels: list[Label], digester: FileDigester,
                   only: list[str] | None = None,
                   specs: Mapping[Label, DeploymentSpec] | None = None,
-                  cache: "StructureCache | None" = None, write_cache: bool = False) -> ActionGraph:
+                  cache: "StructureCache | None" = None, write_cache: bool = False,
+                  remote=None) -> ActionGraph:
+    """`remote`: the git vendor cache (sources.git.GitVendor), needed when a
+    component has a git source."""
     key = cache.key(root, labels, only) if cache is not None and specs is None else None
     cached = cache.load(key) if key else None
     if cached is not None:
@@ -133,16 +137,27 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         label, cid = st.where[nid]
         return label, cid, st.resolved[label][cid], configs[nid]
 
-    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester)
+    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester, remote=remote)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
     if write_cache:
         compiler.save_caches()
-    if write_cache and key:  # only once everything checked out
+    # Only once everything checked out, and never with a URL's credentials
+    # in it: caches are written in the clear (SPEC 14).
+    if write_cache and key and not _has_credentials(nodes):
         if cached is None:
             cache.save(key, _picklable(st, configs))
         if not cache.has_nodes(key):
             cache.save_nodes(key, st, configs)
     return ActionGraph(tuple(labels), st.specs, nodes, st.dag)
+
+
+def _has_credentials(nodes: Mapping[str, "ActionNode"]) -> bool:
+    remote = [n.component.source for n in nodes.values() if is_remote(n.component.source)]
+    if not remote:
+        return False
+    from ..sources.git import mask_url
+
+    return any(mask_url(source) != source for source in remote)
 
 
 class NodeCompiler:
@@ -154,13 +169,15 @@ class NodeCompiler:
 
     def __init__(self, root: str, specs: Mapping[Label, DeploymentSpec] | None,
                  lookup: Callable[[str], tuple], dag: Dag, digester: FileDigester,
-                 names: Mapping[Label, str] | None = None) -> None:
+                 names: Mapping[Label, str] | None = None, remote=None) -> None:
         """`lookup(nid)` -> (label, component id, resolved component,
         (config ingredients, their canonical text)); `names`: label ->
-        deployment name, when there are no specs."""
+        deployment name, when there are no specs; `remote`: the git vendor
+        cache (sources.git.GitVendor) that git sources are fetched through."""
         self.root, self.specs, self.lookup, self.dag, self.digester = root, specs, lookup, dag, digester
         self.names = names if names is not None else {label: spec.name for label, spec in specs.items()}
         self.sources = SourceChecker(root)
+        self.remote = remote
         self._settings = None  # atmos.yaml, read when a type's `compile` first needs it
         self._caches: dict = {}  # shared by the types' `compile` across nodes
 
@@ -195,6 +212,8 @@ class NodeCompiler:
     def node(self, nid: str) -> ActionNode:
         label, cid, comp, (config, config_text) = self.lookup(nid)
         spec = self.specs[label] if self.specs is not None else None
+        if is_remote(comp.source):
+            return self._remote_node(nid, label, cid, comp, config, spec)
         try:
             self.sources.check(spec, comp, label, require_dir=False)
             files = file_ingredients(comp, self.digester)
@@ -208,16 +227,60 @@ class NodeCompiler:
                     raise NeedsFullCompile() from None
                 raise SourceChecker.not_a_directory(spec, comp, label) from None
             raise
+        return self._refined(nid, label, cid, comp, comp, config, config_text, files, spec)
+
+    def _refined(self, nid, label, cid, comp, local_comp, config, config_text, files, spec) -> ActionNode:
+        """The node, after its type's `compile` refined the ingredients;
+        `local_comp` is the component with a root-relative source (a git
+        source's tree in the vendor cache, so local modules resolve inside
+        the commit)."""
         ctype = TYPES[comp.type]
         extra: Mapping = {}
         if type(ctype).compile is not ComponentType.compile:
-            refined = ctype.compile(comp, config, files, self._compile_env(label, comp, spec))
+            refined = ctype.compile(local_comp, config, files, self._compile_env(label, comp, spec))
             if refined is not None:
                 config, files, extra = dict(refined.config), dict(refined.files), refined.extra
                 config_text = canonical(config)
         return ActionNode(nid, cid, label, self.names[label], label.target, comp, ctype,
                           {**config, "files": files}, local_canonical(config_text, files),
                           self.dag.deps[nid], extra)
+
+    def _remote_node(self, nid, label, cid, comp, config, spec) -> ActionNode:
+        """A node on a git source: its subtree at the resolved commit (fetched
+        into the vendor cache when missing); the commit enters the key."""
+        from dataclasses import replace
+
+        from ..sources.git import SourceError, parse_git_source
+
+        if spec is None or self.remote is None:
+            raise NeedsFullCompile()
+        try:
+            tree = self.remote.tree(parse_git_source(comp.source))
+        except SourceError as exc:
+            raise source_error(spec, label, comp, exc) from None
+        try:
+            files = file_ingredients(comp, self.digester, tree=tree.entries)
+        except InputOutsideRoot as exc:
+            raise spec.fail(_field_path(spec, label, comp, "inputs") + (exc.index,), str(exc)) from None
+        config = {**config, "commit": tree.commit}
+        local_comp = replace(comp, source=local_source(self.root, tree.path))
+        return self._refined(nid, label, cid, comp, local_comp, config, canonical(config), files, spec)
+
+
+def local_source(root: str, path: str) -> str:
+    """A directory under the root (a vendor tree: the state directory is
+    inside the root) as a root-relative posix path."""
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def source_error(spec: DeploymentSpec, label: Label, comp: ResolvedComponent, exc: Exception):
+    """A git source's problem as a config error at its `source`; the quoted
+    line of the file masks the URL's credentials too (SPEC 14)."""
+    from ..sources.git import mask_url
+
+    err = spec.fail(_field_path(spec, label, comp, "source"), f"source of {comp.id}: {exc}")
+    err.context = tuple(mask_url(line) for line in err.context)
+    return err
 
 
 class NeedsFullCompile(Exception):
@@ -299,6 +362,16 @@ class SourceChecker:
         """`require_dir=False` when the caller walks the tree anyway and
         reports a missing directory itself (`not_a_directory`)."""
         if comp.source is None:
+            return
+        if is_remote(comp.source):  # its syntax here; the rest when it is fetched
+            from ..sources.git import SourceError, parse_git_source
+
+            try:
+                parse_git_source(comp.source)
+            except SourceError as exc:
+                if spec is None:
+                    raise NeedsFullCompile() from None
+                raise source_error(spec, label, comp, exc) from None
             return
         path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import xxhash
 
 from ..config.resolve import ResolvedComponent
+from ..sources import is_remote, shown_source
 from ..state.files import FileDigester
 
 
@@ -59,16 +60,20 @@ def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None
         "vars": {k: secret_digest(v) if k in hidden else v for k, v in vars_.items()},
         "env": {k: secret_digest(v) if k in hidden else v for k, v in comp.env.items()},
         "run": list(comp.run) if isinstance(comp.run, tuple) else comp.run,
-        "source": comp.source,
+        "source": shown_source(comp.source) if is_remote(comp.source) else comp.source,
         "timeout": comp.timeout,
     }
 
 
-def file_ingredients(comp: ResolvedComponent, digester: FileDigester) -> dict:
-    """The files half: source tree and `inputs`, path -> [kind, digest, exec]."""
+def file_ingredients(comp: ResolvedComponent, digester: FileDigester, tree=None) -> dict:
+    """The files half: source tree and `inputs`, path -> [kind, digest, exec].
+    `tree`: the source's entries when they do not come from the root (a git
+    source's subtree in the vendor cache)."""
     files: dict[str, list] = {}
-    if comp.source is not None:
-        for rel, kind, dig, exe in digester.tree(comp.source):
+    if tree is None and comp.source is not None:
+        tree = digester.tree(comp.source)
+    if tree is not None:
+        for rel, kind, dig, exe in tree:
             files[f"source:{rel}"] = [kind, dig, exe]
     for rel, kind, dig, exe in digester.files(expand_inputs(digester.root, comp.inputs)):
         files[f"inputs:{rel}"] = [kind, dig, exe]

@@ -30,6 +30,7 @@ class Finished:
     message: str = ""  # human detail: "exit code 2", "timed out after 300 s"
     value: Any = None  # what the action produced (its outputs), on success
     log_tail: tuple[str, ...] = field(default=(), compare=False)
+    worker: str = ""  # where it ran, if not here (the Dask worker's address)
 
     @property
     def ok(self) -> bool:

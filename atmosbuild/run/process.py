@@ -61,6 +61,7 @@ class ActionSpec:
     secrets: Sequence[str] = ()
     prepare: Callable[[], None] | None = None
     collect: Callable[[str | None], Any] | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)  # Dask worker resources it needs
 
 
 @dataclass

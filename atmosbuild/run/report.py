@@ -40,6 +40,7 @@ class NodeRun:
     finished: float | None = None
     exit_code: int | None = None
     log: str | None = None
+    worker: str | None = None  # where it ran: "local", or the Dask worker's address
 
     @property
     def ran(self) -> bool:
@@ -102,7 +103,7 @@ class RunReport:
             "id": n.id, "wave": n.wave, "status": n.status, "key": n.key,
             "started": at(n.started), "finished": at(n.finished),
             "duration_s": round(n.finished - n.started, 3) if n.ran else 0.0,
-            "exit_code": n.exit_code, "log": n.log, "reason": n.reason,
+            "exit_code": n.exit_code, "log": n.log, "worker": n.worker, "reason": n.reason,
         } for n in self.nodes]
         return {
             "label": self.label,

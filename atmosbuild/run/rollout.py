@@ -23,8 +23,8 @@ from .process import ActionSpec, ProcessRunner, Step
 from .report import NodeRun, RunReport, write_profile, write_report
 from .schedule import ScheduleHooks, execute, priorities
 from .ui import Console
-from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_tree,
-                        vendor_dir)
+from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_workspace, remove_workspace,
+                        spread_out)
 
 if TYPE_CHECKING:
     from ..graph.actions import ActionGraph, ActionNode
@@ -53,6 +53,18 @@ class RolloutOptions:
     settings: dict = field(default_factory=dict)  # atmos.yaml per component type: {"terraform": {...}}
     verb: str = "apply"  # apply | preview | destroy | check: which Rollout (run/lifecycle.py, SPEC 10)
     from_preview: str | None = None  # rollout --from-preview ID
+    executor: str = "local"  # or dask://HOST:PORT (config/workspace.py)
+
+
+def runner_for(executor: str):
+    """The runner factory of an executor: local processes, or a Dask cluster."""
+    if executor == "local":
+        return ProcessRunner
+    from functools import partial
+
+    from .dask_executor import DaskRunner
+
+    return partial(DaskRunner, executor=executor)
 
 
 @dataclass
@@ -61,12 +73,28 @@ class _Result:
     outputs: dict
 
 
+def _local_component(root: str, comp, src_dir: str | None):
+    """The component as its type sees it at run time: a git source as the
+    root-relative path of its tree in the vendor cache (as at compile time,
+    graph.actions._remote_node), so a type laying out local modules finds
+    them inside the commit."""
+    from ..sources import is_remote
+
+    if not is_remote(comp.source):
+        return comp
+    from dataclasses import replace
+
+    from ..graph.actions import local_source
+
+    return replace(comp, source=local_source(root, src_dir))
+
+
 class Rollout(ScheduleHooks):
     def __init__(self, root: str, state_dir: str, graph: ActionGraph, store: Store,
                  options: RolloutOptions, console: Console, runner_factory=None) -> None:
         # runner_factory(spec_for, console, grace_period) -> Runner: the test
-        # seam; the default runs real processes.
-        self.runner_factory = runner_factory or ProcessRunner
+        # seam; the default is the executor's (runner_for).
+        self.runner_factory = runner_factory or runner_for(options.executor)
         self.root, self.state_dir, self.graph = root, state_dir, graph
         self.store, self.options, self.console = store, options, console
         self.run_id = time.strftime("%Y%m%d-%H%M%S-") + os.urandom(4).hex()
@@ -74,6 +102,7 @@ class Rollout(ScheduleHooks):
         self.multi = len(graph.labels) > 1
         self.workspaces: dict = {}
         self.locks: list = []  # the deployment locks held (lock.HeldLock)
+        self.copied = 0  # entries materialized into the workspaces (how big they are to remove)
         self.decisions: dict[str, Decision] = {}
         self.results: dict[str, _Result] = {}
         self._added: dict[str, dict] = {}  # node -> files its action added to its source
@@ -101,6 +130,9 @@ class Rollout(ScheduleHooks):
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
+            logs = os.path.join(self.state_dir, "logs")
+            os.makedirs(logs, exist_ok=True)
+            spread_out(logs)  # each run's log directory in its own block group (workspace.py)
             for label in self.graph.labels:
                 ws = new_workspace(self.state_dir)
                 os.mkdir(os.path.join(ws, META_DIR))
@@ -145,7 +177,7 @@ class Rollout(ScheduleHooks):
         if self.options.keep_workspace:
             self.console.info(f"Kept workspace: {ws}")
         else:
-            remove_tree(ws)
+            remove_workspace(self.state_dir, ws, self.copied + len(self.graph.nodes))
 
     # -- what a verb changes (run/lifecycle.py): the order, the argv, the record --
 
@@ -370,19 +402,25 @@ class Rollout(ScheduleHooks):
                 run = render(own_run, outputs, ids, quote=quote)
             except RenderError as exc:
                 raise ValueError(str(exc)) from None
-            vendor = None
-            if comp.source is not None:
-                vendor = vendor_dir(self.state_dir, node.deployment, node.target, node.cid)
+            from ..sources import is_remote, shown_source, source_dir
+
             try:
-                materialize(self.root, comp.source, vendor, workdir, node.local["files"])
+                src_dir = source_dir(self.root, self.state_dir, comp.source, node.local)
+                self.copied += materialize(src_dir,
+                                           workdir, node.local["files"], shown_source(comp.source))
             except SourceChanged as exc:
+                if is_remote(comp.source):  # the vendor cache's tree, not the user's files
+                    raise ValueError(f"{exc.args[0].split(' changed during')[0]} no longer matches "
+                                     "the commit in the vendor cache (edited or removed by hand?); "
+                                     "`atmosbuild clean --cache` fetches it again") from None
                 raise ValueError(str(exc)) from None
             action_ctx = ActionContext(
                 component_id=node.cid, name=comp.name, target=node.target,
                 deployment=node.deployment, key=decision.key, workdir=workdir, vars=vars_,
                 run=run, outputs_path=meta + ".outputs.json", vars_path=meta + ".vars.json",
                 meta_prefix=meta, toolchain=self.options.toolchain,
-                state_dir=os.path.abspath(self.state_dir), root=self.root, component=comp,
+                state_dir=os.path.abspath(self.state_dir), root=self.root,
+                component=_local_component(self.root, comp, src_dir),
                 ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
                 color=bool(getattr(self.console, "color", False)), verb=self.options.verb,
                 plan_file=self.plan_file(nid))
@@ -407,7 +445,7 @@ class Rollout(ScheduleHooks):
 
         spec = ActionSpec(node=nid, steps=[], cwd=workdir, env={}, log_path=self._log_path(node),
                           timeout=comp.timeout, retries=comp.retries, secrets=secrets,
-                          prepare=prepare, collect=collect)
+                          prepare=prepare, collect=collect, resources=comp.resources)
         return spec
 
     # -- the end ------------------------------------------------------------------
@@ -430,6 +468,7 @@ class Rollout(ScheduleHooks):
 
     def _report(self, outcome, duration: float) -> RunReport:
         """The one result of the run that every written view renders."""
+        where = "local" if self.options.executor == "local" else None
         nodes = []
         dag = self.schedule_dag()
         for wave in dag.waves:
@@ -453,7 +492,8 @@ class Rollout(ScheduleHooks):
                     started=fin.started - self.started_at if ran else None,
                     finished=fin.finished - self.started_at if ran else None,
                     exit_code=fin.exit_code if ran else None,
-                    log=self._log_path(node) if ran else None))
+                    log=self._log_path(node) if ran else None,
+                    worker=(fin.worker or where) if ran else None))
         labels = [str(label) for label in self.graph.labels]
         workspaces = list(self.workspaces.values())
         return RunReport(

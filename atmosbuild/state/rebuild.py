@@ -178,6 +178,8 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
         out.append("run changed" + _values(old.get("run"), new_local.get("run")))
     if old.get("source") != new_local.get("source"):
         out.append(f"source moved {old.get('source')} → {new_local.get('source')}")
+    if old.get("commit") != new_local.get("commit"):  # a git source (sources/git.py)
+        out.append(f"source commit {str(old.get('commit'))[:12]} → {str(new_local.get('commit'))[:12]}")
     if old.get("timeout") != new_local.get("timeout"):
         out.append(f"timeout changed {old.get('timeout')} → {new_local.get('timeout')}")
     out += _type_changes(old, new_local)
