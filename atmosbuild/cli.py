@@ -36,6 +36,10 @@ class _Root:
         self.root = find_root(root_opt)
         self.settings = load_settings(self.root)
         self.state_dir = os.path.join(self.root, self.settings.state_dir)
+        if self.settings.state is not None:  # every open_store of this state dir uses it
+            from .state.sqlite import configure_store
+
+            configure_store(self.state_dir, self.settings.state)
         self.state_was_there = os.path.lexists(self.state_dir)
 
     def mark_state_dir(self) -> None:
@@ -907,9 +911,10 @@ def entry() -> None:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    sqlite = sys.modules.get("atmosbuild.state.sqlite")
-    if sqlite is not None:
-        sqlite.close_all()
+    for name in ("atmosbuild.state.sqlite", "atmosbuild.state.postgres"):
+        stores = sys.modules.get(name)
+        if stores is not None:
+            stores.close_all()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -73,6 +73,13 @@ class StateError(AtmosError):
     """The state store cannot be used (corrupt or foreign database)."""
 
 
+class StoreLost(StateError):
+    """The state store failed mid-run (a shared store's server went away):
+    the run fails; every success recorded before it stays recorded."""
+
+    exit_code = 1
+
+
 class LockedError(AtmosError):
     """Another rollout holds the deployment+target lock."""
 

@@ -91,6 +91,9 @@ def targets(results: dict) -> list[dict]:
         rows.append((f"dask overhead <= {DASK_OVERHEAD_MS:.0f} ms/action over local at -j{results['dask']['jobs']}",
                      results["dask"].get("overhead_ms_report", results["dask"].get("overhead_ms_wall")),
                      DASK_OVERHEAD_MS))
+    if "postgres-noop" in results["scenarios"]:
+        rows.append(("no-op on PostgreSQL <= 1.5x no-op on SQLite",
+                     _get(results, "postgres-noop", "atmosbuild-postgres", "ratio_sqlite"), 1.5))
     out = []
     for name, value, limit in rows:
         status = "n/a" if value is None else ("pass" if value <= limit else "FAIL")

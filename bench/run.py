@@ -15,6 +15,8 @@ Scenarios (bench/README.md says what each measures):
             cluster of two workers (only if asked)
   remote    the same components from one git repository (one commit): cold with an
             empty vendor cache, cold with a warm one, no-op (only if asked)
+  postgres  no-op and one-file edit with state on a loopback PostgreSQL against
+            SQLite (only if asked; needs PostgreSQL's server binaries and psycopg)
 
 Tools alternate inside every round (the start rotates each round) and each
 number is the median over the rounds. atmosbuild is measured only when its
@@ -44,7 +46,8 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask", "remote")
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask", "remote",
+             "postgres")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
 # "-cold": with atmosbuild's parse and structure caches off (ATMOS_NO_CACHE=1),
@@ -331,6 +334,85 @@ class Bench:
                                  if "overhead_ms_report" in info else ""))
         self.extra["dask"] = info
 
+    # --- postgres: the shared store against the embedded one --------------------------
+
+    def postgres(self, root: str) -> None:
+        """The same workspace twice, one on SQLite and one on a loopback
+        PostgreSQL (fsync on, as a real server): one cold rollout each, then
+        per round a no-op and the one-file edit (then a settling run after the
+        edit is undone, not measured)."""
+        tools = ("atmosbuild-sqlite", "atmosbuild-postgres")
+        why = self.unavailable("atmosbuild")
+        server = None
+        if not why:
+            sys.path.insert(0, os.path.join(os.path.dirname(BENCH_DIR), "tests"))
+            try:
+                import pgserver  # noqa: E402  (the tests' throwaway server)
+
+                bindir = pgserver.find_bindir()
+                if bindir is None:
+                    why = "n/a: no PostgreSQL server binaries (initdb)"
+                else:
+                    import psycopg  # noqa: F401
+            except ImportError as exc:
+                why = f"n/a: {exc}"
+        if why:
+            self.scenarios.update({s: {t: report.na_entry(why) for t in tools}
+                                   for s in ("postgres-noop", "postgres-edit")})
+            return
+        try:
+            server = pgserver.PgServer(bindir)
+            server.start(fsync=True)
+            url = server.url(server.create_database())
+            spaces = {}
+            for tool in tools:
+                ws = os.path.join(root, tool)
+                g = generate.generate(ws, self.args.n, self.args.files, SEED)
+                if tool.endswith("postgres"):
+                    with open(os.path.join(ws, "atmos.yaml"), "w") as f:
+                        f.write(f"state: {json.dumps(url)}\n")
+                spaces[tool] = ws
+            mid = len(g.nodes) // 2
+            rebuilt = 1 + len(descendants(g, mid))
+            edit_rel = g.source_files(mid)[0]
+            argvs = {tool: measure.build_argv(self.tools, "atmosbuild", ws, JOBS) for tool, ws in spaces.items()}
+            for tool, ws in spaces.items():
+                print(f"postgres: cold rollout ({tool})", flush=True)
+                self.c.run("postgres-cold", tool, argvs[tool], ws)
+            for r in range(self.args.runs):
+                print(f"round {r + 1}/{self.args.runs}: postgres no-op/edit", flush=True)
+                for tool in rotated(tools, r):
+                    ws, argv = spaces[tool], argvs[tool]
+                    if not self.c.run("postgres-noop", tool, argv, ws):
+                        continue
+                    path = os.path.join(ws, edit_rel)
+                    with open(path, "rb") as f:
+                        original = f.read()
+                    try:
+                        with open(path, "wb") as f:
+                            f.write(original + EDIT_SUFFIX)
+                        self.c.run("postgres-edit", tool, argv, ws)
+                    finally:
+                        with open(path, "wb") as f:
+                            f.write(original)
+                    self.c.run("postgres-settle", tool, argv, ws)
+        finally:
+            if server is not None:
+                server.destroy()
+            for tool in tools:
+                shutil.rmtree(os.path.join(root, tool), ignore_errors=True)
+        for s in ("postgres-noop", "postgres-edit"):
+            self._collect(s, tools)
+        for e in self.scenarios["postgres-edit"].values():
+            if e["status"] == "ok":
+                e["note"] = f"{rebuilt} of {len(g.nodes)} nodes re-run"
+        for s in ("postgres-noop", "postgres-edit"):
+            sqlite = self.scenarios[s]["atmosbuild-sqlite"].get("median_s")
+            e = self.scenarios[s]["atmosbuild-postgres"]
+            if e.get("median_s") is not None and sqlite:
+                e["ratio_sqlite"] = e["median_s"] / sqlite
+                e["note"] = (e.get("note", "") + f"; {e['ratio_sqlite']:.2f}x SQLite").lstrip("; ")
+
     # --- scale --------------------------------------------------------------------------
 
     def scale(self, root: str, sizes: list[int]) -> None:
@@ -491,7 +573,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=5, help="rounds; each number is the median (default 5)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "out"), help="results and logs (default bench/out)")
     p.add_argument("--workdir", help="where the generated workspaces go (default OUT/ws)")
-    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale and remote)")
+    p.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (default: all but scale, remote and postgres)")
     p.add_argument("--tools", default=",".join(INCREMENTAL_TOOLS),
                    help="comma list of tools to measure (default: ninja,doit,make,atmosbuild)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no scale: seconds")
@@ -562,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         n, real, runs = (10, 2, 1) if args.smoke else (200, 20, min(args.runs, 3))
         terraform_results = tfbench.run(os.path.join(args.workdir, "terraform"), n, real, runs)
         print(tfbench.text(terraform_results), flush=True)
+    if "postgres" in wanted:
+        bench.postgres(args.workdir)
 
     report.add_ratios(bench.scenarios)
     results = {

@@ -45,6 +45,9 @@ def settle_argv() -> list[str]:
     """A `run` (argv) that settles everything written so far, from inside a rollout."""
     return [sys.executable, CLOCKSEAM, os.environ["ATMOS_TEST_CLOCK"]]
 
+# pg_server (a throwaway PostgreSQL for the session), pg_db, pg_url.
+pytest_plugins = ("pgserver",)
+
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
             timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:

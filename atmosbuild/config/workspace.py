@@ -25,7 +25,7 @@ SKIP_DIRS = frozenset({
     ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".direnv",
 })
 SETTINGS_KEYS = ("parallelism", "schedule", "keep_going", "toolchain", "state_dir", "terraform",
-                 "executor")
+                 "executor", "state")
 TERRAFORM_KEYS = ("backend",)
 TOOLCHAIN_KEYS = ("terraform", "nixpacks")
 
@@ -39,6 +39,7 @@ class Settings:
     state_dir: str = ".atmos"
     terraform: Mapping[str, Any] = field(default_factory=dict)  # {backend: {type, config}}
     executor: str = "local"
+    state: str | None = None  # the state store: "sqlite" or a postgresql:// URL (SPEC 11)
 
 
 # `executor:` (or $ATMOS_EXECUTOR): `local`, or a Dask scheduler as
@@ -95,7 +96,11 @@ def load_settings(root: str) -> Settings:
     from .yaml import parse_yaml
 
     with open(path, encoding="utf-8") as fh:
-        doc = doccache.load(fh.read(), shown_path(path), "yaml", parse_yaml)
+        text = fh.read()
+    if "postgres" in text:  # a state URL may hold a password: no copy in the parse cache
+        doc = parse_yaml(text, shown_path(path))
+    else:
+        doc = doccache.load(text, shown_path(path), "yaml", parse_yaml)
     data = doc.data or {}
     if not isinstance(data, dict):
         raise ConfigError("atmos.yaml must hold a map of settings", file=shown_path(path))
@@ -150,7 +155,13 @@ def load_settings(root: str) -> Settings:
     problem = executor_problem(executor)
     if problem:
         raise fail("executor", problem)
-    return Settings(par, sched, kg, tc, state_dir, tf, executor)
+    state = data.get("state")
+    if state is not None and not (state == "sqlite" or isinstance(state, str) and state.startswith(
+            ("postgresql://", "postgres://"))):
+        err = fail("state", "state must be 'sqlite' or postgresql://USER@HOST:PORT/DB")
+        err.context = ()  # (the line may hold a password: not shown)
+        raise err
+    return Settings(par, sched, kg, tc, state_dir, tf, executor, state)
 
 
 def state_dir_problem(root: str, state_dir: str) -> str | None:

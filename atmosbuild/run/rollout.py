@@ -9,12 +9,14 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import time
 from contextlib import ExitStack
 import threading
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import StoreLost
 from ..state.store import Applied, Attempt, Store
 from .events import Finished
 from .lock import deployment_lock
@@ -116,6 +118,7 @@ class Rollout(ScheduleHooks):
         self.wave_marks: list[tuple[int, float]] = []  # (wave, when it opened), for the views
         # Copied once: reading os.environ decodes every entry on each access.
         self.base_env = dict(os.environ)
+        self.base_env.pop("ATMOS_STATE", None)  # the store's URL (and password) is ours alone
         # Every node succeeded or was cached (set by _summarize); then
         # on_up_to_date(rollout), if given, runs before the locks are released.
         self.everything_up_to_date = False
@@ -130,10 +133,7 @@ class Rollout(ScheduleHooks):
         with ExitStack() as stack:
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
-                spec = self.graph.specs[label]
-                self.locks.append(stack.enter_context(deployment_lock(
-                    self.state_dir, spec.name, label.target, str(label), wait=self.options.wait,
-                    on_wait=self.console.info)))
+                self._lock(stack, self.graph.specs[label].name, label.target, str(label))
             # Read the store only once we hold the locks: the previous holder's
             # successes must be visible to us.
             self.read_state()
@@ -149,8 +149,24 @@ class Rollout(ScheduleHooks):
                 self.console.info(f"Workspace: {shown}" + (f"  ({label})" if self.multi else ""))
             code = self._execute()
             if self.everything_up_to_date and self.on_up_to_date is not None:
-                self.on_up_to_date(self)  # still under the locks: the store is as we left it
+                try:
+                    self.on_up_to_date(self)  # still under the locks: the store is as we left it
+                except StoreLost:
+                    pass  # (the run is recorded; only the shortcut for the next one is lost)
             return code
+
+    def _lock(self, stack: ExitStack, deployment: str, target: str, label: str) -> None:
+        """This machine's lock (held by the actions too, even past a kill -9
+        of atmosbuild), then the store's own when it is shared (PostgreSQL:
+        an advisory lock that other machines see). Always in this order, so
+        two rollouts never wait for each other."""
+        self.locks.append(stack.enter_context(deployment_lock(
+            self.state_dir, deployment, target, label, wait=self.options.wait,
+            on_wait=self.console.info)))
+        shared = getattr(self.store, "deployment_lock", None)
+        if shared is not None:
+            self.locks.append(stack.enter_context(shared(
+                deployment, target, label, wait=self.options.wait, on_wait=self.console.info)))
 
     def read_state(self) -> None:
         """Read the store, under the locks, before anything is created or
@@ -227,19 +243,32 @@ class Rollout(ScheduleHooks):
         gc.enable()
         runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
         started = self.started_at = time.monotonic()
-        # Every action process inherits the lock descriptors: the locks stay
-        # held until the last of them exits, even if we are killed (lock.py).
+        # Every action process inherits the lock descriptors (this machine's
+        # flock, a shared store's session): the locks stay held until the
+        # last of them exits, even if we are killed (lock.py, postgres.py).
         runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
                      on_processes=self._note_processes)
+        unwatch = None
+        watch = getattr(self.store, "watch", None)  # a shared store's session
+        if watch is not None and isinstance(runner, ProcessRunner):
+            # Its loss stops the run as Ctrl-C would (the runner's signal path).
+            unwatch = watch(lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
             outcome = execute(dag, runner, policy=self.options.schedule,
                               parallelism=self.options.parallelism, needs_run=self._needs_run,
                               keep_going=self.options.keep_going, priority=priority, hooks=self,
                               modes={nid: node.mode for nid, node in nodes.items()})
         finally:
+            # (A StoreLost from a hook lands here too: teardown stops what
+            # still runs as Ctrl-C does and waits for it.)
+            if unwatch is not None:
+                unwatch()
             runner.teardown()
         duration = time.monotonic() - started
         self._summarize(outcome, duration)
+        lost = getattr(self.store, "lost", None)
+        if lost:
+            raise StoreLost(lost)
         return self.exit_code(outcome)
 
     def _note_processes(self, processes) -> None:

@@ -373,10 +373,10 @@ class SqliteStore:
             db.close()
 
 
-def open_store(state_dir: str, *, readonly: bool = False):
-    """The store for a workspace. Read-only callers (plan, graph, status,
-    explain, dry runs) never create the database: with none yet they get an
-    empty in-memory store."""
+def open_local(state_dir: str, *, readonly: bool = False):
+    """The SQLite store of this machine. Read-only callers (plan, graph,
+    status, explain, dry runs) never create the database: with none yet they
+    get an empty in-memory store."""
     from .store import MemoryStore
 
     path = db_path(state_dir)
@@ -384,6 +384,39 @@ def open_store(state_dir: str, *, readonly: bool = False):
         return MemoryStore()
     store = SqliteStore(path, readonly=readonly)
     if store.uninitialized:  # another rollout is creating it: nothing stored yet
+        store.close()
+        return MemoryStore()
+    return store
+
+
+# state dir -> atmos.yaml's `state:` for it (configure_store, called where the
+# settings are read), so every command's open_store opens the same store.
+_CONFIGURED: dict[str, str] = {}
+
+
+def configure_store(state_dir: str, state: str) -> None:
+    _CONFIGURED[state_dir] = state
+
+
+def open_store(state_dir: str, *, readonly: bool = False, state: str | None = None):
+    """The store a workspace is configured with: `state` (else what
+    configure_store recorded for `state_dir`: atmos.yaml's `state:`),
+    overridden by ATMOS_STATE: `sqlite` (the default, this machine's
+    STATE_DIR/state.db) or a postgresql:// URL (postgres.py, a store shared
+    by every machine pointed at it; its stat cache stays here). Read-only
+    callers never create anything: with no state yet they get an empty
+    in-memory store."""
+    state = os.environ.get("ATMOS_STATE") or state or _CONFIGURED.get(state_dir) or "sqlite"
+    if state == "sqlite":
+        return open_local(state_dir, readonly=readonly)
+    if not state.startswith(("postgresql://", "postgres://")):
+        where = "ATMOS_STATE" if os.environ.get("ATMOS_STATE") else "state"
+        raise StateError(f"{where}: expected 'sqlite' or postgresql://USER@HOST:PORT/DB")
+    from .postgres import PostgresStore
+    from .store import MemoryStore
+
+    store = PostgresStore(state, state_dir, readonly=readonly)
+    if store.uninitialized:  # no schema yet: nothing stored
         store.close()
         return MemoryStore()
     return store

@@ -134,6 +134,14 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    # A store shared between machines (postgres.py) also offers, and the
+    # rollout uses when present:
+    #   deployment_lock(deployment, target, label, *, wait, on_wait) -> a context
+    #       manager holding that store's own lock (after this machine's flock);
+    #       what it yields has `fds`, descriptors the actions inherit;
+    #   watch(on_lost) -> stop(): notice a lost session while actions run;
+    #   lost: why it was lost (then the run fails with StoreLost).
+
 
 class MemoryStore:
     """An in-memory Store for tests and dry runs with no database yet."""
