@@ -418,18 +418,38 @@ class Terraform(ComponentType):
             # -reconfigure would start from none and create it all again.
             init = (tf, "init", "-input=false", *nc, "-migrate-state", "-force-copy")
             providers = (ctx.extra or {}).get("providers", None)
-            if providers is None or providers:
-                # Serialized per provider on the shared cache (a lock file
-                # each, taken in sorted order); built-ins only: no lock.
-                steps.append(Invocation((sys.executable, "-S", "-E", _FLOCKRUN,
-                                         *self._cache_locks(ctx, providers), "--", *init)))
-            else:
-                steps.append(Invocation(init))
             backend = run["backend"]
+            server = self._backend_lock(ctx, backend)
+            # Serialized per provider on the shared cache (a lock file each,
+            # taken in sorted order, after the backend's); built-ins only and
+            # a backend of its own: no lock.
+            locks = server + (self._cache_locks(ctx, providers) if providers is None or providers else [])
+            steps.append(Invocation(self._holding(locks, init)))
             if backend is None or backend["type"] != "module":
-                steps.append(Invocation((tf, "workspace", "select", "-or-create=true", *nc,
-                                         ctx.target)))
+                steps.append(Invocation(self._holding(server, (
+                    tf, "workspace", "select", "-or-create=true", *nc, ctx.target))))
         return steps
+
+    @staticmethod
+    def _holding(locks: list[str], argv: tuple) -> tuple:
+        """`argv`, run holding `locks` (flockrun.py) when there are any."""
+        return (sys.executable, "-S", "-E", _FLOCKRUN, *locks, "--", *argv) if locks else argv
+
+    def _backend_lock(self, ctx: ActionContext, backend: dict | None) -> list[str]:
+        """Terraform's `pg` backend creates its schema, table and the shared
+        `public.global_states_id_seq` on first init, and a workspace under a
+        lock of its own, neither safe against a concurrent init on the same
+        database (`duplicate key value violates unique constraint
+        "pg_class_relname_nsp_index"`, `Already locked for workspace
+        creation`): components on one database run those steps one at a
+        time on this machine. Other backends keep each state apart."""
+        if backend is None or backend["type"] != "pg":
+            return []
+        from ..graph.keys import secret_digest
+
+        server = (backend.get("config") or {}).get("conn_str") or os.environ.get("PG_CONN_STR", "")
+        name = secret_digest(str(server))["sha"][:32]
+        return [os.path.join(ctx.state_dir, "terraform", "backend-locks", f"pg-{name}.lock")]
 
     def _cache_locks(self, ctx: ActionContext, providers) -> list[str]:
         """An init whose providers are known holds `all` shared and each of
