@@ -105,6 +105,20 @@ def _root(ctx: click.Context) -> _Root:
 
 # -- rollout / plan / graph ------------------------------------------------------
 
+
+def _run_options(command):
+    """--wait, --report and --profile: the same on every command that runs actions."""
+    for option in reversed((
+        click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3."),
+        click.option("--report", type=click.Path(dir_okay=False),
+                     help="Write a run report to FILE: JSON, or one self-contained page for a .html name."),
+        click.option("--profile", type=click.Path(dir_okay=False),
+                     help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing)."),
+    )):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("labels", nargs=-1, required=True, shell_complete=_complete_labels)
 @click.option("-j", "--parallelism", type=int, help="Run at most N actions at once (default: CPU count).")
@@ -117,11 +131,7 @@ def _root(ctx: click.Context) -> _Root:
 @click.option("--force", is_flag=True, help="Run every selected component, up to date or not.")
 @click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
               help="Select components (and what they depend on).")
-@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False),
-              help="Write a run report to FILE: JSON, or one self-contained page for a .html name.")
-@click.option("--profile", type=click.Path(dir_okay=False),
-              help="Write the run as Chrome trace-event JSON to FILE (Perfetto, chrome://tracing).")
+@_run_options
 @click.option("--from-preview", "from_preview", metavar="PREVIEW_ID",
               help="Apply exactly the plans saved by `atmosbuild preview` (refused if anything moved).")
 @click.pass_context
@@ -264,10 +274,7 @@ def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, profile=No
 @click.option("-j", "--parallelism", type=int, help="Run at most N previews at once (default: CPU count).")
 @click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
               help="Select components (and what they depend on).")
-@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False),
-              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
-@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@_run_options
 @click.pass_context
 def preview(ctx, labels, parallelism, only, wait, report, profile):
     """What a rollout of LABEL... would change, nothing applied; saves the plans (SPEC 10)."""
@@ -285,10 +292,7 @@ def preview(ctx, labels, parallelism, only, wait, report, profile):
 @click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
               help="Destroy these components (and what depends on them, first).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed off a terminal).")
-@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False),
-              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
-@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@_run_options
 @click.pass_context
 def destroy(ctx, labels, parallelism, schedule, keep_going, only, yes, wait, report, profile):
     """Tear down LABEL... in reverse dependency order (SPEC 10)."""
@@ -324,10 +328,7 @@ def destroy(ctx, labels, parallelism, schedule, keep_going, only, yes, wait, rep
 @click.option("-j", "--parallelism", type=int, help="Run at most N checks at once.")
 @click.option("--only", multiple=True, metavar="TYPE/NAME", shell_complete=_complete_components,
               help="Select components (and what they depend on).")
-@click.option("--wait", is_flag=True, help="Wait for a rollout holding the lock instead of exiting 3.")
-@click.option("--report", type=click.Path(dir_okay=False),
-              help="Write a report to FILE: JSON, or one self-contained page for a .html name.")
-@click.option("--profile", type=click.Path(dir_okay=False), help="Write the run as Chrome trace-event JSON to FILE.")
+@_run_options
 @click.pass_context
 def check(ctx, labels, parallelism, only, wait, report, profile):
     """Drift: does the infrastructure still match what was applied? Exit 4 if not (SPEC 10)."""
