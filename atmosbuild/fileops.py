@@ -207,3 +207,47 @@ def load_plain(data: bytes):
 
 
 _ALLOW_CODE_FLAG = sys.version_info >= (3, 13)
+
+
+class JsonCache:
+    """A dict kept in one JSON file (data, never code): read on first use,
+    an unreadable or foreign file counts as empty, written whole through
+    `write_atomic` by `save()` only when something changed; ATMOS_NO_CACHE
+    turns it off. Subclasses say how the dict sits in the file."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._data: dict | None = None
+        self.dirty = False
+
+    def unwrap(self, raw) -> dict:
+        """The dict inside what the file held (anything else: empty)."""
+        return raw if isinstance(raw, dict) else {}
+
+    def wrap(self, data: dict):
+        """What the file holds for `data`."""
+        return data
+
+    def _load(self) -> dict:
+        if self._data is None:
+            self._data = {}
+            if self.path and not os.environ.get("ATMOS_NO_CACHE"):
+                import json
+
+                try:
+                    with open(self.path, "rb") as fh:
+                        self._data = self.unwrap(json.loads(fh.read()))
+                except (OSError, ValueError):
+                    pass
+        return self._data
+
+    def save(self) -> None:
+        if not (self.dirty and self.path) or os.environ.get("ATMOS_NO_CACHE"):
+            return
+        import json
+
+        try:
+            write_atomic(self.path, json.dumps(self.wrap(self._load())).encode())
+        except OSError:
+            pass
+        self.dirty = False

@@ -18,11 +18,12 @@ and, later, trees fetched from git.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
+
+from ..fileops import JsonCache
 
 SUMMARY_VERSION = 2
 
@@ -176,26 +177,18 @@ def _module_line(text: str, name: str, is_json: bool) -> list | None:
 
 # -- the cache ------------------------------------------------------------------------
 
-class SummaryCache:
+class SummaryCache(JsonCache):
     """Summaries by file digest, in one JSON file (data, never code)."""
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._data: dict | None = None
-        self.dirty = False
+    def unwrap(self, raw) -> dict:
+        if isinstance(raw, dict) and raw.get("v") == SUMMARY_VERSION:
+            return raw.get("files") or {}
+        return {}
 
-    def _load(self) -> dict:
-        if self._data is None:
-            self._data = {}
-            if self.path and not os.environ.get("ATMOS_NO_CACHE"):
-                try:
-                    with open(self.path, "rb") as fh:
-                        data = json.loads(fh.read())
-                    if isinstance(data, dict) and data.get("v") == SUMMARY_VERSION:
-                        self._data = data.get("files") or {}
-                except (OSError, ValueError):
-                    pass
-        return self._data
+    def wrap(self, data: dict):
+        if len(data) > 20000:  # keep it bounded: start over (it is only a cache)
+            data = {}
+        return {"v": SUMMARY_VERSION, "files": data}
 
     def get(self, digest: str, name: str, read: Callable[[], str]) -> dict:
         data = self._load()
@@ -205,20 +198,6 @@ class SummaryCache:
             hit = data[key] = summarize(name, read())
             self.dirty = True
         return hit
-
-    def save(self) -> None:
-        if not (self.dirty and self.path) or os.environ.get("ATMOS_NO_CACHE"):
-            return
-        from ..fileops import write_atomic
-
-        data = self._load()
-        if len(data) > 20000:  # keep it bounded: start over (it is only a cache)
-            data = {}
-        try:
-            write_atomic(self.path, json.dumps({"v": SUMMARY_VERSION, "files": data}).encode())
-        except OSError:
-            pass
-        self.dirty = False
 
 
 # -- a module and the local modules it calls --------------------------------------------

@@ -9,6 +9,8 @@ import json
 import os
 import threading
 
+from ..fileops import JsonCache
+
 _identities: dict[tuple, dict] = {}
 _identity_lock = threading.Lock()
 
@@ -22,26 +24,12 @@ def resolve_binary(binary: str, root: str) -> str | None:
     return shutil.which(binary)
 
 
-class ToolchainCache:
+class ToolchainCache(JsonCache):
     """`terraform version -json` answers on disk, by (real path, size,
     mtime, ctime) of the binary; written only by commands that write caches."""
 
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "cache", "terraform-toolchain.json") if state_dir else ""
-        self._data: dict | None = None
-        self.dirty = False
-
-    def _load(self) -> dict:
-        if self._data is None:
-            self._data = {}
-            if self.path and not os.environ.get("ATMOS_NO_CACHE"):
-                try:
-                    with open(self.path, "rb") as fh:
-                        data = json.loads(fh.read())
-                    self._data = data if isinstance(data, dict) else {}
-                except (OSError, ValueError):
-                    pass
-        return self._data
+        super().__init__(os.path.join(state_dir, "cache", "terraform-toolchain.json") if state_dir else "")
 
     def get(self, name: str):
         hit = self._load().get(name)
@@ -53,17 +41,6 @@ class ToolchainCache:
             del data[old]
         data[name] = value
         self.dirty = True
-
-    def save(self) -> None:
-        if not (self.dirty and self.path) or os.environ.get("ATMOS_NO_CACHE"):
-            return
-        from ..fileops import write_atomic
-
-        try:
-            write_atomic(self.path, json.dumps(self._load()).encode())
-        except OSError:
-            pass
-        self.dirty = False
 
 
 def toolchain_identity(binary: str, root: str, cache: ToolchainCache | None = None) -> dict:
