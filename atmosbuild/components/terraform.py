@@ -318,7 +318,7 @@ class Terraform(ComponentType):
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
         nc = () if ctx.color else ("-no-color",)
-        steps = self._setup(ctx)
+        steps = []
         if ctx.plan_file:  # rollout --from-preview: exactly the reviewed plan (its vars are in it)
             steps.append(Invocation((tf, "apply", "-auto-approve", "-input=false", *nc, ctx.plan_file)))
         else:
@@ -326,7 +326,7 @@ class Terraform(ComponentType):
                                      f"-var-file={self.tfvars_path(ctx)}")))
         # Its stdout holds every output in clear, sensitive ones too: never logged.
         steps.append(Invocation((tf, "output", "-json", "-no-color"), capture=True, log=False))
-        return steps
+        return self._steps(ctx, steps)
 
     # -- the lifecycle verbs (SPEC 10): same backend, data dir and var file ----
 
@@ -336,11 +336,11 @@ class Terraform(ComponentType):
     def preview_invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
         nc = () if ctx.color else ("-no-color",)
-        return self._setup(ctx) + [
+        return self._steps(ctx, [
             Invocation((tf, "plan", f"-out={ctx.plan_file}", "-input=false", *nc,
                         f"-var-file={self.tfvars_path(ctx)}")),
             # The plan's JSON holds values (sensitive ones too): read, never logged.
-            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)]
+            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)])
 
     def read_preview(self, ctx: ActionContext, captured: str | None) -> dict:
         plan = parse_json_object((captured or "").strip() or "{}", "what `terraform show -json` printed")
@@ -367,8 +367,8 @@ class Terraform(ComponentType):
     def destroy_invocations(self, ctx: ActionContext) -> list[Invocation]:
         tf = self._binary(ctx)
         nc = () if ctx.color else ("-no-color",)
-        return self._setup(ctx) + [Invocation((tf, "destroy", "-auto-approve", "-input=false", *nc,
-                                               f"-var-file={self.tfvars_path(ctx)}"))]
+        return self._steps(ctx, [Invocation((tf, "destroy", "-auto-approve", "-input=false", *nc,
+                                             f"-var-file={self.tfvars_path(ctx)}"))])
 
     def has_check(self, comp) -> bool:
         return True
@@ -379,10 +379,10 @@ class Terraform(ComponentType):
         plan = (tf, "plan", "-detailed-exitcode", f"-out={ctx.plan_file}", "-input=false", *nc,
                 f"-var-file={self.tfvars_path(ctx)}")
         # -detailed-exitcode: 2 means "changes", an answer; exitmap keeps it from failing the action.
-        return self._setup(ctx) + [
+        return self._steps(ctx, [
             Invocation((sys.executable, "-S", "-E", _EXITMAP, ctx.plan_file + ".exitcode", "0,2", "--",
                         *plan)),
-            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)]
+            Invocation((tf, "show", "-json", "-no-color", ctx.plan_file), capture=True, log=False)])
 
     def read_check(self, ctx: ActionContext, captured: str | None) -> list[str]:
         found = self.read_preview(ctx, captured)
@@ -419,16 +419,25 @@ class Terraform(ComponentType):
             init = (tf, "init", "-input=false", *nc, "-migrate-state", "-force-copy")
             providers = (ctx.extra or {}).get("providers", None)
             backend = run["backend"]
-            server = self._backend_lock(ctx, backend)
             # Serialized per provider on the shared cache (a lock file each,
-            # taken in sorted order, after the backend's); built-ins only and
-            # a backend of its own: no lock.
-            locks = server + (self._cache_locks(ctx, providers) if providers is None or providers else [])
+            # taken in sorted order, after the backend's: `_steps`); built-ins
+            # only: no lock.
+            locks = self._cache_locks(ctx, providers) if providers is None or providers else []
             steps.append(Invocation(self._holding(locks, init)))
             if backend is None or backend["type"] != "module":
-                steps.append(Invocation(self._holding(server, (
-                    tf, "workspace", "select", "-or-create=true", *nc, ctx.target))))
+                steps.append(Invocation((tf, "workspace", "select", "-or-create=true", *nc, ctx.target)))
         return steps
+
+    def _steps(self, ctx: ActionContext, verb_steps: list[Invocation]) -> list[Invocation]:
+        """init and workspace selection when needed, then the verb's own
+        steps; on a `pg` backend each of them holds the database's lock."""
+        steps = self._setup(ctx) + verb_steps
+        backend = self._runs.get(ctx.meta_prefix, {}).get("backend") if ctx.meta_prefix in self._runs \
+            else self._backend(ctx)
+        server = self._backend_lock(ctx, backend)
+        if not server:
+            return steps
+        return [Invocation(self._holding(server, s.argv), s.capture, s.log) for s in steps]
 
     @staticmethod
     def _holding(locks: list[str], argv: tuple) -> tuple:
@@ -437,12 +446,14 @@ class Terraform(ComponentType):
 
     def _backend_lock(self, ctx: ActionContext, backend: dict | None) -> list[str]:
         """Terraform's `pg` backend creates its schema, table and the shared
-        `public.global_states_id_seq` on first init, and a workspace under a
-        lock of its own, neither safe against a concurrent init on the same
-        database (`duplicate key value violates unique constraint
+        `public.global_states_id_seq` on first init, and takes a creation
+        lock that is not per schema while a workspace is new, neither safe
+        against another component's terraform on the same database
+        (`duplicate key value violates unique constraint
         "pg_class_relname_nsp_index"`, `Already locked for workspace
-        creation`): components on one database run those steps one at a
-        time on this machine. Other backends keep each state apart."""
+        creation`, both seen at -j2): every terraform step of components on
+        one database runs one at a time on this machine. Other backends keep
+        each state apart."""
         if backend is None or backend["type"] != "pg":
             return []
         from ..graph.keys import secret_digest
