@@ -257,12 +257,9 @@ def _lifecycle(r, verb, labels, *, parallelism, only=(), report=None, profile=No
     store.close()
     store = open_store(r.state_dir)
     store.save_file_cache(digester.changed)
-    if manifest is not None:
-        run = lifecycle.FromPreview(r.root, r.state_dir, graph, store, options, console, manifest=manifest)
-    else:
-        run = lifecycle.VERBS.get(verb, Rollout)(r.root, r.state_dir, graph, store, options, console, **extra)
-        if verb == "preview":
-            run.only = list(only)
+    verb_ = (lifecycle.FromPreview(manifest) if manifest is not None
+             else lifecycle.make_verb(verb, only=only, **extra))
+    run = Rollout(r.root, r.state_dir, graph, store, options, console, verb=verb_)
     try:
         return run.run()
     finally:

@@ -63,7 +63,8 @@ def run(cls, root, store, sc, factory):
     options = RolloutOptions(parallelism=sc["parallelism"], schedule=sc["policy"],
                              keep_going=sc["keep_going"], verb="destroy" if cls is Destroy else "apply")
     console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
-    rollout = cls(root, os.path.join(root, ".atmos"), graph, store, options, console, runner_factory=factory)
+    rollout = Rollout(root, os.path.join(root, ".atmos"), graph, store, options, console, runner_factory=factory,
+                      verb=Destroy() if cls is Destroy else None)
     return rollout.run(), rollout
 
 

@@ -535,17 +535,17 @@ def test_a_partial_rollout_reads_a_sensitive_output_back_from_a_recorded_upstrea
     assert code == 0, out
     assert list((ws.state / "cache").glob("uptodate-*"))  # recorded
     ws.write("src/down/main.sh", "down, edited\n")  # only down's tree moved
-    from atmosbuild.run.uptodate import RecordedRollout
+    from atmosbuild.run.decide import Decider
 
     compiled = []
-    original = RecordedRollout._compiled_upstream
+    original = Decider.action_node
 
-    def spy(self, dep, up):
-        node = original(self, dep, up)
+    def spy(self, dep):
+        node = original(self, dep)
         compiled.append((dep, type(node).__name__))
         return node
 
-    monkeypatch.setattr(RecordedRollout, "_compiled_upstream", spy)
+    monkeypatch.setattr(Decider, "action_node", spy)
     code, out = _in_process_rollout(ws.root, monkeypatch, _Marking(reads, "tOpZq-secret"), capsys)
     assert code == 0, out
     assert "[command/up] cached" in out and "blob=***" in out

@@ -1,9 +1,10 @@
 """The lifecycle verbs (SPEC 10): preview, apply what was reviewed, destroy,
-check. Each is a `Rollout` that changes only what its verb changes -- the
-order (destroy: the reversed graph), how a node is decided, which of its
-type's invocations run, and what is recorded -- and shares everything else
-with the rollout: the locks, the workspace, the scheduler, the runner, the
-console, the logs, the report, Ctrl-C.
+check. Each is a `Verb` (run/rollout.py) that the one `Rollout` is handed:
+it changes only what its verb changes -- the order (destroy: the reversed
+graph), how a node is decided, which of its type's invocations run, and what
+is recorded -- and the rollout does everything else as for `rollout`: the
+locks, the workspace, the decider, the scheduler, the runner, the console,
+the logs, the report, Ctrl-C.
 
     Preview      a rollout's decisions; each node that would run goes through
                  its type's preview (terraform plan -out + show -json); nothing
@@ -26,7 +27,7 @@ from dataclasses import replace
 
 from ..errors import UsageError
 from ..state.store import Removal
-from .rollout import EXIT_OK, Rollout, _Result
+from .rollout import EXIT_OK, NO_RESULT, NodeResult, Verb
 from .workspace import META_DIR, meta_stem
 
 EXIT_DRIFT = 4
@@ -60,62 +61,67 @@ def previews_dir(state_dir: str) -> str:
     return os.path.join(state_dir, PREVIEWS)
 
 
-class Preview(Rollout):
+class Preview(Verb):
     """What a rollout would do, with each changing node's own preview."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.preview_id = self.run_id
-        self.dir = os.path.join(previews_dir(self.state_dir), self.preview_id)
-        self.found: dict[str, dict] = {}  # node -> {"status", "changes", "outputs", "pending", ...}
-        self.only: list[str] = []  # --only, kept in the manifest
+    name = "preview"
 
-    def verb_run(self, comp):
+    def __init__(self, only=()) -> None:
+        self.found: dict[str, dict] = {}  # node -> {"status", "changes", "outputs", "pending", ...}
+        self.only: list[str] = list(only)  # --only, kept in the manifest
+
+    def bind(self, rollout) -> None:
+        super().bind(rollout)
+        self.preview_id = rollout.run_id
+        self.dir = os.path.join(previews_dir(rollout.state_dir), self.preview_id)
+
+    def own_run(self, comp):
         return getattr(comp, "preview", None)
 
     def plan_file(self, nid: str) -> str:
-        node = self.graph.nodes[nid]
+        node = self.rollout.graph.nodes[nid]
         if not node.ctype.has_preview(node.component):
             return ""
         return os.path.join(os.path.abspath(self.dir), meta_stem(nid.replace(" ", "@")) + ".tfplan")
 
-    def verb_invocations(self, node, ctx):
+    def invocations(self, node, ctx):
         os.makedirs(self.dir, exist_ok=True)
         return node.ctype.preview_invocations(ctx)
 
-    def verb_collect(self, nid, node, ctx, captured):
+    def collect(self, nid, node, ctx, captured):
         found = node.ctype.read_preview(ctx, captured)
         node.ctype.after_lifecycle(ctx)
         return found
 
-    def _needs_run(self, nid: str) -> bool:
-        node = self.graph.nodes[nid]
+    def needs_run(self, nid: str) -> bool:
+        r = self.rollout
+        graph = r.graph
+        node = graph.nodes[nid]
         needs, pending = [], []
         for d in node.deps:
             up = self.found[d]
             if up["status"] == NEEDS_UPSTREAM or (up["status"] == WOULD_CHANGE and not up["applied"]):
-                needs.append(self.graph.nodes[d].cid)
+                needs.append(graph.nodes[d].cid)
             elif up.get("changed_outputs"):
-                cid = self.graph.nodes[d].cid
+                cid = graph.nodes[d].cid
                 refs = [path.split(".")[0] for up_id, path in node.component.output_refs if up_id == cid]
                 changed = up["changed_outputs"]
                 keys = sorted({k for k in refs if k in changed or changed == ["*"]})
                 pending += [f"{cid}.{k}" for k in keys] or [cid]
-        last = self.rebuilder.applied(node)
+        last = r.decider.applied(node)
         entry = {"applied": last is not None, "pending": pending, "changes": None, "plan": None}
         self.found[nid] = entry
         if needs:
             entry.update(status=NEEDS_UPSTREAM, reason="needs upstream: " + ", ".join(needs))
-            self.results[nid] = _Result("", {})
+            r.results[nid] = NO_RESULT
             return False
-        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
-        decision = self.rebuilder.decide(node, upstream)
+        decision = r.decider.decide(nid, r.upstream)
         if pending and not decision.run:  # with the upstream's new outputs it would run
-            decision = replace(decision, run=True, reasons=("inputs pending",))
-        self.decisions[nid] = decision
+            decision = decision._replace(run=True, reasons=("inputs pending",))
+        r.decisions[nid] = decision
         if not decision.run:
             entry.update(status=NO_CHANGE, reason=decision.reason)
-            self.results[nid] = _Result(decision.result, dict(decision.outputs or {}))
+            r.results[nid] = NodeResult(decision.result, dict(decision.outputs or {}))
             return False
         entry.update(status=WOULD_CHANGE, reason=decision.reason)
         if not node.ctype.has_preview(node.component):
@@ -129,34 +135,33 @@ class Preview(Rollout):
         change, else its current outputs (they are marked pending)."""
         from ..graph.keys import result_digest
 
-        last = self.rebuilder.applied(node)
+        r = self.rollout
+        last = r.decider.applied(node)
         outputs = dict(last.outputs) if last else {}
         if changed_outputs is None and outputs:
             changed_outputs = ["*"]  # the type cannot tell: any of them may change
         entry = self.found[nid]
         entry["changed_outputs"] = changed_outputs or []
         if last is None:  # never applied: its dependents need it first (needs upstream)
-            self.results[nid] = _Result("", {})
+            r.results[nid] = NO_RESULT
         elif changed_outputs:
-            self.results[nid] = _Result(last.result, outputs)
+            r.results[nid] = NodeResult(last.result, outputs)
         else:
-            self.results[nid] = _Result(result_digest(decision.key, outputs), outputs)
+            r.results[nid] = NodeResult(result_digest(decision.key, outputs), outputs)
 
-    def node_cached(self, node: str) -> None:
-        entry = self.found[node]
-        self.done += 1
+    def cached(self, nid: str) -> None:
+        entry = self.found[nid]
+        console = self.rollout.console
         if entry["status"] == NO_CHANGE:
-            self.console.finished(node, "cached", 0.0)
+            console.finished(nid, "cached", 0.0)
         else:
-            self.console.finished(node, "skipped" if entry["status"] == NEEDS_UPSTREAM else "cached",
-                                  0.0, entry["reason"] if entry["status"] == NEEDS_UPSTREAM
-                                  else entry["changes"])
+            console.finished(nid, "skipped" if entry["status"] == NEEDS_UPSTREAM else "cached",
+                             0.0, entry["reason"] if entry["status"] == NEEDS_UPSTREAM
+                             else entry["changes"])
 
-    def node_finished(self, fin) -> None:
-        node = self.graph.nodes[fin.node]
-        if fin.node in self.running:
-            self.running.remove(fin.node)
-        self.done += 1
+    def finished(self, fin) -> None:
+        r = self.rollout
+        node = r.graph.nodes[fin.node]
         entry = self.found[fin.node]
         if fin.ok:
             found = fin.value or {}
@@ -165,26 +170,28 @@ class Preview(Rollout):
             else:
                 entry["changes"] = "previewed"
             entry["plan"] = self.plan_file(fin.node) or None
-            self._expect(fin.node, node, self.decisions[fin.node], found.get("outputs"))
+            self._expect(fin.node, node, r.decisions[fin.node], found.get("outputs"))
             if found.get("outputs") is not None:
                 entry["outputs_change"] = bool(found["outputs"])
         else:
             entry.update(status="failed", changes=None)
-            self.results[fin.node] = _Result("", {})
-        self.console.progress(self.done, len(self.graph.nodes), self.running)
+            r.results[fin.node] = NO_RESULT
 
-    def node_status(self, nid, status):
+    def status(self, nid, status):
         entry = self.found.get(nid)
         if entry is None or status in ("failed", "cancelled", "skipped") and entry["status"] != NEEDS_UPSTREAM:
             return status, ""
         return entry["status"], entry.get("reason", "")
 
     def after_run(self, outcome, duration) -> None:
+        from ..state.rebuild import storable_ingredients
+
+        r = self.rollout
         rows = [("COMPONENT", "PREVIEW", "CHANGES", "NOTE")]
         counts = {WOULD_CHANGE: 0, NO_CHANGE: 0, NEEDS_UPSTREAM: 0}
         nodes = {}
-        for nid in self.graph.dag.order:
-            node = self.graph.nodes[nid]
+        for nid in r.graph.dag.order:
+            node = r.graph.nodes[nid]
             entry = self.found.get(nid)
             status = outcome.nodes[nid].status
             if entry is None or status in ("failed", "cancelled") or \
@@ -200,10 +207,8 @@ class Preview(Rollout):
             if entry["status"] == NEEDS_UPSTREAM:
                 notes.append(entry["reason"])
             rows.append((nid, entry["status"], entry["changes"] or "-", "; ".join(notes)))
-            decision = self.decisions.get(nid)
-            last = self.rebuilder.applied(node)
-            from ..state.rebuild import storable_ingredients
-
+            decision = r.decisions.get(nid)
+            last = r.decider.applied(node)
             nodes[nid] = {
                 "deployment": node.deployment, "target": node.target, "component": node.cid,
                 "status": entry["status"], "key": decision.key if decision else None,
@@ -212,23 +217,20 @@ class Preview(Rollout):
                 "plan": entry["plan"], "pending": entry["pending"], "changes": entry["changes"],
             }
         for line in _table(rows):
-            self.console.info(line)
-        self.console.info(f"Preview {self.preview_id}: {counts[WOULD_CHANGE]} would change, "
-                          f"{counts[NO_CHANGE]} no change, {counts[NEEDS_UPSTREAM]} need upstream")
+            r.console.info(line)
+        r.console.info(f"Preview {self.preview_id}: {counts[WOULD_CHANGE]} would change, "
+                       f"{counts[NO_CHANGE]} no change, {counts[NEEDS_UPSTREAM]} need upstream")
         if outcome.result != "success":
             return
         from ..fileops import write_atomic
 
-        manifest = {"id": self.preview_id, "labels": [str(l) for l in self.graph.labels],
+        manifest = {"id": self.preview_id, "labels": [str(l) for l in r.graph.labels],
                     "only": list(self.only), "created": time.time(),
                     "nodes": nodes}
         os.makedirs(self.dir, exist_ok=True)
         write_atomic(os.path.join(self.dir, MANIFEST), json.dumps(manifest, indent=1).encode())
-        self.console.info(f"Saved preview {self.preview_id}: apply exactly it with "
-                          f"`atmosbuild rollout {' '.join(manifest['labels'])} --from-preview {self.preview_id}`")
-
-    def exit_code(self, outcome) -> int:
-        return super().exit_code(outcome)
+        r.console.info(f"Saved preview {self.preview_id}: apply exactly it with "
+                       f"`atmosbuild rollout {' '.join(manifest['labels'])} --from-preview {self.preview_id}`")
 
 
 # -- rollout --from-preview ---------------------------------------------------------
@@ -252,23 +254,24 @@ def load_manifest(state_dir: str, preview_id: str) -> dict:
     return data
 
 
-class FromPreview(Rollout):
+class FromPreview(Verb):
     """A rollout that applies the reviewed plans, or refuses before anything runs."""
 
-    def __init__(self, *args, manifest: dict, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, manifest: dict) -> None:
         self.manifest = manifest
         self.refused: dict[str, str] = {}
 
     def read_state(self) -> None:
-        super().read_state()  # under the locks: nothing can move between this check and the run
+        # Under the locks: nothing can move between this check and the run.
         from ..state.rebuild import describe_changes, storable_ingredients
 
+        graph = self.rollout.graph
+        applied = self.rollout.decider.applied
         pid = self.manifest["id"]
         want = self.manifest["nodes"]
         problems = []
-        for nid in self.graph.dag.order:
-            node = self.graph.nodes[nid]
+        for nid in graph.dag.order:
+            node = graph.nodes[nid]
             m = want.get(nid)
             if m is None:
                 problems.append(f"{nid}: not in the preview")
@@ -276,30 +279,30 @@ class FromPreview(Rollout):
             if m["local"] is None:  # saved from the up-to-date record: its key is the proof
                 from ..graph.keys import action_key
 
-                deps = {self.graph.nodes[d].cid: (want.get(d) or {}).get("applied", [None, None])[1]
+                deps = {graph.nodes[d].cid: (want.get(d) or {}).get("applied", [None, None])[1]
                         for d in node.deps}
                 if action_key(node.local_canonical, deps) != m["key"]:
                     problems.append(f"{nid}: its code, vars or upstreams changed")
             elif m["local"] != _local_digest(node):
                 what = describe_changes(m.get("ingredients") or {}, storable_ingredients(node), None)
                 problems.append(f"{nid}: {', '.join(what) or 'its code or vars changed'}")
-            last = self.rebuilder.applied(node)
+            last = applied(node)
             now = [last.key, last.result] if last else None
             if now != m["applied"]:
                 problems.append(f"{nid}: applied by another run since the preview" if now else
                                 f"{nid}: no longer applied (destroyed or drifted) since the preview")
         for nid in want:
-            if nid not in self.graph.nodes:
+            if nid not in graph.nodes:
                 problems.append(f"{nid}: in the preview, not in the selection")
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise UsageError(f"preview {pid} is stale, nothing was run: {shown}; run preview again")
 
-    def _needs_run(self, nid: str) -> bool:
-        run = super()._needs_run(nid)
+    def needs_run(self, nid: str) -> bool:
+        run = super().needs_run(nid)
         if run:
             m = self.manifest["nodes"][nid]
-            key = self.decisions[nid].key
+            key = self.rollout.decisions[nid].key
             if m["status"] == NEEDS_UPSTREAM or key != m["key"]:
                 ups = ", ".join(m["pending"]) if m["pending"] else "its upstream"
                 self.refused[nid] = (f"not in the reviewed preview {self.manifest['id']}: its inputs "
@@ -322,14 +325,15 @@ class FromPreview(Rollout):
         m = self.manifest["nodes"].get(nid) or {}
         return m.get("plan") or "" if nid not in self.refused else ""
 
-    def verb_invocations(self, node, ctx):
-        nid = next(n for n, v in self.graph.nodes.items() if v is node or v.cid == ctx.component_id
+    def invocations(self, node, ctx):
+        graph = self.rollout.graph
+        nid = next(n for n, v in graph.nodes.items() if v is node or v.cid == ctx.component_id
                    and v.label == node.label)
         if nid in self.refused:
             raise ValueError(self.refused[nid])
         if ctx.plan_file and not os.path.isfile(ctx.plan_file):
             raise ValueError(f"the saved plan {ctx.plan_file} is gone; run preview again")
-        return super().verb_invocations(node, ctx)
+        return super().invocations(node, ctx)
 
 
 # -- destroy -------------------------------------------------------------------------
@@ -372,149 +376,146 @@ def reversed_dag(dag):
     return build_dag({n: dag.dependents[n] for n in dag.order})
 
 
-class Destroy(Rollout):
-    def __init__(self, *args, standing: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+class Destroy(Verb):
+    name = "destroy"
+
+    def __init__(self, standing: dict | None = None) -> None:
         self.standing = dict(standing or {})  # node -> ActionNode: outside the selection, depended on
-        self._reversed = reversed_dag(self.graph.dag)
         self.outcome_of: dict[str, str] = {}  # node -> destroyed | not applied
 
-    def schedule_dag(self):
+    def bind(self, rollout) -> None:
+        super().bind(rollout)
+        self._reversed = reversed_dag(rollout.graph.dag)
+
+    def dag(self):
         return self._reversed
 
     def read_state(self) -> None:
-        super().read_state()
+        r = self.rollout
         # A component's destroy renders its vars with its upstreams' recorded outputs.
-        for nid, node in [*self.graph.nodes.items(), *self.standing.items()]:
-            last = self.rebuilder.applied(node)
-            self.results[nid] = _Result(last.result, dict(last.outputs)) if last else _Result("", {})
+        for nid, node in [*r.graph.nodes.items(), *self.standing.items()]:
+            last = r.decider.applied(node)
+            r.results[nid] = NodeResult(last.result, dict(last.outputs)) if last else NO_RESULT
 
-    def dep_outputs(self, node) -> dict:
-        return {(self.graph.nodes.get(d) or self.standing[d]).cid: self.results[d].outputs
-                for d in node.deps}
+    def node_of(self, nid: str):
+        return self.rollout.graph.nodes.get(nid) or self.standing[nid]
 
-    def verb_run(self, comp):
+    def own_run(self, comp):
         return getattr(comp, "destroy", None)
 
-    def verb_invocations(self, node, ctx):
+    def invocations(self, node, ctx):
         return node.ctype.destroy_invocations(ctx)
 
-    def verb_collect(self, nid, node, ctx, captured):
+    def collect(self, nid, node, ctx, captured):
         node.ctype.after_lifecycle(ctx)
         return {}
 
-    def _needs_run(self, nid: str) -> bool:
+    def needs_run(self, nid: str) -> bool:
         from ..state.rebuild import Decision
 
-        node = self.graph.nodes[nid]
-        last = self.rebuilder.applied(node)
+        r = self.rollout
+        node = r.graph.nodes[nid]
+        last = r.decider.applied(node)
         if last is None:
-            self.decisions[nid] = Decision(False, "", ("not applied: nothing to destroy",))
+            r.decisions[nid] = Decision(False, "", ("not applied: nothing to destroy",))
             self.outcome_of[nid] = "not applied"
             return False
-        self.decisions[nid] = Decision(True, last.key, (f"destroy (applied key {last.key[:12]})",))
+        r.decisions[nid] = Decision(True, last.key, (f"destroy (applied key {last.key[:12]})",))
         if not node.ctype.has_destroy(node.component):
             self._record(nid)  # nothing to run (nixpack, command without `destroy:`)
             return False
         return True
 
     def _record(self, nid: str) -> None:
-        node = self.graph.nodes[nid]
-        self.store.record_removal(node.deployment, node.target, node.cid, Removal(
-            "destroyed", self.run_id, f"destroyed by run {self.run_id}", self.decisions[nid].key,
+        r = self.rollout
+        node = r.graph.nodes[nid]
+        r.store.record_removal(node.deployment, node.target, node.cid, Removal(
+            "destroyed", r.run_id, f"destroyed by run {r.run_id}", r.decisions[nid].key,
             time.time()))
         self.outcome_of[nid] = DESTROYED
 
-    def node_cached(self, node: str) -> None:
-        self.done += 1
-        if self.outcome_of.get(node) == DESTROYED:
-            self.console.finished(node, "succeeded", 0.0, "destroyed (nothing to run)")
+    def cached(self, nid: str) -> None:
+        if self.outcome_of.get(nid) == DESTROYED:
+            self.rollout.console.finished(nid, "succeeded", 0.0, "destroyed (nothing to run)")
         else:
-            self.console.finished(node, "cached", 0.0, "not applied")
+            self.rollout.console.finished(nid, "cached", 0.0, "not applied")
 
-    def node_finished(self, fin) -> None:
-        if fin.node in self.running:
-            self.running.remove(fin.node)
-        self.done += 1
+    def finished(self, fin) -> None:
         if fin.ok:
             self._record(fin.node)  # the moment it is known
-        self.console.progress(self.done, len(self.graph.nodes), self.running)
 
-    def node_status(self, nid, status):
+    def status(self, nid, status):
         if status in ("succeeded", "cached") and self.outcome_of.get(nid) == DESTROYED:
-            return DESTROYED, f"destroyed by run {self.run_id}"
+            return DESTROYED, f"destroyed by run {self.rollout.run_id}"
         if status == "cached":
             return "cached", "not applied: nothing to destroy"
         return status, ""
 
     def after_run(self, outcome, duration) -> None:
         gone = sum(1 for v in self.outcome_of.values() if v == DESTROYED)
-        self.console.info(f"Destroyed {_plural(gone, 'component')}")
+        self.rollout.console.info(f"Destroyed {_plural(gone, 'component')}")
 
 
 # -- check (drift) -----------------------------------------------------------------
 
-class Check(Rollout):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+class Check(Verb):
+    name = "check"
+
+    def __init__(self) -> None:
         self.drift: dict[str, list[str]] = {}
         self.checked: set[str] = set()
         self.stale: set[str] = set()
 
-    def verb_run(self, comp):
+    def own_run(self, comp):
         return None
 
     def plan_file(self, nid: str) -> str:
-        node = self.graph.nodes[nid]
-        return os.path.join(self.workspaces[node.label], META_DIR, meta_stem(node.cid) + ".check.tfplan")
+        r = self.rollout
+        node = r.graph.nodes[nid]
+        return os.path.join(r.workspaces[node.label], META_DIR, meta_stem(node.cid) + ".check.tfplan")
 
-    def verb_invocations(self, node, ctx):
+    def invocations(self, node, ctx):
         return node.ctype.check_invocations(ctx)
 
-    def verb_collect(self, nid, node, ctx, captured):
+    def collect(self, nid, node, ctx, captured):
         drifted = node.ctype.read_check(ctx, captured)
         node.ctype.after_lifecycle(ctx)
         return {"drift": drifted}
 
-    def _needs_run(self, nid: str) -> bool:
-        node = self.graph.nodes[nid]
-        upstream = {self.graph.nodes[d].cid: self.results[d].result for d in node.deps}
-        decision = self.rebuilder.decide(node, upstream)
-        self.decisions[nid] = decision
+    def needs_run(self, nid: str) -> bool:
+        r = self.rollout
+        node = r.graph.nodes[nid]
+        decision = r.decide(nid)
         if decision.run:  # out of date: a rollout applies it anyway; not a drift question
-            last = self.rebuilder.applied(node)
-            self.results[nid] = _Result(last.result, dict(last.outputs)) if last else _Result("", {})
+            last = r.decider.applied(node)
+            r.results[nid] = NodeResult(last.result, dict(last.outputs)) if last else NO_RESULT
             self.stale.add(nid)
             return False
-        self.results[nid] = _Result(decision.result, dict(decision.outputs or {}))
+        r.results[nid] = NodeResult(decision.result, dict(decision.outputs or {}))
         return node.ctype.has_check(node.component) and node.mode != "build"
 
-    def node_cached(self, node: str) -> None:
-        self.done += 1
-        if node in self.stale:
-            self.console.finished(node, "skipped", 0.0, "out of date: not checked (a rollout applies it)")
+    def cached(self, nid: str) -> None:
+        if nid in self.stale:
+            self.rollout.console.finished(nid, "skipped", 0.0, "out of date: not checked (a rollout applies it)")
         else:
-            self.console.finished(node, "cached", 0.0)
+            self.rollout.console.finished(nid, "cached", 0.0)
 
-    def node_finished(self, fin) -> None:
-        node = self.graph.nodes[fin.node]
-        if fin.node in self.running:
-            self.running.remove(fin.node)
-        self.done += 1
+    def finished(self, fin) -> None:
+        r = self.rollout
+        node = r.graph.nodes[fin.node]
         if fin.ok:
             self.checked.add(fin.node)
             drifted = (fin.value or {}).get("drift") or []
             if drifted:
                 self.drift[fin.node] = drifted
                 n = len(drifted)
-                self.store.record_removal(node.deployment, node.target, node.cid, Removal(
-                    "drifted", self.run_id,
+                r.store.record_removal(node.deployment, node.target, node.cid, Removal(
+                    "drifted", r.run_id,
                     f"drift: {n} resource{'s' if n != 1 else ''} changed outside atmosbuild "
-                    f"(check {self.run_id}: {', '.join(drifted[:5])}{' …' if n > 5 else ''})",
-                    self.decisions[fin.node].key, time.time()))
-        self.console.progress(self.done, len(self.graph.nodes), self.running)
+                    f"(check {r.run_id}: {', '.join(drifted[:5])}{' …' if n > 5 else ''})",
+                    r.decisions[fin.node].key, time.time()))
 
-    def node_status(self, nid, status):
+    def status(self, nid, status):
         if nid in self.drift:
             return DRIFTED, f"drift: {', '.join(self.drift[nid])}"
         if status == "succeeded":
@@ -524,14 +525,15 @@ class Check(Rollout):
         return status, ""
 
     def after_run(self, outcome, duration) -> None:
+        console = self.rollout.console
         if self.drift:
             for nid in sorted(self.drift):
-                self.console.info(f"drift: {nid}: {', '.join(self.drift[nid])}")
-            self.console.info(f"Drift in {_plural(len(self.drift), 'component')} of "
-                              f"{len(self.checked)} checked: the next rollout re-applies "
-                              f"{'it' if len(self.drift) == 1 else 'them'}")
+                console.info(f"drift: {nid}: {', '.join(self.drift[nid])}")
+            console.info(f"Drift in {_plural(len(self.drift), 'component')} of "
+                         f"{len(self.checked)} checked: the next rollout re-applies "
+                         f"{'it' if len(self.drift) == 1 else 'them'}")
         else:
-            self.console.info(f"No drift: {_plural(len(self.checked), 'terraform component')} checked")
+            console.info(f"No drift: {_plural(len(self.checked), 'terraform component')} checked")
 
     def exit_code(self, outcome) -> int:
         code = super().exit_code(outcome)
@@ -540,7 +542,16 @@ class Check(Rollout):
         return code
 
 
-VERBS = {"preview": Preview, "destroy": Destroy, "check": Check}
+VERBS = {"apply": Verb, "preview": Preview, "destroy": Destroy, "check": Check}
+
+
+def make_verb(name: str, *, only=(), standing: dict | None = None) -> Verb:
+    """The verb a rollout of `name` is handed (rollout: apply)."""
+    if name == "preview":
+        return Preview(only)
+    if name == "destroy":
+        return Destroy(standing)
+    return VERBS.get(name, Verb)()
 
 
 # -- the up-to-date shortcut (run/uptodate.py) ----------------------------------------
@@ -548,42 +559,49 @@ VERBS = {"preview": Preview, "destroy": Destroy, "check": Check}
 # preview has nothing to preview and a check of a selection without terraform
 # components nothing to check: both cost what a no-op rollout costs.
 
-def _recorded(cls_name: str):
-    from . import uptodate
+class RecordedPreview(Verb):
+    """A preview that the up-to-date record proves has nothing to preview."""
 
-    class _Base(uptodate.RecordedRollout):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.only: list[str] = []
+    name = "preview"
 
-        def node_status(self, nid, status):
-            return (NO_CHANGE, "up to date") if status == "cached" else (status, "")
+    def __init__(self, only=()) -> None:
+        self.only = list(only)
 
-    class RecordedPreview(_Base):
-        def after_run(self, outcome, duration) -> None:
-            from ..fileops import write_atomic
+    def status(self, nid, status):
+        return (NO_CHANGE, "up to date") if status == "cached" else (status, "")
 
-            n = len(self.graph.nodes)
-            self.console.info(f"Preview {self.run_id}: 0 would change, {n} no change, 0 need upstream")
-            if outcome.result != "success":
-                return
-            nodes = {}
-            for nid, node in self.graph.nodes.items():
-                key, result, _ = self.rows[(node.deployment, node.target)][node.cid]
-                nodes[nid] = {"deployment": node.deployment, "target": node.target, "component": node.cid,
-                              "status": NO_CHANGE, "key": key, "local": None, "applied": [key, result],
-                              "plan": None, "pending": [], "changes": None}
-            manifest = {"id": self.run_id, "labels": [str(l) for l in self.graph.labels],
-                        "only": list(self.only), "created": time.time(), "nodes": nodes}
-            path = os.path.join(previews_dir(self.state_dir), self.run_id, MANIFEST)
-            write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
-            self.console.info(f"Saved preview {self.run_id}: nothing would change")
+    def after_run(self, outcome, duration) -> None:
+        from ..fileops import write_atomic
 
-    class RecordedCheck(_Base):
-        def after_run(self, outcome, duration) -> None:
-            self.console.info("No drift: 0 terraform components checked")
+        r = self.rollout
+        n = len(r.graph.nodes)
+        r.console.info(f"Preview {r.run_id}: 0 would change, {n} no change, 0 need upstream")
+        if outcome.result != "success":
+            return
+        nodes = {}
+        for nid, node in r.graph.nodes.items():
+            key, result = r.decisions[nid].key, r.decider.recorded_result(node)
+            nodes[nid] = {"deployment": node.deployment, "target": node.target, "component": node.cid,
+                          "status": NO_CHANGE, "key": key, "local": None, "applied": [key, result],
+                          "plan": None, "pending": [], "changes": None}
+        manifest = {"id": r.run_id, "labels": [str(l) for l in r.graph.labels],
+                    "only": list(self.only), "created": time.time(), "nodes": nodes}
+        path = os.path.join(previews_dir(r.state_dir), r.run_id, MANIFEST)
+        write_atomic(path, json.dumps(manifest, separators=(",", ":")).encode())
+        r.console.info(f"Saved preview {r.run_id}: nothing would change")
 
-    return {"preview": RecordedPreview, "check": RecordedCheck}[cls_name]
+
+class RecordedCheck(Verb):
+    """A check that the up-to-date record proves has nothing to check (no
+    terraform component selected)."""
+
+    name = "check"
+
+    def status(self, nid, status):
+        return (NO_CHANGE, "up to date") if status == "cached" else (status, "")
+
+    def after_run(self, outcome, duration) -> None:
+        self.rollout.console.info("No drift: 0 terraform components checked")
 
 
 def run_if_up_to_date(verb: str, keys, root: str, state_dir: str, options, console, open_store,
@@ -592,6 +610,8 @@ def run_if_up_to_date(verb: str, keys, root: str, state_dir: str, options, conso
     changed (and, for check, that no terraform component is selected); None
     when the full path must run (nothing printed, nothing written)."""
     from . import uptodate
+    from .decide import Decider, Stale
+    from .rollout import Rollout
 
     record = uptodate.load(state_dir, keys)
     if record is None or uptodate.changed_paths(record):
@@ -599,11 +619,13 @@ def run_if_up_to_date(verb: str, keys, root: str, state_dir: str, options, conso
     if verb == "check" and any(n.cid.startswith("terraform/") for n in record.graph.nodes.values()):
         return None
     store = open_store(state_dir, readonly=True)
-    run = _recorded(verb)(root, state_dir, record, store, options, console)
-    run.only = list(only)
+    graph = record.graph
+    run = Rollout(root, state_dir, graph, store, options, console,
+                  verb=RecordedPreview(only) if verb == "preview" else RecordedCheck(),
+                  decider=Decider(graph, store, record=record))
     try:
         return run.run()
-    except uptodate.Stale:
+    except Stale:
         return None
     finally:
         store.close()

@@ -49,7 +49,7 @@ from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
 from ..state.files import FileDigester, changed_in, file_digest, signature
 from ..state.store import BUILD
-from .rollout import Rollout, _Result
+from .decide import Decider, Stale
 
 VERSION = 5
 KEEP = 8  # records kept per workspace (one per selection)
@@ -117,10 +117,6 @@ DELTA_MAX = 4096  # signatures a delta holds before the record is written whole 
 class Keys(NamedTuple):
     record: str  # the record's own key
     structure: str  # the structure cache's key (node pack)
-
-
-class Stale(Exception):
-    """The store no longer holds what the record was made with."""
 
 
 def record_key(state_dir: str, root: str, labels, only) -> Keys | None:
@@ -519,27 +515,44 @@ def dirty_nodes(record: Record, root: str, changed: list[str]) -> set[str] | Non
     return dirty
 
 
-def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], changed: list[str],
-                   trees: dict, rollout: "RecordedRollout", root: str, checked_at: int) -> None:
+class Checked(NamedTuple):
+    """What checking a record against the files found: the paths that moved,
+    the nodes whose trees hold them, and those compiled again (them and what
+    depends on them), with the tree cache their keys were computed with."""
+
+    keys: Keys
+    record: Record
+    checked_at: int  # when the check began (clock.now_ns)
+    changed: list
+    dirty: frozenset = frozenset()
+    compiled: dict = {}  # node id -> ActionNode
+    trees: dict = {}
+    components: dict | None = None  # str(label) -> its component ids (from the node pack)
+    compiler: object = None  # graph.actions.NodeCompiler: compiles a recorded node on demand
+
+
+def record_partial(state_dir: str, root: str, check: Checked, decider: Decider) -> None:
     """Bring the record along after a partial rollout left everything up to
     date (call it under the locks): the trees of the dirty nodes as their keys
-    saw them (`trees`, that rollout's tree cache), everything else as it was,
-    the store's rows as read under the locks with the decided ones read
-    again. When only files' contents moved, that is a delta; else the record
-    is written whole."""
-    sources = {record.graph.nodes[nid].source for nid in dirty}
+    saw them (`check.trees`), everything else as it was, the store's rows as
+    `decider` read them under the locks, with those it decided read again.
+    When only files' contents moved, that is a delta; else the record is
+    written whole."""
+    keys, record, changed = check.keys, check.record, check.changed
+    nodes = record.graph.nodes
+    sources = {nodes[nid].source for nid in check.dirty}
     bases = frozenset(root if source == "." else f"{root}/{source}" for source in sources)
     under = tuple(base + "/" for base in bases)
     # Racy entries outside the dirty trees stay, unless they had settled when
     # this rollout's check read their bytes: any later write moves their
     # signature, so from here on the signature is enough.
-    settled_by = checked_at - clock.racy_window_ns()
+    settled_by = check.checked_at - clock.racy_window_ns()
     record.racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)
                         and (entry[1][1] >= settled_by or entry[1][2] >= settled_by))
     out = _Paths(watched=set(record.watched))
     settled = FileDigester(root, cache={})
     try:
-        if not all(_add_tree(out, source, trees.get(source), settled) for source in sorted(sources)):
+        if not all(_add_tree(out, source, check.trees.get(source), settled) for source in sorted(sources)):
             save(state_dir, keys, None)
             return
     except OSError:  # a source vanished meanwhile: no record
@@ -547,13 +560,13 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
         return
     rows: dict[tuple[str, str], dict[str, tuple]] = {}
     decided: dict[tuple[str, str], list[str]] = {}
-    for nid in rollout.decisions:
-        node = rollout.graph.nodes[nid]
+    for nid in decider.decided:
+        node = nodes[nid]
         decided.setdefault((node.deployment, node.target), []).append(node.cid)
+    store = decider.store
     for place, cids in decided.items():
-        rows[place] = {cid: (row.key, row.result, row.duration)
-                       for cid, row in rollout.store.snapshot(*place, components=cids).applied.items()}
-    builds = any(rollout.graph.nodes[nid].mode == BUILD for nid in rollout.decisions)
+        rows[place] = {cid: (row.key, row.result, row.duration) for cid, row in store.snapshot(*place, components=cids).applied.items()}
+    builds = any(nodes[nid].mode == BUILD for nid in decider.decided)
     delta = None if builds else _delta(record, out, rows, changed, bases)
     if delta is not None:
         save_delta(state_dir, keys, record, delta)
@@ -564,8 +577,8 @@ def record_partial(state_dir: str, keys: Keys, record: Record, dirty: set[str], 
     out.files += [(path, sig) for path, sig in zip(record.paths, record.sigs)
                   if not path.startswith(under)]
     out.racy += record.racy
-    summaries = {place: {**current, **rows.get(place, {})} for place, current in rollout.rows.items()}
-    save(state_dir, keys, _finish(record.graph, out, rollout.store, summaries))
+    summaries = {place: {**current, **rows.get(place, {})} for place, current in decider.rows.items()}
+    save(state_dir, keys, _finish(record.graph, out, store, summaries))
 
 
 def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -> Delta | None:
@@ -590,99 +603,53 @@ def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -
 
 # -- rolling out from a record ---------------------------------------------------------
 
-class RecordedRollout(Rollout):
-    """A rollout of a recorded selection. `compiled` holds the nodes that may
-    have to be decided again (those on changed trees, `dirty`, and what
-    depends on them); every other node is what the record says, and
-    `read_state` proves, under the locks, that the store agrees. A compiled
-    node is decided only if it is dirty or an upstream's result moved."""
+def check(keys: Keys | None, root: str, state_dir: str) -> Checked | None:
+    """Check the record under `keys` against the files: what moved and,
+    when some trees did, their nodes and what depends on them compiled
+    (from the structure's node pack, before any lock or workspace, so a
+    problem takes the full path and is reported there). None: the full path."""
+    record = load(state_dir, keys)
+    if record is None:
+        return None
+    checked_at = clock.now_ns()
+    changed = changed_paths(record)
+    if not changed:
+        return Checked(keys, record, checked_at, changed)
+    from ..graph.actions import NeedsFullCompile, NodeCompiler
+    from ..graph.cache import DamagedCache, StructureCache
 
-    def __init__(self, root, state_dir, record: Record, store, options, console,
-                 compiled: dict | None = None, dirty: set[str] | None = None,
-                 components: dict | None = None) -> None:
-        graph = record.graph
-        if compiled:  # a graph of our own: decided nodes replace recorded ones in it
-            specs = {label: replace(spec, components=components[str(label)])
-                     for label, spec in graph.specs.items()}
-            graph = RecordedGraph(graph.labels, specs, dict(graph.nodes), graph.dag)
-        super().__init__(root, state_dir, graph, store, options, console)
-        self.record = record
-        self.compiled = compiled or {}
-        self.dirty = dirty or set()
-        self.moved: set[str] = set()  # decided nodes whose result is not the recorded one
-        self.upstreams = {d for node in self.compiled.values() for d in node.deps}
-        self.compiler = None  # set by rollout_if_up_to_date when it compiled nodes
+    dirty = dirty_nodes(record, root, changed)
+    if dirty is None:
+        return None
+    dag = record.graph.dag
+    affected = dirty | dag.downstream(dirty)
+    if len(affected) > max(PARTIAL_MIN, len(record.graph.nodes) // PARTIAL_SHARE):
+        return None
+    pack = StructureCache(state_dir).load_nodes(keys.structure)
+    if pack is None or any(nid not in pack for nid in affected):
+        return None
+    # A few trees: reading their files costs less than loading the stat cache.
+    trees: dict = {}
+    digester = FileDigester(root, cache={}, trees=trees)
+    names = {label: spec.name for label, spec in record.graph.specs.items()}
+    compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
+    try:
+        compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
+    except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where
+        return None
+    return Checked(keys, record, checked_at, changed, frozenset(dirty), compiled, trees, pack.ids,
+                   compiler)
 
-    def read_state(self) -> None:
-        # Keys, results and durations only: the rows' outputs and ingredients
-        # (kilobytes each) are not needed for nodes that are not decided.
-        self.rows = {place: self.store.applied_summary(*place) for place in self.record.applied}
-        for place, rows in self.record.applied.items():
-            current = self.rows[place]
-            if any(current.get(cid) != row for cid, row in rows.items()):
-                raise Stale()
-        keys = self.record.build_keys
-        if keys and len(self.store.builds(list(keys))) != len(set(keys)):
-            raise Stale()
-        if self.compiled:
-            from ..state.rebuild import Rebuilder
 
-            # Full rows (outputs, ingredients, last attempt) for the nodes that
-            # may be decided and for their upstreams (whose outputs they render).
-            wanted: dict[tuple[str, str], set[str]] = {}
-            for node in self.compiled.values():
-                cids = wanted.setdefault((node.deployment, node.target), set())
-                cids.add(node.cid)
-                cids.update(self.graph.nodes[d].cid for d in node.deps)
-            snapshots = {place: self.store.snapshot(*place, components=cids)
-                         for place, cids in wanted.items()}
-            self.rebuilder = Rebuilder(self.graph, self.store, force=False, snapshots=snapshots)
-
-    def recorded_duration(self, node) -> float | None:
-        return self.rows[(node.deployment, node.target)][node.cid][2]
-
-    def _needs_run(self, nid: str) -> bool:
-        node = self.compiled.get(nid)
-        if node is not None and (nid in self.dirty or any(d in self.moved for d in node.deps)):
-            self.graph.nodes[nid] = node
-            run = super()._needs_run(nid)
-            if not run and self.results[nid].result != self._recorded_result(nid):
-                self.moved.add(nid)
-            return run
-        if nid in self.upstreams:  # what a decided dependent keys on and renders from
-            recorded = self.graph.nodes[nid]
-            place = (recorded.deployment, recorded.target)
-            applied = self.rebuilder.snapshots[place].applied.get(recorded.cid)
-            self.results[nid] = _Result(self.rows[place][recorded.cid][1],
-                                        dict(applied.outputs) if applied is not None else {})
-        return False
-
-    def node_finished(self, fin) -> None:
-        super().node_finished(fin)
-        if fin.ok and self.results[fin.node].result != self._recorded_result(fin.node):
-            self.moved.add(fin.node)
-
-    def _compiled_upstream(self, dep: str, up):
-        # A dependent needs a sensitive output read back from this upstream's
-        # type: compile it (from the node pack) to have one.
-        if getattr(up, "ctype", None) is None and self.compiler is not None:
-            from ..graph.actions import NeedsFullCompile
-
-            try:
-                return self.compiler.node(dep)
-            except (NeedsFullCompile, OSError):
-                return up
-        return up
-
-    def _upstream_key(self, dep: str) -> str:
-        if dep in self.decisions:
-            return self.decisions[dep].key
-        node = self.graph.nodes[dep]
-        return self.rows[(node.deployment, node.target)][node.cid][0]
-
-    def _recorded_result(self, nid: str) -> str:
-        node = self.graph.nodes[nid]
-        return self.rows[(node.deployment, node.target)][node.cid][1]
+def checked_graph(check: Checked) -> RecordedGraph:
+    """The graph a rollout decided from the record runs: the recorded nodes,
+    with the compiled ones in place of theirs."""
+    graph = check.record.graph
+    if not check.compiled:
+        return graph
+    specs = {label: replace(spec, components=check.components[str(label)])
+             for label, spec in graph.specs.items()}
+    return RecordedGraph(graph.labels, specs, {**graph.nodes, **check.compiled}, graph.dag)
 
 
 def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options, console,
@@ -690,46 +657,21 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     """Run the rollout from the record under `keys` (record_key) if it can
     be decided from there; None (nothing printed, nothing written) when the
     full path must run."""
-    record = load(state_dir, keys)
-    if record is None:
-        return None
-    checked_at = clock.now_ns()
-    changed = changed_paths(record)
-    compiled: dict = {}
-    dirty: set[str] = set()
-    components = None
-    trees: dict = {}
-    if changed:
-        from ..graph.actions import NeedsFullCompile, NodeCompiler
-        from ..graph.cache import DamagedCache, StructureCache
+    from .rollout import Rollout
 
-        dirty = dirty_nodes(record, root, changed)
-        if dirty is None:
-            return None
-        dag = record.graph.dag
-        affected = dirty | dag.downstream(dirty)
-        if len(affected) > max(PARTIAL_MIN, len(record.graph.nodes) // PARTIAL_SHARE):
-            return None
-        pack = StructureCache(state_dir).load_nodes(keys.structure)
-        if pack is None or any(nid not in pack for nid in affected):
-            return None
-        components = pack.ids
-        # A few trees: reading their files costs less than loading the stat cache.
-        digester = FileDigester(root, cache={}, trees=trees)
-        names = {label: spec.name for label, spec in record.graph.specs.items()}
-        compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
-        try:
-            compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
-        except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where
-            return None
-    store = open_store(state_dir, readonly=not compiled)
-    rollout = RecordedRollout(root, state_dir, record, store, options, console,
-                              compiled, dirty, components)
-    if compiled:
-        rollout.compiler = compiler
-    if compiled:
-        rollout.on_up_to_date = lambda done: record_partial(
-            state_dir, keys, record, dirty, changed, trees, done, root, checked_at)
+    checked = check(keys, root, state_dir)
+    if checked is None:
+        return None
+    graph = checked_graph(checked)
+    store = open_store(state_dir, readonly=not checked.compiled)
+    decider = Decider(graph, store, record=checked.record, compiled=frozenset(checked.compiled),
+                      dirty=checked.dirty, compile_node=checked.compiler.node if checked.compiler else None)
+    on_up_to_date = None
+    if checked.compiled:
+        def on_up_to_date(done) -> None:
+            record_partial(state_dir, root, checked, decider)
+    rollout = Rollout(root, state_dir, graph, store, options, console, decider=decider,
+                      on_up_to_date=on_up_to_date)
     try:
         return rollout.run()
     except Stale:

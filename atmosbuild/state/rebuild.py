@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from ..components import BUILD
 from ..config.values import as_text
@@ -197,8 +196,9 @@ def storable_ingredients(node: ActionNode) -> dict:
     return local
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """Whether a node runs, under which key, and why (when cached: what it left)."""
+
     run: bool
     key: str
     reasons: tuple[str, ...]
