@@ -57,7 +57,9 @@ class Decider:
     # -- under the locks ---------------------------------------------------------------
 
     def read(self) -> None:
-        from ..state.rebuild import Rebuilder
+        from ..state.rebuild import Decision, Rebuilder
+
+        self._decision = Decision
 
         if self.record is None:
             self.rebuilder = Rebuilder(self.graph, self.store, force=self.force)
@@ -101,15 +103,13 @@ class Decider:
             if nid in self.dirty or self._moved(nid, results):
                 self.decided.add(nid)
                 return self.rebuilder.decide(node, results)
-        from ..state.rebuild import Decision
-
         place = (node.deployment, node.target)
         key, result, _ = self.rows[place][node.cid]
         outputs = None
         if nid in self._upstreams:  # what a decided dependent renders from
             applied = self.rebuilder.snapshots[place].applied.get(node.cid)
             outputs = applied.outputs if applied is not None else None
-        return Decision(False, key, UP_TO_DATE, outputs, result)
+        return self._decision(False, key, UP_TO_DATE, outputs, result)
 
     def _moved(self, nid: str, results: Mapping[str, str]) -> bool:
         """An upstream's result is not the recorded one."""

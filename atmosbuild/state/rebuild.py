@@ -293,13 +293,9 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
         out.append(f"component type version changed {old.get('type')} → {new_local.get('type')}")
     for section, word in (("vars", "var"), ("env", "env")):
         before, after = old.get(section) or {}, new_local.get(section) or {}
-        for name in sorted(set(before) | set(after)):
-            if name not in before:
-                out.append(f"{word} `{name}` added")
-            elif name not in after:
-                out.append(f"{word} `{name}` removed")
-            elif _differs(before[name], after[name]):
-                out.append(f"{word} `{name}` changed" + _values(before[name], after[name]))
+        for name, how in diff_entries(before, after, _differs):
+            out.append(f"{word} `{name}` {how}"
+                       + (_values(before[name], after[name]) if how == CHANGED else ""))
     if _differs(old.get("run"), new_local.get("run")):
         out.append("run changed" + _values(old.get("run"), new_local.get("run")))
     elif _differs(old.get("run_values"), new_local.get("run_values")):
@@ -314,27 +310,34 @@ def describe_changes(old: Mapping, new_local: Mapping, upstream: Mapping[str, st
     out += _type_changes(old, new_local)
     before, after = old.get("files") or {}, new_local.get("files") or {}
     source = new_local.get("source") or old.get("source") or ""
-    for name in sorted(set(before) | set(after)):
+    for name, how in diff_entries(before, after):
         kind, _, rel = name.partition(":")
         shown = f"{source}/{rel}" if kind == "source" and source else rel
-        if name not in before:
-            out.append(f"file `{shown}` added")
-        elif name not in after:
-            out.append(f"file `{shown}` removed")
-        elif before[name] != after[name]:
-            if before[name][:2] == after[name][:2]:
-                out.append(f"file `{shown}` executable bit changed")
-            else:
-                out.append(f"file `{shown}` changed")
+        if how == CHANGED and before[name][:2] == after[name][:2]:
+            how = "executable bit changed"
+        out.append(f"file `{shown}` {how}")
     if upstream is not None:
-        b_up, a_up = old.get("upstream") or {}, upstream
-        for dep in sorted(set(b_up) | set(a_up)):
-            if dep not in b_up:
-                out.append(f"new dependency `{dep}`")
-            elif dep not in a_up:
-                out.append(f"dependency `{dep}` removed")
-            elif b_up[dep] != a_up[dep]:
-                out.append(f"upstream `{dep}` result changed")
+        words = {ADDED: "new dependency `{}`", REMOVED: "dependency `{}` removed",
+                 CHANGED: "upstream `{}` result changed"}
+        out += [words[how].format(dep) for dep, how in diff_entries(old.get("upstream") or {}, upstream)]
+    return out
+
+
+ADDED, REMOVED, CHANGED = "added", "removed", "changed"
+
+
+def diff_entries(before: Mapping, after: Mapping, differs=None) -> list[tuple[str, str]]:
+    """(name, ADDED | REMOVED | CHANGED) for each name whose entry differs
+    between two ingredient maps, in name order. `differs(a, b)`: whether two
+    entries differ (default: !=)."""
+    out = []
+    for name in sorted(set(before) | set(after)):
+        if name not in before:
+            out.append((name, ADDED))
+        elif name not in after:
+            out.append((name, REMOVED))
+        elif differs(before[name], after[name]) if differs else before[name] != after[name]:
+            out.append((name, CHANGED))
     return out
 
 
