@@ -454,8 +454,10 @@ def graph(ctx, label, graph_format, output, only):
 @cli.command()
 @click.argument("label", shell_complete=_complete_labels)
 @click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
+@click.option("--history", type=click.IntRange(min=1), is_flag=False, flag_value=10, default=None,
+              metavar="[N]", help="The last N attempts of each component instead (default 10).")
 @click.pass_context
-def status(ctx, label, out_format):
+def status(ctx, label, out_format, history):
     """Per component: last applied key, when, and whether it is up to date."""
     import time
 
@@ -464,6 +466,18 @@ def status(ctx, label, out_format):
 
     r = _root(ctx)
     graph_, store, _ = r.graph(r.labels([label], allow_pattern=False))
+    if history is not None:
+        from .jsonout import dumps
+        from .state.store import history_table
+
+        attempts = {nid: store.history(node.deployment, node.target, node.cid, history)
+                    for nid, node in ((nid, graph_.nodes[nid]) for nid in graph_.dag.order)}
+        if out_format == "json":
+            click.echo(dumps({"label": label, "history": {nid: [e._asdict() for e in entries]
+                                                          for nid, entries in attempts.items()}}), nl=False)
+        else:
+            click.echo("\n".join(history_table(attempts)))
+        return
     rebuilder = Rebuilder(graph_, store)
     planned = make_plan(graph_, rebuilder)
     if out_format == "json":

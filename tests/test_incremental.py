@@ -455,3 +455,33 @@ def test_the_compiled_structure_cache_follows_every_edit_and_survives_damage(dia
     proc = ws.run("plan", "//app:dev")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "cached" in proc.stdout and " run " not in proc.stdout
+
+
+def test_status_history_shows_the_last_attempts_of_each_component(ws):
+    """`status --history [N]`: every attempt is kept (the history table);
+    status shows the newest N per component, failures included."""
+    ws.write("app/deployment.yaml", """\
+        deployment:
+          targets: {dev: {}}
+          components:
+            command:
+              a: {run: ["sh", "-c", "test -f $ATMOS_ROOT/fail && exit 3; true"]}
+              b: {run: ["true"], metadata: {depends_on: [command/a]}}
+        """)
+    assert ws.run("rollout", "//app:dev", "-j1").returncode == 0
+    ws.write("fail", "")
+    assert ws.run("rollout", "//app:dev", "-j1", "--force").returncode == 1
+    (ws.root / "fail").unlink()
+    assert ws.run("rollout", "//app:dev", "-j1", "--force").returncode == 0
+    proc = ws.run("status", "//app:dev", "--history")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split()[:3] for line in proc.stdout.splitlines()[1:]]
+    assert [(cid, status) for cid, _, status in rows] == [
+        ("command/a", "succeeded"), ("command/a", "failed"), ("command/a", "succeeded"),
+        ("command/b", "succeeded"), ("command/b", "succeeded")]  # (b was skipped when a failed)
+    assert len({run for cid, run, _ in rows if cid == "command/a"}) == 3  # one row per run
+    proc = ws.run("status", "//app:dev", "--history", "1", "--format", "json")
+    data = json.loads(proc.stdout)
+    assert [e["status"] for e in data["history"]["command/a"]] == ["succeeded"]
+    assert set(data["history"]["command/a"][0]) == {"run_id", "key", "status", "finished", "duration"}
+    assert ws.run("status", "//app:dev", "--history", "0").returncode == 2

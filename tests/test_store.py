@@ -158,6 +158,22 @@ def test_history_lists_attempts_newest_first(backend):
     assert [(r[0], r[1], r[2]) for r in rows] == [("run-2", "k2", "succeeded"), ("run-1", "k1", "failed")]
 
 
+def test_history_holds_removals_too_and_keeps_to_its_limit(backend):
+    from atmosbuild.state.store import HistoryEntry, Removal
+
+    stores = [backend.open(), MemoryStore()]
+    for store in stores:
+        store.record_success("d", "dev", "command/a", applied(key="k1", finished=1.0), "run-1", build=False)
+        store.record_attempt("d", "dev", "command/b", Attempt("kb", "failed", "run-1", 1.5, 0.5))
+        store.record_removal("d", "dev", "command/a", Removal("destroyed", "run-2", "destroyed by run run-2", "k1", 2.0))
+        store.record_attempt("d", "dev", "command/a", Attempt("k2", "timeout", "run-3", 3.0, 9.0))
+    for store in (backend.open(), stores[1]):
+        assert store.history("d", "dev", "command/a", 2) == [
+            HistoryEntry("run-3", "k2", "timeout", 3.0, 9.0), HistoryEntry("run-2", "k1", "destroyed", 2.0, 0.0)]
+        assert [e.status for e in store.history("d", "dev", "command/a")] == ["timeout", "destroyed", "succeeded"]
+        assert store.history("d", "prod", "command/a") == []
+
+
 def test_a_removal_drops_the_applied_record_until_the_next_success(backend):
     from atmosbuild.state.store import Removal
 

@@ -45,7 +45,7 @@ import time
 from typing import Callable, Iterator, Mapping
 
 from ..errors import LockedError, StateError, StoreLost
-from .store import Applied, Attempt, Built, Removal, Snapshot
+from .store import Applied, Attempt, Built, HistoryEntry, Removal, Snapshot
 
 DEFAULT_SCHEMA = "atmosbuild"
 APPLICATION = "atmosbuild"
@@ -395,12 +395,12 @@ class PostgresStore:
                     f"FROM {self.s}.builds WHERE key = ANY(%s)", (missing,)).fetchall()
         return {r[0]: Built(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows}
 
-    def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[tuple]:
+    def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[HistoryEntry]:
         with self._query("reading the history"):
-            return self.db.execute(
+            return [HistoryEntry._make(row) for row in self.db.execute(
                 f"SELECT run_id, key, status, finished, duration FROM {self.s}.history "
                 "WHERE deployment = %s AND target = %s AND component = %s ORDER BY id DESC LIMIT %s",
-                (deployment, target, component, limit)).fetchall()
+                (deployment, target, component, limit)).fetchall()]
 
     # -- writes: each success is one statement, one transaction -----------------
 

@@ -18,7 +18,7 @@ import time
 from typing import Mapping
 
 from ..errors import StateError
-from .store import Applied, Attempt, Built, Removal, Snapshot
+from .store import Applied, AppliedRow, Attempt, Built, HistoryEntry, Removal, Snapshot
 
 APPLICATION_ID = 0x41544D42  # "ATMB"
 SCHEMA_VERSION = 1
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS history (
     run_id TEXT NOT NULL, deployment TEXT NOT NULL, target TEXT NOT NULL,
     component TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL,
     finished REAL NOT NULL, duration REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS history_by_component ON history (deployment, target, component);
 CREATE TABLE IF NOT EXISTS removed (
     deployment TEXT NOT NULL, target TEXT NOT NULL, component TEXT NOT NULL,
     kind TEXT NOT NULL, run_id TEXT NOT NULL, reason TEXT NOT NULL, key TEXT NOT NULL,
@@ -51,6 +52,9 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, digest TEXT NOT NULL) WITHOUT ROWID;
 """
+
+
+_HISTORY_INDEX = next(s.strip() for s in _SCHEMA.split(";") if "history_by_component" in s)
 
 
 def db_path(state_dir: str) -> str:
@@ -189,6 +193,8 @@ class SqliteStore:
             tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             self.has_removed = self.db.execute(
                 "SELECT count(*) FROM sqlite_master WHERE name='removed'").fetchone()[0] > 0
+            self.has_history_index = self.db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name='history_by_component'").fetchone()[0] > 0
         finally:
             self.db.execute("COMMIT")
         if app_id == 0 and tables == 0 and self.readonly:
@@ -212,6 +218,10 @@ class SqliteStore:
                     self.db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS removed"):
                                             _SCHEMA.index("CREATE TABLE IF NOT EXISTS files")].rstrip().rstrip(";"))
                 self.has_removed = True
+            if not self.has_history_index:  # (`status --history` reads it per component)
+                with self._transaction():
+                    self.db.execute(_HISTORY_INDEX)
+                self.has_history_index = True
 
     def _init_in_place(self) -> None:
         """Give an existing empty file the schema (new files get it in _create)."""
@@ -265,7 +275,8 @@ class SqliteStore:
         return snap
 
     @_guarded
-    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+    def applied_summary(self, deployment: str, target: str) -> dict[str, AppliedRow]:
+        # (plain tuples, in AppliedRow's order: 5,000 of them on every no-op)
         return {row[0]: row[1:] for row in self.db.execute(
             "SELECT component, key, result, duration FROM applied WHERE deployment=? AND target=?",
             (deployment, target))}
@@ -289,11 +300,11 @@ class SqliteStore:
             "SELECT path, size, mtime_ns, ctime_ns, inode, digest FROM files")}
 
     @_guarded
-    def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[tuple]:
-        return self.db.execute(
+    def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[HistoryEntry]:
+        return [HistoryEntry._make(row) for row in self.db.execute(
             "SELECT run_id, key, status, finished, duration FROM history WHERE deployment=? AND "
             "target=? AND component=? ORDER BY rowid DESC LIMIT ?",
-            (deployment, target, component, limit)).fetchall()
+            (deployment, target, component, limit))]
 
     # -- writes: each is one short transaction --------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
 
 # The two modes a component type decides in (SPEC 4); the store keeps an
 # applied record per deployment+target for both and a build cache for BUILD.
@@ -94,6 +94,25 @@ class Removal:
     finished: float
 
 
+class HistoryEntry(NamedTuple):
+    """One attempt of a component at a deployment+target (the `history`
+    table: every success, failure, cancellation, destroy and drift)."""
+
+    run_id: str
+    key: str
+    status: str  # succeeded | failed | timeout | cancelled | destroyed | drifted
+    finished: float  # unix time
+    duration: float  # seconds
+
+
+class AppliedRow(NamedTuple):
+    """What deciding "up to date" needs of an applied record (applied_summary)."""
+
+    key: str
+    result: str  # result digest
+    duration: float
+
+
 @dataclass
 class Snapshot:
     """What one rollout reads from the store up front (bulk reads)."""
@@ -108,9 +127,13 @@ class Store(Protocol):
         """The applied records and last attempts at deployment+target (of
         `components` only, when given)."""
 
-    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+    def applied_summary(self, deployment: str, target: str) -> dict[str, AppliedRow]:
         """component -> (key, result digest, duration) of its applied record:
-        all that deciding "up to date" needs, without outputs or ingredients."""
+        all that deciding "up to date" needs, without outputs or ingredients.
+        (Plain tuples are as good: callers unpack them.)"""
+
+    def history(self, deployment: str, target: str, component: str, limit: int = 20) -> list[HistoryEntry]:
+        """The last `limit` attempts of a component, newest first."""
 
     def builds(self, keys: list[str]) -> dict[str, Built]: ...
 
@@ -152,6 +175,7 @@ class MemoryStore:
         self.attempts: dict[tuple[str, str, str], Attempt] = {}
         self.removals: dict[tuple[str, str, str], Removal] = {}
         self.files: dict[str, tuple] = {}
+        self.log: list[tuple[str, str, str, HistoryEntry]] = []  # (deployment, target, component, entry)
 
     def snapshot(self, deployment: str, target: str, components=None) -> Snapshot:
         wanted = None if components is None else frozenset(components)
@@ -167,8 +191,13 @@ class MemoryStore:
                 snap.removals[c] = rec
         return snap
 
-    def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
-        return {c: (a.key, a.result, a.duration) for c, a in self.snapshot(deployment, target).applied.items()}
+    def applied_summary(self, deployment: str, target: str) -> dict[str, AppliedRow]:
+        return {c: AppliedRow(a.key, a.result, a.duration)
+                for c, a in self.snapshot(deployment, target).applied.items()}
+
+    def history(self, deployment, target, component, limit: int = 20) -> list[HistoryEntry]:
+        place = (deployment, target, component)
+        return [entry for *where, entry in reversed(self.log) if tuple(where) == place][:limit]
 
     def builds(self, keys: list[str]) -> dict[str, Built]:
         return {k: self.built[k] for k in keys if k in self.built}
@@ -179,15 +208,19 @@ class MemoryStore:
         if build:
             self.built[applied.key] = Built(applied.key, component, applied.result,
                                             applied.outputs, applied.finished, applied.duration)
-        self.attempts[(deployment, target, component)] = Attempt(
-            applied.key, "succeeded", run_id, applied.finished, applied.duration)
+        self.record_attempt(deployment, target, component, Attempt(
+            applied.key, "succeeded", run_id, applied.finished, applied.duration))
 
     def record_attempt(self, deployment, target, component, attempt) -> None:
         self.attempts[(deployment, target, component)] = attempt
+        self.log.append((deployment, target, component, HistoryEntry(
+            attempt.run_id, attempt.key, attempt.status, attempt.finished, attempt.duration)))
 
     def record_removal(self, deployment, target, component, removal) -> None:
         self.applied.pop((deployment, target, component), None)
         self.removals[(deployment, target, component)] = removal
+        self.log.append((deployment, target, component, HistoryEntry(
+            removal.run_id, removal.key, removal.kind, removal.finished, 0.0)))
 
     def file_cache(self) -> dict[str, tuple]:
         return dict(self.files)
@@ -197,3 +230,19 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def history_table(attempts: Mapping[str, list[HistoryEntry]]) -> list[str]:
+    """`status --history`: node id -> its last attempts (newest first), as
+    the lines of one table, in the order given."""
+    import time
+
+    rows = [("COMPONENT", "RUN", "STATUS", "KEY", "WHEN", "TOOK")]
+    for nid, entries in attempts.items():
+        if not entries:
+            rows.append((nid, "-", "never attempted", "-", "-", "-"))
+        for e in entries:
+            rows.append((nid, e.run_id, e.status, e.key[:12] or "-",
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.finished)), f"{e.duration:.1f}s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
