@@ -38,8 +38,8 @@ import os
 import stat as stat_mod
 import struct
 from itertools import chain
+from types import MappingProxyType
 from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
 
 from .. import clock
@@ -47,7 +47,7 @@ from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
-from ..state.files import FileDigester, changed_in, file_digest, signature
+from ..state.files import FileDigester, changed_in, file_digest, signature, signature_since
 from ..state.store import BUILD
 from .decide import Decider, Stale
 
@@ -84,7 +84,15 @@ class RecordedGraph:
     dag: Dag
 
 
-@dataclass
+class RacyEntry(NamedTuple):
+    """A path too new to trust by its signature alone: checked by its bytes too."""
+
+    path: str
+    sig: tuple  # state.files.signature
+    digest: str
+
+
+@dataclass(frozen=True)
 class Record:
     graph: RecordedGraph
     # stat follows a symlink here: each source tree's own directory, each inputs prefix
@@ -92,9 +100,10 @@ class Record:
     root_sigs: tuple
     paths: tuple[str, ...]  # everything below them and every inputs match (lstat)
     sigs: tuple
-    racy: tuple  # (path, signature, digest): paths above too new to trust by signature alone
+    racy: tuple[RacyEntry, ...]  # paths above too new to trust by signature alone
     watched: frozenset  # the paths above recorded for `inputs` globs
-    applied: dict[tuple[str, str], dict[str, tuple]]  # (deployment, target) -> cid -> (key, result, duration)
+    # (deployment, target) -> cid -> its applied row (store.AppliedRow: key, result, duration)
+    applied: dict[tuple[str, str], dict[str, tuple]]
     build_keys: tuple[str, ...]
     # The file it was read from, and the delta (see save_delta) applied on top.
     token: str = ""
@@ -154,10 +163,16 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
         return None
     try:
         with open(_path(state_dir, keys.record), "rb") as fh:
-            version, token, graph, *fields = load_plain(fh.read())
+            (version, token, graph, roots, root_sigs, paths, sigs, racy, watched, applied,
+             build_keys) = load_plain(fh.read())
         if version != VERSION:
             return None
-        record = Record(_graph_from(graph), *_unpacked(fields), token=token)
+        roots, paths = _unpack_paths(roots), _unpack_paths(paths)
+        root_sigs, sigs = _unpack_sigs(root_sigs), _unpack_sigs(sigs)
+        if len(roots) != len(root_sigs) or len(paths) != len(sigs):
+            raise ValueError("a record whose paths and signatures do not pair up")
+        record = Record(_graph_from(graph), roots, root_sigs, paths, sigs, _racy_from(racy),
+                        watched, applied, build_keys, token=token)
     except Exception:  # missing, truncated, from other code: the full path
         return None
     try:
@@ -165,6 +180,7 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
             version, token, sigs, racy, rows = load_plain(fh.read())
         if version != VERSION or token != record.token:
             return record
+        racy = _racy_from(racy)
     except Exception:  # none, or torn: the record as written whole
         return record
     index = {path: i for i, path in enumerate(record.paths)}
@@ -173,12 +189,9 @@ def load(state_dir: str, keys: Keys | None) -> Record | None:
     updated_sigs = list(record.sigs)
     for path, sig in sigs.items():
         updated_sigs[index[path]] = sig
-    record.sigs = tuple(updated_sigs)
-    record.racy = racy
     for place, cids in rows.items():
         record.applied[place].update(cids)
-    record.delta = Delta(sigs, racy, rows)
-    return record
+    return replace(record, sigs=tuple(updated_sigs), racy=racy, delta=Delta(sigs, racy, rows))
 
 
 def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
@@ -193,10 +206,12 @@ def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
                 pass
         return
     try:
-        fields = [getattr(record, f.name) for f in dataclass_fields(Record)
-                  if f.name not in ("graph", "token", "delta")]
         token = os.urandom(8).hex()
-        write_atomic(path, marshal.dumps((VERSION, token, _graph_data(record.graph), *_packed(fields))))
+        write_atomic(path, marshal.dumps((
+            VERSION, token, _graph_data(record.graph),
+            _pack_paths(record.roots), _pack_sigs(record.root_sigs),
+            _pack_paths(record.paths), _pack_sigs(record.sigs),
+            _racy_data(record.racy), record.watched, record.applied, record.build_keys)))
         for old in keep_newest(os.path.dirname(path),
                                lambda name: name.startswith("uptodate-") and name.endswith(".marshal"), KEEP):
             try:
@@ -210,7 +225,7 @@ def save(state_dir: str, keys: Keys | None, record: Record | None) -> None:
 def save_delta(state_dir: str, keys: Keys, record: Record, delta: Delta) -> None:
     try:
         write_atomic(_path(state_dir, keys.record, "delta"),
-               marshal.dumps((VERSION, record.token, delta.sigs, delta.racy, delta.rows)))
+                     marshal.dumps((VERSION, record.token, delta.sigs, _racy_data(delta.racy), delta.rows)))
     except (OSError, ValueError):
         pass
 
@@ -219,29 +234,32 @@ def save_delta(state_dir: str, keys: Keys, record: Record, delta: Delta) -> None
 # of each at 5,000 components) are packed, paths as one NUL-joined string
 # and signatures as one block of 64-bit integers: one object each for
 # fileops.load_plain to check instead of 150,000, and unpacked at C speed.
-_PACKED_PATHS = (0, 2)  # roots, paths: positions among the fields written
-_PACKED_SIGS = (1, 3)  # root_sigs, sigs
+# (Marshal writes plain tuples only: named records are written as those.)
 _SIG = struct.Struct("<4q")
 
 
-def _packed(fields: list) -> list:
-    out = list(fields)
-    for i in _PACKED_PATHS:
-        out[i] = "\0".join(fields[i])
-    for i in _PACKED_SIGS:
-        out[i] = struct.pack(f"<{4 * len(fields[i])}q", *chain.from_iterable(fields[i]))
-    return out
+def _pack_paths(paths) -> str:
+    return "\0".join(paths)
 
 
-def _unpacked(fields: list) -> list:
-    out = list(fields)
-    for i in _PACKED_PATHS:
-        out[i] = tuple(fields[i].split("\0")) if fields[i] else ()
-    for i in _PACKED_SIGS:
-        out[i] = tuple(_SIG.iter_unpack(fields[i]))
-    if len(out[0]) != len(out[1]) or len(out[2]) != len(out[3]):
-        raise ValueError("a record whose paths and signatures do not pair up")
-    return out
+def _unpack_paths(packed: str) -> tuple:
+    return tuple(packed.split("\0")) if packed else ()
+
+
+def _pack_sigs(sigs) -> bytes:
+    return struct.pack(f"<{4 * len(sigs)}q", *chain.from_iterable(sigs))
+
+
+def _unpack_sigs(packed: bytes) -> tuple:
+    return tuple(_SIG.iter_unpack(packed))
+
+
+def _racy_data(racy) -> tuple:
+    return tuple((entry[0], tuple(entry[1]), entry[2]) for entry in racy)
+
+
+def _racy_from(data) -> tuple:
+    return tuple(RacyEntry(path, tuple(sig), digest) for path, sig, digest in data)
 
 
 def _graph_data(graph: RecordedGraph) -> tuple:
@@ -253,14 +271,14 @@ def _graph_data(graph: RecordedGraph) -> tuple:
 
 
 def _graph_from(data: tuple) -> RecordedGraph:
-    from ..graph.dag import _restore
-
     labels, specs, nodes, dag = data
+    deps, dependents, waves, wave_of, order = dag
     make_node = RecordedNode._make
     return RecordedGraph(tuple(Label(*label) for label in labels),
                          {Label(package, target): RecordedSpec(name) for package, target, name in specs},
                          {nid: make_node(node) for nid, node in nodes.items()},
-                         _restore(*dag))
+                         Dag(MappingProxyType(deps), MappingProxyType(dependents), waves,
+                             MappingProxyType(wave_of), order))
 
 
 # -- making a record ---------------------------------------------------------------
@@ -354,30 +372,30 @@ def _add_tree(out: _Paths, source: str, tree, settled: FileDigester) -> bool:
     cannot be recorded."""
     if tree is None:
         return False
-    if not tree[0]:
+    if not tree.trusted:
         # Racily new when the keys were computed (as git re-hashes racily
         # clean entries): read the tree again now. It must hold exactly what
         # the keys were computed from; files still racy are recorded with
         # their digest, to be read again by the next check.
-        if settled.tree(source) != tree[4]:
+        if settled.tree(source) != tree.entries:
             return False
         tree = settled.trees[source]
-    paths, sigs = tree[1], tree[2]
-    if not tree[0] and settled.racy_signature(sigs[0]):
+    paths, sigs = tree.paths, tree.sigs
+    if not tree.trusted and settled.racy_signature(sigs[0]):
         return False
     out.roots.append(paths[0])
     out.root_sigs.append(sigs[0])
     base = paths[0]
-    digests = {f"{base}/{rel}": digest for rel, kind, digest, _ in tree[4] if kind == "f"}
+    digests = {f"{base}/{rel}": digest for rel, kind, digest, _ in tree.entries if kind == "f"}
     out.regular.update(digests)
-    if tree[0]:
+    if tree.trusted:
         out.files.extend(zip(paths[1:], sigs[1:]))
         return True
     for path, sig in zip(paths[1:], sigs[1:]):
         if settled.racy_signature(sig):
             if path not in digests:  # a directory or link just changed: no bytes to check
                 return False
-            out.racy.append((path, sig, digests[path]))  # checked by its bytes as well
+            out.racy.append(RacyEntry(path, sig, digests[path]))  # checked by its bytes as well
         out.files.append((path, sig))
     return True
 
@@ -395,9 +413,10 @@ def _finish(graph: RecordedGraph, out: _Paths, store, summaries: dict | None = N
         row = summaries[place].get(node.cid)
         if row is None:
             return None
-        applied[place][node.cid] = row
+        key, result, duration = row  # (an AppliedRow, written as a plain tuple)
+        applied[place][node.cid] = (key, result, duration)
         if node.mode == BUILD:
-            build_keys.append(row[0])
+            build_keys.append(key)
     return Record(graph, tuple(out.roots), tuple(out.root_sigs),
                   tuple(path for path, _ in out.files), tuple(sig for _, sig in out.files),
                   tuple(out.racy), frozenset(out.watched), applied, tuple(build_keys))
@@ -547,8 +566,8 @@ def record_partial(state_dir: str, root: str, check: Checked, decider: Decider) 
     # this rollout's check read their bytes: any later write moves their
     # signature, so from here on the signature is enough.
     settled_by = check.checked_at - clock.racy_window_ns()
-    record.racy = tuple(entry for entry in record.racy if not entry[0].startswith(under)
-                        and (entry[1][1] >= settled_by or entry[1][2] >= settled_by))
+    record = replace(record, racy=tuple(
+        entry for entry in record.racy if not entry.path.startswith(under) and signature_since(entry.sig, settled_by)))
     out = _Paths(watched=set(record.watched))
     settled = FileDigester(root, cache={})
     try:

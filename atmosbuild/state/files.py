@@ -25,7 +25,7 @@ import operator
 import os
 import stat as stat_mod
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import xxhash
 
@@ -37,6 +37,16 @@ EXCLUDED_DIRS = frozenset({".git", ".terraform", ".atmos"})
 TREE_CACHE_VERSION = 2
 
 FileEntry = tuple  # (relpath, kind, digest, executable) with kind "f" or "l"
+
+
+class Tree(NamedTuple):
+    """What the tree cache holds for one source directory (FileDigester.tree)."""
+
+    trusted: bool  # nothing in it was too new to trust when it was listed
+    paths: tuple  # every directory, file and link seen: the directory itself first
+    sigs: tuple  # their signatures
+    digests: tuple  # a file's digest, else None (and None for a file too new to trust)
+    entries: list  # the listing: FileEntry, sorted
 
 
 def file_digest(path: str) -> str:
@@ -51,6 +61,13 @@ def file_digest(path: str) -> str:
 # A path's stat signature: what moves when its bytes (a directory: its
 # entries) change. An attrgetter, so a whole list is compared at C speed.
 signature = operator.attrgetter("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+
+
+def signature_since(sig: tuple, ns: int) -> bool:
+    """The signature's mtime or ctime is at or after `ns`."""
+    return sig[1] >= ns or sig[2] >= ns
+
+
 CHUNK = 1024  # paths per pass in signatures_unchanged: a change stops the check early
 
 
@@ -243,17 +260,18 @@ class FileDigester:
 
     def racy_signature(self, sig: tuple) -> bool:
         """`racy` for a signature taken earlier in this pass."""
-        return sig[1] >= self.racy_after or sig[2] >= self.racy_after
+        return signature_since(sig, self.racy_after)
 
     def tree(self, rel_dir: str) -> list[FileEntry]:
         """Every file under `rel_dir` (root-relative), sorted by path, with
         paths relative to `rel_dir`. Symlinks are recorded, not followed."""
         record = self.trees.get(rel_dir)
-        if (record is not None and record[0]
-                and signatures_unchanged(record[1][:1], record[2][:1], follow=True)
-                and signatures_unchanged(record[1][1:], record[2][1:])):
-            return record[4]
-        earlier = ({path: (sig, digest) for path, sig, digest in zip(*record[1:4]) if digest}
+        if (record is not None and record.trusted
+                and signatures_unchanged(record.paths[:1], record.sigs[:1], follow=True)
+                and signatures_unchanged(record.paths[1:], record.sigs[1:])):
+            return record.entries
+        earlier = ({path: (sig, digest) for path, sig, digest in zip(record.paths, record.sigs, record.digests)
+                    if digest}
                    if record is not None else {})
         out: list[FileEntry] = []
         # Every directory, file and link seen: its path, signature and digest (or None).
@@ -296,7 +314,7 @@ class FileDigester:
                         out.append((rel, "f", digest, bool(st.st_mode & 0o111)))
         out.sort()
         # An untrusted record is still kept for the digests of its settled files.
-        self.trees[rel_dir] = (trusted, tuple(paths), tuple(sigs), tuple(digests), out)
+        self.trees[rel_dir] = Tree(trusted, tuple(paths), tuple(sigs), tuple(digests), out)
         self.trees_changed = True
         return out
 
@@ -328,13 +346,18 @@ def load_trees(state_dir: str, root: str) -> dict:
         return {}
     if version != TREE_CACHE_VERSION or cached_root != root or not isinstance(trees, dict):
         return {}
-    return trees
+    try:
+        return {rel: Tree._make(tree) for rel, tree in trees.items()}
+    except TypeError:  # not five fields: no cache
+        return {}
 
 
 def save_trees(state_dir: str, root: str, trees: dict) -> None:
     if os.environ.get("ATMOS_NO_CACHE"):
         return
     try:
-        write_atomic(_trees_path(state_dir), marshal.dumps((TREE_CACHE_VERSION, root, trees)))
+        # (marshal writes plain tuples only: each Tree as one)
+        plain = {rel: tuple(tree) for rel, tree in trees.items()}
+        write_atomic(_trees_path(state_dir), marshal.dumps((TREE_CACHE_VERSION, root, plain)))
     except (OSError, ValueError):  # an unwritable cache only costs speed
         pass
