@@ -400,7 +400,7 @@ class Rollout(ScheduleHooks):
         # so collect again from here, skipping the graph loaded so far.
         gc.freeze()
         gc.enable()
-        runner = self.runner_factory(self._spec_for, self.console, self.options.grace_period)
+        runner = self.runner_factory(self.spec_for, self.console, self.options.grace_period)
         started = self.started_at = time.monotonic()
         # Every action process inherits the lock descriptors (this machine's
         # flock, a shared store's session): the locks stay held until the
@@ -642,7 +642,7 @@ class Rollout(ScheduleHooks):
         self.results[dep] = fresh
         return fresh
 
-    def _spec_for(self, nid: str) -> ActionSpec:
+    def spec_for(self, nid: str) -> ActionSpec:
         from functools import partial
 
         from ..state.rebuild import marked_outputs, sensitive_refs
