@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 
 from ..errors import UsageError
 from ..state.store import Removal

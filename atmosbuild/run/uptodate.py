@@ -685,12 +685,10 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     store = open_store(state_dir, readonly=not checked.compiled)
     decider = Decider(graph, store, record=checked.record, compiled=frozenset(checked.compiled),
                       dirty=checked.dirty, compile_node=checked.compiler.node if checked.compiler else None)
-    on_up_to_date = None
-    if checked.compiled:
-        def on_up_to_date(done) -> None:
-            record_partial(state_dir, root, checked, decider)
+    # After a clean partial run the record follows it (under the locks).
+    follow = (lambda done: record_partial(state_dir, root, checked, decider)) if checked.compiled else None
     rollout = Rollout(root, state_dir, graph, store, options, console, decider=decider,
-                      on_up_to_date=on_up_to_date)
+                      on_up_to_date=follow)
     try:
         return rollout.run()
     except Stale:
