@@ -542,3 +542,47 @@ def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_d
     assert len(runner.setups) == 1 and runner.teardowns == 1
     (kept,) = runner.setups[0]["keep_fds"]
     assert kept >= 3 and callable(runner.setups[0]["on_processes"])
+
+
+def test_a_new_verb_is_a_verb_handed_to_the_one_rollout(ws):
+    """A verb says what differs (order, what runs, what is recorded, the exit
+    code); the one Rollout does the rest. Here: every node, dependents
+    first, nothing recorded, exit 7."""
+    import io
+
+    from atmosbuild.config.labels import parse_label
+    from atmosbuild.config.workspace import expand
+    from atmosbuild.graph.actions import compile_graph
+    from atmosbuild.run.lifecycle import reversed_dag
+    from atmosbuild.run.rollout import Rollout, RolloutOptions, Verb
+    from atmosbuild.run.ui import Console
+    from atmosbuild.state.files import FileDigester
+    from atmosbuild.state.store import MemoryStore
+    from fakes import FakeRunnerFactory
+
+    class Audit(Verb):
+        name = "audit"
+
+        def dag(self):
+            return reversed_dag(self.rollout.graph.dag)
+
+        def needs_run(self, nid: str) -> bool:
+            return True
+
+        def finished(self, fin) -> None:
+            pass
+
+        def exit_code(self, outcome) -> int:
+            return 7 if outcome.result == "success" else 1
+
+    deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
+    root, state = str(ws.root), str(ws.state)
+    store = MemoryStore()
+    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    factory = FakeRunnerFactory()
+    console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
+    rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
+                      runner_factory=factory, verb=Audit())
+    assert rollout.run() == 7
+    assert factory.runners[-1].started_order == ["command/b", "command/a"]
+    assert store.applied == {} and store.attempts == {} and store.log == []

@@ -622,7 +622,7 @@ def _delta(record: Record, out: _Paths, rows: dict, changed: list[str], bases) -
 
 # -- rolling out from a record ---------------------------------------------------------
 
-def check(keys: Keys | None, root: str, state_dir: str) -> Checked | None:
+def check_record(keys: Keys | None, root: str, state_dir: str) -> Checked | None:
     """Check the record under `keys` against the files: what moved and,
     when some trees did, their nodes and what depends on them compiled
     (from the structure's node pack, before any lock or workspace, so a
@@ -678,7 +678,7 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
     full path must run."""
     from .rollout import Rollout
 
-    checked = check(keys, root, state_dir)
+    checked = check_record(keys, root, state_dir)
     if checked is None:
         return None
     graph = checked_graph(checked)
