@@ -10,16 +10,19 @@ ones -- and the rebuilder answers the rest, over the store's rows of just
 those nodes and their upstreams. Either way the graph the rollout runs is
 the one it was given: nothing is rewritten while it runs.
 
-Kept free of the config, graph and component modules: a rollout decided from
-the record never imports them.
+Kept free of the config, graph and component modules (and of the rebuilder,
+which imports them): a rollout decided from the record alone never imports
+them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from ..state.store import Decision
+
 if TYPE_CHECKING:
-    from ..state.rebuild import Decision, Rebuilder
+    from ..state.rebuild import Rebuilder
     from ..state.store import Applied
     from .uptodate import Record
 
@@ -57,11 +60,9 @@ class Decider:
     # -- under the locks ---------------------------------------------------------------
 
     def read(self) -> None:
-        from ..state.rebuild import Decision, Rebuilder
-
-        self._decision = Decision
-
         if self.record is None:
+            from ..state.rebuild import Rebuilder
+
             self.rebuilder = Rebuilder(self.graph, self.store, force=self.force)
             return
         record = self.record
@@ -88,6 +89,8 @@ class Decider:
             cids.add(node.cid)
             cids.update(nodes[d].cid for d in deps[nid])
         snapshots = {place: self.store.snapshot(*place, components=cids) for place, cids in wanted.items()}
+        from ..state.rebuild import Rebuilder
+
         self.rebuilder = Rebuilder(self.graph, self.store, force=False, snapshots=snapshots)
 
     # -- while it runs -------------------------------------------------------------------
@@ -109,7 +112,7 @@ class Decider:
         if nid in self._upstreams:  # what a decided dependent renders from
             applied = self.rebuilder.snapshots[place].applied.get(node.cid)
             outputs = applied.outputs if applied is not None else None
-        return self._decision(False, key, UP_TO_DATE, outputs, result)
+        return Decision(False, key, UP_TO_DATE, outputs, result)
 
     def _moved(self, nid: str, results: Mapping[str, str]) -> bool:
         """An upstream's result is not the recorded one."""

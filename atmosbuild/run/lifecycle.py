@@ -410,7 +410,7 @@ class Destroy(Verb):
         return {}
 
     def needs_run(self, nid: str) -> bool:
-        from ..state.rebuild import Decision
+        from ..state.store import Decision
 
         r = self.rollout
         node = r.graph.nodes[nid]

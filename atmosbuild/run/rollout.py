@@ -34,7 +34,7 @@ from .workspace import (META_DIR, SourceChanged, materialize, meta_stem, new_wor
 if TYPE_CHECKING:
     from ..components.base import ActionContext
     from ..graph.actions import ActionGraph, ActionNode
-    from ..state.rebuild import Decision
+    from ..state.store import Decision
     from .decide import Decider
 
 # Compiling, deciding and running need the config, graph and component

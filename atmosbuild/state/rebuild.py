@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 from ..components import BUILD
 from ..config.values import as_text
 from ..graph.actions import ActionGraph, ActionNode
 from ..graph.keys import action_key, canonical
-from .store import Applied, Built, Snapshot, Store
+from .store import Applied, Decision, Snapshot, Store  # (Decision: re-exported)
 
 
 _REDACTED = "***"
@@ -194,21 +194,6 @@ def storable_ingredients(node: ActionNode) -> dict:
         if section in local:
             local[section] = redact(local[section], secrets)
     return local
-
-
-class Decision(NamedTuple):
-    """Whether a node runs, under which key, and why (when cached: what it left)."""
-
-    run: bool
-    key: str
-    reasons: tuple[str, ...]
-    outputs: Mapping[str, Any] | None = None  # when cached
-    result: str | None = None  # result digest when cached
-    reused_build: Built | None = None  # build mode: reused from another run/target
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(self.reasons)
 
 
 class Rebuilder:

@@ -94,6 +94,23 @@ class Removal:
     finished: float
 
 
+class Decision(NamedTuple):
+    """Whether a node runs, under which key, and why (when cached: what it
+    left). Made by the rebuilder (rebuild.py) or from the up-to-date record
+    (run/decide.py); here so that the record's path imports no rebuilder."""
+
+    run: bool
+    key: str
+    reasons: tuple[str, ...]
+    outputs: Mapping[str, Any] | None = None  # when cached
+    result: str | None = None  # result digest when cached
+    reused_build: Built | None = None  # build mode: reused from another run/target
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
 class HistoryEntry(NamedTuple):
     """One attempt of a component at a deployment+target (the `history`
     table: every success, failure, cancellation, destroy and drift)."""
