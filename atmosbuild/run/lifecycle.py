@@ -390,8 +390,60 @@ class Destroy(Rollout):
             self.results[nid] = _Result(last.result, dict(last.outputs)) if last else _Result("", {})
 
     def dep_outputs(self, node) -> dict:
-        return {(self.graph.nodes.get(d) or self.standing[d]).cid: self.results[d].outputs
-                for d in node.deps}
+        return {self.dep_node(d).cid: self.results[d].outputs for d in node.deps}
+
+    def dep_node(self, dep: str):
+        return self.graph.nodes.get(dep) or self.standing.get(dep)
+
+    def _upstream_key(self, dep: str) -> str:
+        # A sensitive output an upstream's state holds only a marker for is
+        # read back from its Terraform state (Rollout._recover) and checked
+        # against the result recorded with this key: its upstreams go after
+        # it, so the key is the applied one, not a decision of this run.
+        return self.rebuilder.applied(self.dep_node(dep)).key
+
+    def _materialize(self, node, workdir: str):
+        # That read-back copied the upstream's source here first; its own
+        # destroy comes later and copies it afresh.
+        if os.path.isdir(workdir):
+            import shutil
+
+            shutil.rmtree(workdir)
+        return super()._materialize(node, workdir)
+
+    def _spec_for(self, nid: str):
+        from ..state.rebuild import marked_outputs
+
+        spec = super()._spec_for(nid)
+        last = self.rebuilder.applied(self.graph.nodes[nid])
+        own = marked_outputs(last.outputs) if last else frozenset()
+        if own:
+            prepare = spec.prepare
+
+            def masking_its_own_secrets() -> None:
+                spec.secrets.extend(self._own_secrets(nid, own))
+                prepare()
+
+            spec.prepare = masking_its_own_secrets
+        return spec
+
+    def _own_secrets(self, nid: str, names) -> list[str]:
+        """The node's own sensitive outputs, read back from its state (its
+        destroy plan prints the attributes they were built from)."""
+        from ..sources import source_dir
+        from ..state.rebuild import _texts, is_marker
+
+        node = self.graph.nodes[nid]
+        outputs = self.results[nid].outputs  # (a dependent may have read them back already)
+        if any(is_marker(outputs.get(n)) for n in names):
+            src = source_dir(self.root, self.state_dir, node.component.source, node.local)
+            ctx = self._context(node, self.decisions[nid].key, dict(node.component.vars), "", src)
+            outputs = node.ctype.recover_outputs(ctx) or {}
+        texts: list[str] = []
+        for name in names:
+            if outputs.get(name) is not None and not is_marker(outputs[name]):
+                _texts(outputs[name], texts)
+        return texts + [json.dumps(t)[1:-1] for t in texts]
 
     def verb_run(self, comp):
         return getattr(comp, "destroy", None)

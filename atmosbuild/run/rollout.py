@@ -200,6 +200,11 @@ class Rollout(ScheduleHooks):
         """Upstream id -> outputs, for rendering the node's vars, env and run."""
         return {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
 
+    def dep_node(self, dep: str):
+        """The action node of dependency `dep` (destroy: also one outside
+        the selection, left standing), or None."""
+        return self.graph.nodes.get(dep)
+
     def verb_invocations(self, node, ctx):
         return node.ctype.invocations(ctx)
 
@@ -440,7 +445,7 @@ class Rollout(ScheduleHooks):
         if not refs:
             return outputs
         for dep in node.deps:
-            up = self.graph.nodes.get(dep)
+            up = self.dep_node(dep)
             res = self.results.get(dep)
             if up is None or res is None:
                 continue
