@@ -346,3 +346,44 @@ def test_destroy_reads_an_upstreams_sensitive_output_back_from_its_state(ws, tf,
         assert "destroyed" not in rows["terraform/db"]
     no_secret_anywhere(ws, first, proc, status)
     assert SECRET not in "\n".join(p.read_text(errors="replace") for p in (ws.state / "logs").rglob("*.log"))
+
+
+def test_destroy_refuses_a_sensitive_output_that_changed_outside_atmosbuild(ws, tf, env):
+    """The value read back is checked against the result recorded at apply:
+    an upstream state edited since (here: its password) fails the
+    dependent's destroy, naming why, and destroys nothing."""
+    out = ws.root.parent / "out"
+    out.mkdir()
+    secret_chain(ws, out)
+    assert run(ws, env, "rollout", "//app:dev").returncode == 0
+    path = ws.state / "tfstate" / "app" / "terraform" / "db" / "dev" / "terraform.tfstate"
+    state = json.loads(path.read_text())
+    state["outputs"]["password"]["value"] = "pw-edited-by-hand"
+    path.write_text(json.dumps(state))
+    proc = run(ws, env, "destroy", "//app:dev", "--yes", "-j1", "--only", "command/notify")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "differ from the recorded ones" in proc.stdout + proc.stderr
+    assert not (out / "seen.txt").exists()
+    status = run(ws, env, "status", "//app:dev")
+    assert "destroyed" not in status.stdout
+    assert "pw-edited-by-hand" not in proc.stdout + proc.stderr
+
+
+def test_output_masks_sensitive_values_unless_asked_then_reads_them_from_the_state(ws, tf, env):
+    out = ws.root.parent / "out"
+    out.mkdir()
+    secret_chain(ws, out)
+    assert run(ws, env, "rollout", "//app:dev").returncode == 0
+    listed = run(ws, env, "output", "//app:dev", "terraform/db")
+    assert listed.returncode == 0 and listed.stdout == 'password = <sensitive>\nplain = "plain-db"\n'
+    masked = run(ws, env, "output", "//app:dev", "terraform/db", "--json")
+    assert json.loads(masked.stdout) == {"password": "<sensitive>", "plain": "plain-db"}
+    refused = run(ws, env, "output", "//app:dev", "terraform/db", "password")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--show-sensitive" in refused.stderr
+    no_secret_anywhere(ws, listed, masked, refused)
+    one = run(ws, env, "output", "//app:dev", "terraform/db", "password", "--show-sensitive")
+    assert one.returncode == 0 and one.stdout == SECRET + "\n"
+    every = run(ws, env, "output", "//app:dev", "terraform/db", "--json", "--show-sensitive")
+    assert json.loads(every.stdout) == {"password": SECRET, "plain": "plain-db"}
+    # Asked for, printed; still written nowhere.
+    no_secret_anywhere(ws)
