@@ -387,3 +387,28 @@ def test_output_masks_sensitive_values_unless_asked_then_reads_them_from_the_sta
     assert json.loads(every.stdout) == {"password": SECRET, "plain": "plain-db"}
     # Asked for, printed; still written nowhere.
     no_secret_anywhere(ws)
+
+
+def test_a_components_own_sensitive_outputs_are_masked_when_terraform_plans_it_again(ws, tf, env):
+    """Terraform's plan of a component that is already applied (a preview,
+    a re-apply, a destroy) prints the attributes its sensitive outputs were
+    built from, in clear (terraform_data's `output` here): atmosbuild reads
+    the recorded ones back from the state and masks them."""
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db"}}})
+    first = run(ws, env, "rollout", "//app:dev")
+    assert first.returncode == 0, first.stdout + first.stderr
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db2"}}})
+    preview = run(ws, env, "preview", "//app:dev")
+    assert preview.returncode == 0 and "would-change" in preview.stdout, preview.stdout + preview.stderr
+    assert "***" in preview.stdout  # (the old value was there: it is masked)
+    again = run(ws, env, "rollout", "//app:dev")
+    assert again.returncode == 0 and "1 to change" in again.stdout, again.stdout + again.stderr
+    assert "***" in again.stdout
+    gone = run(ws, env, "destroy", "//app:dev", "--yes")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    for proc in (preview, again, gone):
+        assert "pw-db-Zq8" not in proc.stdout + proc.stderr and "pw-db2-Zq8" not in proc.stdout + proc.stderr
+    logs_text = "\n".join(p.read_text(errors="replace") for p in (ws.state / "logs").rglob("*.log"))
+    assert "pw-db-Zq8" not in logs_text and "pw-db2-Zq8" not in logs_text
+    no_secret_anywhere(ws)

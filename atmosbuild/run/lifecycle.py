@@ -411,40 +411,6 @@ class Destroy(Rollout):
             shutil.rmtree(workdir)
         return super()._materialize(node, workdir)
 
-    def _spec_for(self, nid: str):
-        from ..state.rebuild import marked_outputs
-
-        spec = super()._spec_for(nid)
-        last = self.rebuilder.applied(self.graph.nodes[nid])
-        own = marked_outputs(last.outputs) if last else frozenset()
-        if own:
-            prepare = spec.prepare
-
-            def masking_its_own_secrets() -> None:
-                spec.secrets.extend(self._own_secrets(nid, own))
-                prepare()
-
-            spec.prepare = masking_its_own_secrets
-        return spec
-
-    def _own_secrets(self, nid: str, names) -> list[str]:
-        """The node's own sensitive outputs, read back from its state (its
-        destroy plan prints the attributes they were built from)."""
-        from ..sources import source_dir
-        from ..state.rebuild import _texts, is_marker
-
-        node = self.graph.nodes[nid]
-        outputs = self.results[nid].outputs  # (a dependent may have read them back already)
-        if any(is_marker(outputs.get(n)) for n in names):
-            src = source_dir(self.root, self.state_dir, node.component.source, node.local)
-            ctx = self._context(node, self.decisions[nid].key, dict(node.component.vars), "", src)
-            outputs = node.ctype.recover_outputs(ctx) or {}
-        texts: list[str] = []
-        for name in names:
-            if outputs.get(name) is not None and not is_marker(outputs[name]):
-                _texts(outputs[name], texts)
-        return texts + [json.dumps(t)[1:-1] for t in texts]
-
     def verb_run(self, comp):
         return getattr(comp, "destroy", None)
 
