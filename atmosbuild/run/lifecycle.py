@@ -396,8 +396,15 @@ class Destroy(Verb):
             last = r.decider.applied(node)
             r.results[nid] = NodeResult(last.result, dict(last.outputs)) if last else NO_RESULT
 
-    def node_of(self, nid: str):
-        return self.rollout.graph.nodes.get(nid) or self.standing[nid]
+    def dep_node(self, dep: str):
+        return self.rollout.graph.nodes.get(dep) or self.standing.get(dep)
+
+    def upstream_key(self, dep: str) -> str:
+        # A sensitive output an upstream's state holds only a marker for is
+        # read back from its Terraform state (Rollout._recover) and checked
+        # against the result recorded with this key: its upstreams go after
+        # it, so the key is the applied one, not a decision of this run.
+        return self.rollout.decider.applied(self.dep_node(dep)).key
 
     def own_run(self, comp):
         return getattr(comp, "destroy", None)

@@ -123,9 +123,15 @@ class Verb:
             r.record_reused_build(nid, decision)
         return False
 
-    def node_of(self, nid: str):
-        """A dependency's node (destroy: also the standing ones outside the selection)."""
-        return self.rollout.graph.nodes[nid]
+    def dep_node(self, dep: str):
+        """The node of dependency `dep` (destroy: also one outside the
+        selection, left standing), or None."""
+        return self.rollout.graph.nodes.get(dep)
+
+    def upstream_key(self, dep: str) -> str:
+        """The key an upstream's recorded result was made with (its
+        decision in this rollout; destroy: the applied one)."""
+        return self.rollout.decisions[dep].key
 
     def own_run(self, comp):
         """The component's own argv this verb renders into ctx.run."""
@@ -339,6 +345,7 @@ class Rollout(ScheduleHooks):
         # Reading back an upstream's sensitive outputs (workers of its
         # dependents may ask at once): once per upstream and rollout.
         self._recover_lock = threading.Lock()
+        self._read_back: set[str] = set()  # workdirs copied for that (made afresh if the node runs)
         self.verb = verb if verb is not None else Verb()
         self.verb.bind(self)
 
@@ -572,10 +579,17 @@ class Rollout(ScheduleHooks):
                           bool(getattr(self.console, "color", False)), self.options.verb)
 
     def materialize(self, node, workdir: str) -> str | None:
-        """Copy the node's source into `workdir`; its source directory."""
+        """Copy the node's source into `workdir`; its source directory. A
+        copy already there was made to read an output back (destroy: before
+        the node's own turn): it is made afresh."""
         from ..sources import is_remote, shown_source, source_dir
 
         comp = node.component
+        if workdir in self._read_back:
+            import shutil
+
+            self._read_back.discard(workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
         try:
             src_dir = source_dir(self.root, self.state_dir, comp.source, node.local)
             self.copied += materialize(src_dir, workdir, node.local["files"], shown_source(comp.source))
@@ -589,8 +603,8 @@ class Rollout(ScheduleHooks):
 
     def dep_outputs(self, node, deps) -> dict:
         """Upstream id -> outputs, for rendering the node's vars, env and run."""
-        node_of, results = self.verb.node_of, self.results
-        return {node_of(d).cid: results[d].outputs for d in deps}
+        dep_node, results = self.verb.dep_node, self.results
+        return {dep_node(d).cid: results[d].outputs for d in deps}
 
     def _upstream_outputs(self, node, deps, refs) -> dict:
         """Each dependency's outputs as this node renders them: sensitive
@@ -603,7 +617,7 @@ class Rollout(ScheduleHooks):
         if not refs:
             return outputs
         for dep in deps:
-            up = self.graph.nodes.get(dep)
+            up = self.verb.dep_node(dep)
             res = self.results.get(dep)
             if up is None or res is None:
                 continue
@@ -620,18 +634,20 @@ class Rollout(ScheduleHooks):
     def _recover(self, node, dep: str, res: NodeResult, output: str) -> NodeResult:
         from ..graph.keys import result_digest
 
-        up = self.graph.nodes[dep]
+        up = self.verb.dep_node(dep)
         hint = (f"needs the sensitive output '{output.split('.', 1)[0]}' of {up.cid}, which state never "
                 f"holds in clear, and {up.cid} did not run in this rollout")
         again = (f"run both again: atmosbuild rollout {node.label} --force --only {node.cid} "
                  f"(runs {node.cid} and what it depends on)")
         recovered = None
-        up = self.decider.action_node(dep)  # (a record compiles it now)
-        key = self.decisions[dep].key
+        if dep in self.graph.nodes:
+            up = self.decider.action_node(dep)  # (a record compiles it now)
+        key = self.verb.upstream_key(dep)
         if getattr(up, "ctype", None) is not None:
             site = self.site(up)
-            ctx = action_context(up, key, dict(up.component.vars), site, "",
-                                 self.materialize(up, action_workdir(site, up)))
+            workdir = action_workdir(site, up)
+            ctx = action_context(up, key, dict(up.component.vars), site, "", self.materialize(up, workdir))
+            self._read_back.add(workdir)
             recovered = up.ctype.recover_outputs(ctx)
         if recovered is None:
             raise ValueError(f"{hint}; its type cannot read it back: {again}")
@@ -672,7 +688,34 @@ class Rollout(ScheduleHooks):
         spec.collect = partial(self._collect, nid)
         return spec
 
+    def _recorded_secrets(self, nid: str) -> list[str]:
+        """The node's own sensitive outputs as its last apply left them
+        (state holds markers), read back from its type: Terraform's plan of
+        it -- an apply, a preview, a check, a destroy -- prints the
+        attributes they were built from, in clear."""
+        from ..state.rebuild import _texts, is_marker, marked_outputs
+
+        node = self.graph.nodes[nid]
+        last = self.decider.applied(node) if getattr(node, "ctype", None) is not None else None
+        names = marked_outputs(last.outputs) if last is not None else ()
+        if not names:
+            return []
+        res = self.results.get(nid)  # (destroy: a dependent may have read them back already)
+        outputs = res.outputs if res is not None else {}
+        if any(outputs.get(n) is None or is_marker(outputs.get(n)) for n in names):
+            from ..sources import source_dir
+
+            src = source_dir(self.root, self.state_dir, node.component.source, node.local)
+            ctx = action_context(node, last.key, dict(node.component.vars), self.site(node), "", src)
+            outputs = node.ctype.recover_outputs(ctx) or {}
+        texts: list[str] = []
+        for name in names:
+            if outputs.get(name) is not None and not is_marker(outputs[name]):
+                _texts(outputs[name], texts)
+        return texts + [json.dumps(t)[1:-1] for t in texts]
+
     def _prepare(self, spec: ActionSpec, nid: str, refs) -> None:
+        self.secrets[nid].extend(self._recorded_secrets(nid))
         node = self.graph.nodes[nid]
         outputs = self._upstream_outputs(node, node.deps, refs)
         prepared = prepare_action(
