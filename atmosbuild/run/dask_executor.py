@@ -45,7 +45,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 from ..errors import AtmosError
 from .events import CANCELLED, FAILED, SUCCEEDED, Finished
 from .process import ActionSpec, RunnerBase, _log_tail, make_masker
-from .remote import LOST, Result, Task, run_action, stop_actions
+from .remote import LOST, Result, Task, run_action, running_tokens, stop_actions
 from .ui import Console
 from .workspace import META_DIR
 
@@ -247,7 +247,8 @@ class DaskRunner(RunnerBase):
             cwd=spec.cwd, env={k: v for k, v in env.items() if self._base_env.get(k) != v},
             steps=[(tuple(s.argv), s.capture, s.log) for s in spec.steps],
             outputs_path=env.get("ATMOS_OUTPUTS", os.path.join(workspace, META_DIR, "outputs.json")),
-            timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets))
+            timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets),
+            grace=self.grace_period)
 
     def _submit(self, action: _Remote, task: Task) -> None:
         with self._lock:
@@ -509,6 +510,56 @@ class DaskRunner(RunnerBase):
             client.run_on_scheduler(_forget, self._topic, claims)
         except Exception:
             pass
+        try:
+            client.close(timeout=CONNECT_TIMEOUT)
+        except Exception:
+            pass
+
+
+PREDECESSOR_WAIT = 60.0  # seconds a rollout waits for a killed one's tasks to stop
+
+
+def wait_for_predecessor(record: str, label: str, on_wait: Callable[[str], None] | None = None,
+                         bound: float = PREDECESSOR_WAIT) -> None:
+    """`record` ("EXECUTOR TOPIC", lock.py) names the tasks of a rollout that
+    held this lock and ended without saying they were all over (it was
+    killed). Its workers stop them once they see that no client wants them
+    (remote.py), after the grace period at most: wait until none of them
+    runs on any worker, `bound` seconds at most (then LockedError, exit 3).
+    A cluster that cannot be asked is said so and not waited for."""
+    from ..errors import LockedError
+
+    executor, _, topic = record.partition(" ")
+    if not executor.startswith("dask://") or not topic:
+        return
+    try:
+        client = connect(executor)
+    except ExecutorError as exc:
+        if on_wait is not None:
+            on_wait(f"a killed rollout of {label} ran actions on {executor}, which cannot be asked "
+                    f"whether they still run ({exc}); going on")
+        return
+    try:
+        deadline = time.monotonic() + bound
+        told = False
+        while True:
+            try:
+                found = client.run(running_tokens, topic + "-")
+            except Exception:
+                return  # the cluster went away: so did its actions
+            left = sorted(f"{node} on {worker}" for worker, items in found.items() for _, node in items)
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise LockedError(f"{label}: actions of a killed rollout still run on the Dask cluster "
+                                  f"{executor} after {bound:g} s: {', '.join(left)}; stop them there, "
+                                  "then run again")
+            if not told and on_wait is not None:
+                on_wait(f"waiting for the actions of a killed rollout of {label} to stop on "
+                        f"{executor}: {', '.join(left)}")
+                told = True
+            time.sleep(0.2)
+    finally:
         try:
             client.close(timeout=CONNECT_TIMEOUT)
         except Exception:

@@ -16,6 +16,14 @@ it `timeout_grace` seconds later, failures are retried per `retries`
 anywhere: into the log returned at the end, and (streaming) to the client as
 Dask events on the rollout's topic, a batch every STREAM_SECONDS.
 
+An action outlives no client: Dask releases a task's key when the client
+that wanted it is gone (a `kill -9` closes its connection; the worker's
+state for the key turns `cancelled` within milliseconds), and a watcher
+here asks every WANTED_SECONDS whether each running action's key is still
+wanted; one that is not is stopped as on Ctrl-C (signal, the task's grace
+period, SIGKILL). `running_tokens` says which actions of a rollout still run
+here (dask_executor.wait_for_predecessor).
+
 A stop (Ctrl-C on the client) reaches a running action through
 `stop_action`, which the client runs on every worker (`Client.run`, outside
 the task queue, so a worker whose threads are all busy still hears it): it
@@ -48,6 +56,7 @@ from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from .process import make_masker, retry_again
 from .step import Executables, Step, Supervisor, killpg, run_step, sweep_and_reap
 
+WANTED_SECONDS = 0.5  # how often a running action checks that its client still wants it
 STREAM_SECONDS = 0.1  # console lines are sent to the client in batches at most this old
 STOPPED_MEMORY_SECONDS = 3600.0  # how long a stop for an action not (yet) started is remembered
 TIMEOUT_GRACE = 2.0  # as ProcessRunner.timeout_grace: SIGTERM on timeout, SIGKILL this much later
@@ -86,6 +95,7 @@ class Task:
     retries: int = 0
     secrets: Sequence[str] = ()
     claim: str = ""  # a Dask Event name: set when the action starts (see run_action)
+    grace: float = 10.0  # SIGTERM, then SIGKILL this much later, when it is stopped
 
 
 @dataclass
@@ -109,8 +119,12 @@ class Result:
 class _Running(Supervisor):
     """An action running on this worker; fields below `mask` guarded by _LOCK."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, node: str = "", wanted: Callable[[], bool] | None = None,
+                 grace: float = 10.0) -> None:
         self.token = token
+        self.node = node
+        self.wanted = wanted  # whether a client still waits for this action (None: always)
+        self.grace = grace
         self.proc: subprocess.Popen | None = None
         self.stop_signal: int | None = None
         self.attempt = 0
@@ -178,17 +192,20 @@ def unpack(archive: bytes, into: str) -> None:
 
 def execute(task: Task, *, where: str, local_dir: str | None = None,
             publish: Callable[[Any], None] | None = None, base_env: dict | None = None,
-            gate: Callable[[], bool] | None = None) -> Result:
+            gate: Callable[[], bool] | None = None, wanted: Callable[[], bool] | None = None) -> Result:
     """Run the task's steps in a private copy of its files; never raises for
     what the action does (a failure is a Result). `gate()`, asked after the
-    files are unpacked and before anything runs, may refuse (see run_action)."""
+    files are unpacked and before anything runs, may refuse (see run_action).
+    `wanted()`, asked every WANTED_SECONDS while it runs: False stops it."""
     started = time.time()
     mask = make_masker(task.secrets)
-    running = _Running(task.token)
+    running = _Running(task.token, task.node, wanted, task.grace)
     with _LOCK:
         if _STOPPED.pop(task.token, None) is not None:
             return Result(CANCELLED, None, "cancelled", where, started=started, finished=started)
         _RUNNING[task.token] = running
+    if wanted is not None:
+        _WATCHER.ensure()
     stream = _Stream(publish, task.token)
     log = io.StringIO()
     ws = tempfile.mkdtemp(prefix="atmos-action-", dir=local_dir)
@@ -331,7 +348,46 @@ def _kill(running: _Running, proc: subprocess.Popen | None = None) -> None:
             killpg(running.proc.pid, signal.SIGKILL)
 
 
-def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: float = 10.0) -> int:
+class _Watcher:
+    """One thread per worker process, started with the first action that has
+    a client to outlive: stops the running actions no client wants."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def ensure(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="atmosbuild wanted", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(WANTED_SECONDS)
+            with _LOCK:
+                watched = [r for r in _RUNNING.values() if r.wanted is not None and r.stop_signal is None]
+            for running in watched:
+                try:
+                    gone = not running.wanted()
+                except Exception:
+                    gone = False  # cannot tell: keep it (the client's stop still reaches it)
+                if gone:
+                    stop_action([running.token], signal.SIGTERM, running.grace, remember=False)
+
+
+_WATCHER = _Watcher()
+
+
+def running_tokens(prefix: str) -> list[tuple[str, str]]:
+    """(token, node) of the actions running here whose token starts with
+    `prefix` (one rollout's: its topic). Called via Client.run."""
+    with _LOCK:
+        return sorted((t, r.node) for t, r in _RUNNING.items() if t.startswith(prefix))
+
+
+def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: float = 10.0, *,
+                remember: bool = True) -> int:
     """Stop the actions running here under `tokens`: signal each step's
     group once, SIGKILL it after `grace` seconds. A token not running here
     is remembered, so that run ends at once if it starts later. Returns how
@@ -342,7 +398,8 @@ def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: floa
         for token in tokens:
             running = _RUNNING.get(token)
             if running is None:
-                _STOPPED[token] = now
+                if remember:
+                    _STOPPED[token] = now
                 continue
             found += 1
             if running.stop_signal is None or signum == signal.SIGKILL:
@@ -377,6 +434,14 @@ def run_action(task: Task) -> Result:
 
     worker = get_worker()
     where = worker.address
+    key = worker.get_current_task()
+
+    def wanted() -> bool:
+        # executing (or resumed: released, then wanted again); `cancelled`
+        # once no client wants the key, e.g. when its client died.
+        state = worker.state.tasks.get(key)
+        return state is not None and state.state in ("executing", "long-running", "resumed")
+
     gate = None
     if task.claim:
         claim = _claim(worker, task.claim)
@@ -390,7 +455,8 @@ def run_action(task: Task) -> Result:
             worker.log_event(task.topic, msg)
 
         publish(["start", task.token, where])
-    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate)
+    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate,
+                     wanted=wanted)
     if publish is not None and _size(result) <= PUSH_LIMIT:
         try:
             publish(["result", task.token, asdict(result)])

@@ -247,7 +247,7 @@ class Rollout(ScheduleHooks):
         # flock, a shared store's session): the locks stay held until the
         # last of them exits, even if we are killed (lock.py, postgres.py).
         runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
-                     on_processes=self._note_processes)
+                     on_processes=self._note_processes, on_remote=self._note_remote)
         unwatch = None
         watch = getattr(self.store, "watch", None)  # a shared store's session
         if watch is not None and isinstance(runner, ProcessRunner):
@@ -276,6 +276,13 @@ class Rollout(ScheduleHooks):
             note = getattr(lock, "note_running", None)
             if note is not None:
                 note(processes)
+
+    def _note_remote(self, where: str) -> None:
+        """The actions run on a cluster (lock.py: a rollout after a kill -9 of this one waits for them)."""
+        for lock in self.locks:
+            note = getattr(lock, "note_remote", None)
+            if note is not None:
+                note(where)
 
     # -- scheduler callbacks --------------------------------------------------
 
