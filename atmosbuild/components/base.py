@@ -15,6 +15,13 @@ from typing import Any, Mapping, Sequence
 
 from ..state.store import APPLY, BUILD
 
+# Stands for the directory a Dask worker keeps for atmosbuild under its
+# --local-directory, in the env and argv of an action that runs remotely
+# (run/remote.py rewrites it there): what persists on that worker between
+# actions (terraform's plugin cache and its locks). An env value with it
+# names a directory, which the worker makes if missing.
+WORKER_DIR = "/@atmos-worker-dir@"
+
 # (the modes are re-exported: component types import them from here)
 __all__ = ["APPLY", "BUILD", "ActionContext", "CompileEnv", "Compiled", "ComponentType", "Invocation",
            "parse_json_object",
@@ -59,6 +66,12 @@ class ActionContext:
     verb: str = "apply"  # apply | preview | destroy | check (SPEC 10)
     # preview/check: where the plan goes; apply --from-preview: the reviewed plan to apply
     plan_file: str = ""
+    executor: str = "local"  # where the steps run: here, or on a Dask worker (dask://HOST:PORT)
+
+    @property
+    def remote(self) -> bool:
+        """The steps run on another machine: paths under STATE_DIR are not theirs."""
+        return self.executor != "local"
 
 
 @dataclass
@@ -159,6 +172,18 @@ class ComponentType:
 
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         return {}
+
+    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str,
+                       verb: str) -> str | None:
+        """Why this component cannot run `verb` on a remote executor (Dask),
+        or None: asked before a rollout on one runs anything."""
+        return None
+
+    def returned_files(self, ctx: ActionContext) -> list[str]:
+        """Files the steps write in the workspace that must come back from
+        a remote worker after a success (terraform: the lock file init
+        wrote), before `outputs` reads them."""
+        return []
 
     def prepare(self, ctx: ActionContext) -> None:
         """Write type-specific files into the workdir before running."""

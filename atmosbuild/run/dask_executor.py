@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import tarfile
 import threading
 import time
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..errors import AtmosError
+from ..fileops import write_atomic
 from .events import CANCELLED, FAILED, SUCCEEDED, Finished
 from .process import ActionSpec, RunnerBase, _log_tail, make_masker
 from .remote import LOST, Result, Task, run_action, running_tokens, stop_actions
@@ -54,6 +56,7 @@ CHECK_SECONDS = 0.5  # how often the scheduler is asked which workers are alive
 RESOURCE_WAIT = 10.0  # an action whose resources no worker offers fails after this long
 SHIP_LIMIT = 64 * 2**20  # bytes of files an action may ship to a worker
 PIP_HINT = "pip install 'atmosbuild[dask]'"
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # atmosbuild/, as in argv
 
 
 class ExecutorError(AtmosError):
@@ -248,7 +251,8 @@ class DaskRunner(RunnerBase):
             steps=[(tuple(s.argv), s.capture, s.log) for s in spec.steps],
             outputs_path=env.get("ATMOS_OUTPUTS", os.path.join(workspace, META_DIR, "outputs.json")),
             timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets),
-            grace=self.grace_period)
+            grace=self.grace_period, returns=tuple(getattr(spec, "returns", ())),
+            python=sys.executable, package=_PACKAGE)
 
     def _submit(self, action: _Remote, task: Task) -> None:
         with self._lock:
@@ -311,6 +315,9 @@ class DaskRunner(RunnerBase):
                 if outputs and result.outputs is not None:
                     with open(outputs, "wb") as fh:
                         fh.write(result.outputs)
+                for path, content in result.returned.items():  # files the steps wrote there
+                    if path in action.spec.returns:
+                        write_atomic(path, content)
                 if action.spec.collect is not None:
                     try:
                         value = action.spec.collect(result.captured)
@@ -616,7 +623,18 @@ def pack(workspace: str, workdir: str, mentions: Sequence[str], limit: int = SHI
                       "to a Dask worker: make its source smaller, or run it with `executor: local`")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-        if os.path.isdir(workdir):
+        real = os.path.realpath(workdir)
+        if os.path.islink(workdir) and real.startswith(os.path.realpath(workspace) + os.sep):
+            # A link to a tree elsewhere in the workspace (terraform's mirror
+            # of the root's layout): that tree, and the link made relative.
+            inside = os.path.relpath(real, os.path.realpath(workspace)).split(os.sep)
+            top = inside[:2] if inside[0] == META_DIR else inside  # the whole mirror: its modules too
+            tar.add(os.path.join(os.path.realpath(workspace), *top), arcname=os.path.join(*top))
+            link = tarfile.TarInfo(os.path.relpath(workdir, workspace))
+            link.type, link.linkname = tarfile.SYMTYPE, os.path.relpath(real, os.path.dirname(
+                os.path.join(os.path.realpath(workspace), os.path.relpath(workdir, workspace))))
+            tar.addfile(link)
+        elif os.path.isdir(workdir):
             tar.add(workdir, arcname=os.path.relpath(workdir, workspace))
         for path in files:
             tar.add(path, arcname=os.path.relpath(path, workspace))

@@ -65,6 +65,7 @@ class ActionSpec:
     prepare: Callable[[], None] | None = None
     collect: Callable[[str | None], Any] | None = None
     resources: Mapping[str, float] = field(default_factory=dict)  # Dask worker resources it needs
+    returns: Sequence[str] = ()  # files in the workspace that come back from a remote worker
 
 
 @dataclass

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Sequence
 
+from ..components.base import WORKER_DIR
 from .alarms import Alarm, Alarms
 from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from .process import make_masker, retry_again
@@ -96,6 +97,9 @@ class Task:
     secrets: Sequence[str] = ()
     claim: str = ""  # a Dask Event name: set when the action starts (see run_action)
     grace: float = 10.0  # SIGTERM, then SIGKILL this much later, when it is stopped
+    returns: Sequence[str] = ()  # files (client paths, in the workspace) that come back after a success
+    python: str = ""  # the client's interpreter and atmosbuild package directory: in argv,
+    package: str = ""  # they become the worker's (our helper scripts: flockrun.py, exitmap.py)
 
 
 @dataclass
@@ -111,6 +115,7 @@ class Result:
     shown: list[str] = field(default_factory=list)
     captured: str | None = None  # the stdout of the `capture` steps, joined
     outputs: bytes | None = None  # the outputs file ($ATMOS_OUTPUTS), if written
+    returned: dict = field(default_factory=dict)  # Task.returns (client path) -> content, those that exist
     attempts: int = 0
     started: float = 0.0  # the worker's wall clock
     finished: float = 0.0
@@ -221,14 +226,24 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
         if gate is not None and not gate():
             return Result(FAILED, None, LOST, where, started=started, finished=time.time())
 
+        mine = os.path.join(local_dir or tempfile.gettempdir(), "atmosbuild")
+
         def local(text: str) -> str:
-            return text.replace(task.workspace, ws)
+            return text.replace(task.workspace, ws).replace(WORKER_DIR, mine)
 
         env = dict(os.environ if base_env is None else base_env)
         env.update({k: local(v) for k, v in task.env.items()})
         env[WORKER_ENV] = where
-        steps = [Step(tuple(local(a) for a in argv), *flags) for argv, *flags in task.steps]
+        steps = [Step(_own_tools(task, tuple(local(a) for a in argv)), *flags) for argv, *flags in task.steps]
         cwd = local(task.cwd)
+        missing = _missing_tool(steps, env, where)
+        if missing:
+            log.write(mask(missing) + "\n")
+            return Result(FAILED, None, mask(missing), where, log.getvalue(), started=started,
+                          finished=time.time())
+        for name, value in task.env.items():  # WORKER_DIR in the env names directories: made here
+            if WORKER_DIR in value:
+                os.makedirs(env[name], exist_ok=True)
         attempt = 0
         status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)
         while retry_again(status, attempt, task.retries) and not running.stopping():
@@ -246,10 +261,20 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
                 pass
             except OSError as exc:
                 status, message = FAILED, f"cannot read the outputs file on {where}: {exc.strerror}"
+        returned = {}
+        if status == SUCCEEDED:
+            for path in task.returns:
+                try:
+                    with open(local(path), "rb") as fh:
+                        returned[path] = fh.read()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    status, message = FAILED, f"cannot read {os.path.basename(path)} on {where}: {exc.strerror}"
         stream.close()
         stream.flush()
         return Result(status, code, mask(message), where, log.getvalue(), list(stream.lines), captured,
-                      outputs, attempt + 1, started, time.time())
+                      outputs, returned, attempt + 1, started, time.time())
     finally:
         stream.close()
         with _LOCK:
@@ -257,6 +282,44 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
             for alarm in running.alarms:
                 alarm.cancel()
         _JANITOR.remove(ws)
+
+
+_HELPERS = ("flockrun.py", "exitmap.py")  # our wrappers: `python -S -E HELPER ... -- ARGV`
+
+
+def _own_tools(task: Task, argv: tuple) -> tuple:
+    """The client's interpreter and our helper scripts in `argv` become this
+    worker's (the same atmosbuild, installed elsewhere maybe)."""
+    if not task.python or not argv or argv[0] != task.python:
+        return argv
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the atmosbuild package
+    return (sys.executable, *(here + a[len(task.package):] if task.package and a.startswith(task.package + os.sep)
+                              else a for a in argv[1:]))
+
+
+def _tool(argv: tuple) -> str:
+    """The program a step runs: argv[0], or what one of our wrappers runs."""
+    if len(argv) > 2 and any(a.endswith(os.sep + h) for a in argv[1:4] for h in _HELPERS) and "--" in argv:
+        rest = argv[argv.index("--") + 1:]
+        return rest[0] if rest else argv[0]
+    return argv[0]
+
+
+def _missing_tool(steps: Sequence[Step], env: dict, where: str) -> str:
+    """Why a step cannot start on this worker (its program is not here), or ""."""
+    for step in steps:
+        tool = _tool(step.argv)
+        if os.sep in tool:
+            if os.path.isabs(tool) and not os.access(tool, os.X_OK):
+                return (f"{tool} is not on worker {where} (or is not executable there): install it "
+                        "there, or give the component `resources:` that only workers with it offer")
+            continue
+        if _EXECUTABLES.find(tool, env.get("PATH")) is None and shutil.which(tool, path=env.get("PATH")) is None:
+            return (f"{tool!r} was not found on PATH on worker {where}: install it there, or give the "
+                    "component `resources:` that only workers with it offer")
+    return ""
 
 
 class _Janitor:

@@ -130,6 +130,8 @@ class Rollout(ScheduleHooks):
     # -- the run ----------------------------------------------------------------
 
     def run(self) -> int:
+        if self.options.executor != "local":
+            self._check_remote()
         with ExitStack() as stack:
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
@@ -154,6 +156,24 @@ class Rollout(ScheduleHooks):
                 except StoreLost:
                     pass  # (the run is recorded; only the shortcut for the next one is lost)
             return code
+
+    def _check_remote(self) -> None:
+        """Before anything runs or is recorded: every component can run on
+        the remote executor (a terraform one on the default local backend
+        would leave its state on a worker)."""
+        from ..errors import ConfigError
+
+        verb = "apply --from-preview" if self.options.from_preview else self.options.verb
+        for nid in sorted(self.graph.nodes):
+            node = self.graph.nodes[nid]
+            comp = node.component
+            if getattr(node, "ctype", None) is None:
+                continue  # (a recorded node: its record only)
+            problem = node.ctype.remote_problem(comp, self.options.settings.get(comp.type, {}),
+                                                node.deployment, node.target, verb)
+            if problem:
+                raise ConfigError(f"{node.cid} at {node.label} cannot run on executor "
+                                  f"{self.options.executor}: {problem}")
 
     def _lock(self, stack: ExitStack, deployment: str, target: str, label: str) -> None:
         """This machine's lock (held by the actions too, even past a kill -9
@@ -418,7 +438,7 @@ class Rollout(ScheduleHooks):
             component=_local_component(self.root, comp, src_dir),
             ingredients=node.local, extra=node.extra, settings=self.options.settings.get(comp.type, {}),
             color=bool(getattr(self.console, "color", False)), verb=self.options.verb,
-            plan_file=plan_file)
+            plan_file=plan_file, executor=self.options.executor)
 
     def _materialize(self, node, workdir: str) -> str | None:
         """Copy the node's source into `workdir`; its source directory."""
@@ -569,6 +589,7 @@ class Rollout(ScheduleHooks):
             })
             spec.env = full_env
             spec.steps = [Step(tuple(i.argv), i.capture, i.log) for i in self.verb_invocations(node, action_ctx)]
+            spec.returns = node.ctype.returned_files(action_ctx)
 
         def collect(captured: str | None):
             return self.verb_collect(nid, node, ctx(), captured)

