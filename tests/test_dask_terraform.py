@@ -86,7 +86,6 @@ def test_terraform_runs_on_a_worker_with_its_state_in_postgres(ws, dask_cluster,
     assert not (ws.state / "tfstate").exists()
     # The plugin cache and its locks are the worker's own, under its --local-directory.
     assert list((dask_cluster.dir / "worker-tf").rglob("atmosbuild/terraform/plugin-cache"))
-    assert list((dask_cluster.dir / "worker-tf").rglob("atmosbuild/terraform/backend-locks/pg-*.lock"))
     for text in (first.stdout, first.stderr, *(p.read_text() for p in (ws.state / "logs").rglob("*.log"))):
         assert PASSWORD not in text and quote(PASSWORD, safe="") not in text
 
@@ -134,3 +133,51 @@ def test_a_worker_without_terraform_fails_the_action_naming_the_worker(ws, dask_
     assert (f"'terraform' was not found on PATH on worker {dask_cluster.workers['bare']}: install it "
             "there" in proc.stdout), proc.stdout
     assert outputs_of(ws, "terraform/api") == {}
+
+
+def test_providers_install_into_the_workers_cache_and_the_lock_file_comes_back(
+        ws, dask_cluster, pg_server, pg_db, tmp_path):
+    from tfhelpers import PROVIDER_BLOCK, provider_env
+
+    # A provider from a filesystem mirror (its CLI config reaches the worker
+    # through the components' env); two components of one module init at once
+    # on the worker's two threads, into its one plugin cache.
+    tf = provider_env(tmp_path)
+    env = {"TF_CLI_CONFIG_FILE": tf["TF_CLI_CONFIG_FILE"], "TF_DISABLE_PLUGIN_TLS": "1"}
+    ws.write("modules/net/main.tf", PROVIDER_BLOCK + LABEL_MODULE)
+    setup(ws, dask_cluster, pg_backend(pg_server, pg_db), components={
+        name: {"source": "modules/net", "vars": {"name": name}, "env": env, "resources": {"terraform": 1}}
+        for name in ("a", "b")})
+    first = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    lock = ws.root / "modules" / "net" / ".terraform.lock.hcl"
+    assert 'provider "example.com/test/null"' in lock.read_text()  # written by init on the worker
+    cached = list((dask_cluster.dir / "worker-tf").rglob("atmosbuild/terraform/plugin-cache/example.com"))
+    assert cached, "the provider is not in the worker's plugin cache"
+    assert {outputs_of(ws, f"terraform/{n}")["label"] for n in "ab"} == {"a-1", "b-1"}
+    again = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    assert again.returncode == 0 and "0 ran, 2 cached" in again.stdout, again.stdout + again.stderr
+
+
+def test_components_on_one_database_from_two_workers_take_turns(ws, dask_cluster, pg_server, pg_db):
+    # Terraform's pg backend creates its schema, table and a shared sequence
+    # on first init, racing another worker's on the same database (README):
+    # their terraform steps hold a lock of the cluster. Each component on a
+    # worker of its own, at once, both new.
+    second = dask_cluster.start_worker("tf2", "--resources", "terraform2=1", terraform=True)
+    report = ws.root.parent / "report.json"
+    try:
+        setup(ws, dask_cluster, pg_backend(pg_server, pg_db), components={
+            name: {"source": "modules/label", "vars": {"name": name}, "resources": {res: 1}}
+            for name, res in (("a", "terraform"), ("b", "terraform2"), ("c", "terraform"),
+                              ("d", "terraform2"))})
+        proc = ws.run("rollout", "//app:dev", "-j4", "--report", str(report), env=client_env(), timeout=300)
+    finally:
+        stop_process(second)
+        dask_cluster.procs.remove(second)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nodes = json.loads(report.read_text())["nodes"]
+    assert {n["worker"] for n in nodes} == {dask_cluster.workers["tf"], dask_cluster.workers["tf2"]}
+    for name in "abcd":
+        assert pg_state(pg_server, pg_db, f"tf_terraform/{name}")["dev"]["outputs"]["label"]["value"] == \
+            f"{name}-1"

@@ -21,6 +21,10 @@ from ..state.store import APPLY, BUILD
 # actions (terraform's plugin cache and its locks). An env value with it
 # names a directory, which the worker makes if missing.
 WORKER_DIR = "/@atmos-worker-dir@"
+# A flockrun.py argument naming a lock of the whole cluster, not a file: a
+# Dask worker holds it around the step (run/remote.py), so steps on every
+# worker take turns (terraform's `pg` backend: one database, many workers).
+CLUSTER_LOCK = "cluster-lock:"
 
 # (the modes are re-exported: component types import them from here)
 __all__ = ["APPLY", "BUILD", "ActionContext", "CompileEnv", "Compiled", "ComponentType", "Invocation",

@@ -44,7 +44,7 @@ import os
 import sys
 import threading
 
-from .base import (APPLY, WORKER_DIR, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
+from .base import (APPLY, CLUSTER_LOCK, WORKER_DIR, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
 from .tfbackend import (BACKENDS, backend_ingredient, backend_problem, backend_secrets,  # noqa: F401
                         chosen_backend, override_document, state_paths)
@@ -489,16 +489,18 @@ class Terraform(ComponentType):
         (`duplicate key value violates unique constraint
         "pg_class_relname_nsp_index"`, `Already locked for workspace
         creation`, both seen at -j2): every terraform step of components on
-        one database runs one at a time on this machine. Other backends keep
-        each state apart."""
+        one database runs one at a time on this machine (on a Dask cluster:
+        on the whole cluster, a Dask Lock, run/remote.py). Other backends
+        keep each state apart."""
         if backend is None or backend["type"] != "pg":
             return []
         from ..graph.keys import secret_digest
 
         server = (backend.get("config") or {}).get("conn_str") or os.environ.get("PG_CONN_STR", "")
         name = secret_digest(str(server))["sha"][:32]
-        base = WORKER_DIR if ctx.remote else ctx.state_dir
-        return [os.path.join(base, "terraform", "backend-locks", f"pg-{name}.lock")]
+        if ctx.remote:  # workers of one cluster on one database: a lock of the cluster
+            return [f"{CLUSTER_LOCK}pg-{name}"]
+        return [os.path.join(ctx.state_dir, "terraform", "backend-locks", f"pg-{name}.lock")]
 
     def _cache_locks(self, ctx: ActionContext, providers) -> list[str]:
         """An init whose providers are known holds `all` shared and each of

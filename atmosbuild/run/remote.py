@@ -47,11 +47,12 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Sequence
 
-from ..components.base import WORKER_DIR
+from ..components.base import CLUSTER_LOCK, WORKER_DIR
 from .alarms import Alarm, Alarms
 from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from .process import make_masker, retry_again
@@ -197,11 +198,15 @@ def unpack(archive: bytes, into: str) -> None:
 
 def execute(task: Task, *, where: str, local_dir: str | None = None,
             publish: Callable[[Any], None] | None = None, base_env: dict | None = None,
-            gate: Callable[[], bool] | None = None, wanted: Callable[[], bool] | None = None) -> Result:
+            gate: Callable[[], bool] | None = None, wanted: Callable[[], bool] | None = None,
+            hold: Callable | None = None) -> Result:
     """Run the task's steps in a private copy of its files; never raises for
     what the action does (a failure is a Result). `gate()`, asked after the
     files are unpacked and before anything runs, may refuse (see run_action).
-    `wanted()`, asked every WANTED_SECONDS while it runs: False stops it."""
+    `wanted()`, asked every WANTED_SECONDS while it runs: False stops it.
+    `hold(names, give_up)`: a context manager holding the named cluster
+    locks a step asks for (CLUSTER_LOCK), True once held, False if
+    `give_up()` said so first (default: locks of this process only)."""
     started = time.time()
     mask = make_masker(task.secrets)
     running = _Running(task.token, task.node, wanted, task.grace)
@@ -234,7 +239,12 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
         env = dict(os.environ if base_env is None else base_env)
         env.update({k: local(v) for k, v in task.env.items()})
         env[WORKER_ENV] = where
-        steps = [Step(_own_tools(task, tuple(local(a) for a in argv)), *flags) for argv, *flags in task.steps]
+        steps, holds = [], []
+        for argv, *flags in task.steps:
+            argv, names = _cluster_locks(_own_tools(task, tuple(local(a) for a in argv)))
+            steps.append(Step(argv, *flags))
+            holds.append(names)
+        plan = _Plan(steps, holds, hold or _local_hold)
         cwd = local(task.cwd)
         missing = _missing_tool(steps, env, where)
         if missing:
@@ -245,13 +255,13 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
             if WORKER_DIR in value:
                 os.makedirs(env[name], exist_ok=True)
         attempt = 0
-        status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)
+        status, code, message, captured = _attempt(task, running, plan, cwd, env, log, mask, stream)
         while retry_again(status, attempt, task.retries) and not running.stopping():
             attempt += 1
             note = f"retry {attempt}/{task.retries} ({message})"
             log.write(f"--- {note}\n")
             stream.show(note)
-            status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)
+            status, code, message, captured = _attempt(task, running, plan, cwd, env, log, mask, stream)
         outputs = None
         if status == SUCCEEDED:
             try:
@@ -299,12 +309,37 @@ def _own_tools(task: Task, argv: tuple) -> tuple:
                               else a for a in argv[1:]))
 
 
+def _wrapped(argv: tuple) -> int | None:
+    """Where the wrapped argv starts, if `argv` is one of our wrappers."""
+    if len(argv) > 2 and "--" in argv and any(a.endswith(os.sep + h) for a in argv[1:4] for h in _HELPERS):
+        return argv.index("--") + 1
+    return None
+
+
 def _tool(argv: tuple) -> str:
-    """The program a step runs: argv[0], or what one of our wrappers runs."""
-    if len(argv) > 2 and any(a.endswith(os.sep + h) for a in argv[1:4] for h in _HELPERS) and "--" in argv:
-        rest = argv[argv.index("--") + 1:]
-        return rest[0] if rest else argv[0]
+    """The program a step runs: argv[0], or what our wrappers around it run."""
+    start = _wrapped(argv)
+    while start is not None and start < len(argv):
+        argv = argv[start:]
+        start = _wrapped(argv)
     return argv[0]
+
+
+def _cluster_locks(argv: tuple) -> tuple[tuple, tuple[str, ...]]:
+    """flockrun.py's CLUSTER_LOCK arguments are locks of the cluster (held
+    by `hold` around the step, so steps on every worker take turns), not
+    files: (argv without them, their names)."""
+    start = _wrapped(argv)
+    if start is None:
+        return argv, ()
+    head, rest = argv[:start - 1], argv[start:]  # (python, -S, -E, flockrun.py, LOCK...), ARGV
+    names = tuple(a[len(CLUSTER_LOCK):] for a in head if a.startswith(CLUSTER_LOCK))
+    if not names:
+        return argv, ()
+    kept = tuple(a for a in head if not a.startswith(CLUSTER_LOCK))
+    if kept[-1].endswith(os.sep + "flockrun.py"):
+        return rest, names  # no file lock left for flockrun: the command itself
+    return kept + ("--",) + rest, names
 
 
 def _missing_tool(steps: Sequence[Step], env: dict, where: str) -> str:
@@ -360,7 +395,36 @@ class _Janitor:
 _JANITOR = _Janitor()
 
 
-def _attempt(task: Task, running: _Running, steps: list[Step], cwd: str, env: dict, log, mask,
+@dataclass
+class _Plan:
+    steps: list  # step.Step
+    holds: list  # per step: the cluster locks it holds while it runs
+    hold: Callable  # (names, give_up) -> context manager (see execute)
+
+
+_LOCAL_HOLDS: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def _local_hold(names: Sequence[str], give_up: Callable[[], bool]):
+    """`hold` without a cluster: the named locks of this process."""
+    with _LOCK:
+        locks = [_LOCAL_HOLDS.setdefault(n, threading.Lock()) for n in sorted(names)]
+    held = []
+    try:
+        for lock in locks:
+            while not lock.acquire(timeout=0.2):
+                if give_up():
+                    yield False
+                    return
+            held.append(lock)
+        yield True
+    finally:
+        for lock in reversed(held):
+            lock.release()
+
+
+def _attempt(task: Task, running: _Running, plan: _Plan, cwd: str, env: dict, log, mask,
              stream: _Stream) -> tuple[str, int | None, str, str | None]:
     with _LOCK:
         running.attempt, running.timed_out = running.attempt + 1, False
@@ -372,14 +436,20 @@ def _attempt(task: Task, running: _Running, steps: list[Step], cwd: str, env: di
         except Exception:
             pass
     captured: list[bytes] | None = None
-    for step in steps:
+    for step, names in zip(plan.steps, plan.holds):
         if running.stopping():
             return CANCELLED, None, "cancelled", None
         if running.timed_out:
             break
-        code, message, out = run_step(
-            step, cwd=cwd, env=env, log=log, mask=mask, show=stream.show, supervisor=running,
-            executable=_EXECUTABLES.find(step.argv[0], env.get("PATH")))
+        with plan.hold(names, lambda: running.stopping() or running.timed_out) if names \
+                else nullcontext(True) as held:
+            if not held:
+                if running.stopping():
+                    return CANCELLED, None, "cancelled", None
+                break  # timed out while it waited
+            code, message, out = run_step(
+                step, cwd=cwd, env=env, log=log, mask=mask, show=stream.show, supervisor=running,
+                executable=_EXECUTABLES.find(step.argv[0], env.get("PATH")))
         if running.stopping():
             return CANCELLED, code, "cancelled", None
         if running.timed_out:
@@ -519,13 +589,37 @@ def run_action(task: Task) -> Result:
 
         publish(["start", task.token, where])
     result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate,
-                     wanted=wanted)
+                     wanted=wanted, hold=_cluster_hold)
     if publish is not None and _size(result) <= PUSH_LIMIT:
         try:
             publish(["result", task.token, asdict(result)])
         except Exception:
             pass  # the client fetches it
     return result
+
+
+@contextmanager
+def _cluster_hold(names: Sequence[str], give_up: Callable[[], bool]):
+    """Dask Locks (on the scheduler: every worker sees them), in sorted
+    order; a worker that dies loses its leases after Dask's lease timeout."""
+    from distributed import Lock
+
+    held = []
+    try:
+        for name in sorted(names):
+            lock = Lock("atmosbuild-" + name)
+            while not lock.acquire(timeout=0.5):
+                if give_up():
+                    yield False
+                    return
+            held.append(lock)
+        yield True
+    finally:
+        for lock in reversed(held):
+            try:
+                lock.release()
+            except Exception:
+                pass  # (lost with the scheduler: nobody holds it any more)
 
 
 def _claim(worker, name: str):
