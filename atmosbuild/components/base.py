@@ -177,10 +177,9 @@ class ComponentType:
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         return {}
 
-    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str,
-                       verb: str) -> str | None:
-        """Why this component cannot run `verb` on a remote executor (Dask),
-        or None: asked before a rollout on one runs anything."""
+    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str) -> str | None:
+        """Why this component cannot run on a remote executor (Dask), or
+        None: asked before a rollout on one runs anything."""
         return None
 
     def returned_files(self, ctx: ActionContext) -> list[str]:

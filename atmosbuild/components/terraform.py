@@ -239,17 +239,13 @@ class Terraform(ComponentType):
         return os.environ.get("TF_PLUGIN_CACHE_DIR") or os.path.join(ctx.state_dir, "terraform",
                                                                       "plugin-cache")
 
-    def remote_problem(self, comp, settings, deployment: str, target: str, verb: str) -> str | None:
+    def remote_problem(self, comp, settings, deployment: str, target: str) -> str | None:
         backend = chosen_backend(comp, settings, deployment, target)
         if backend is None or backend["type"] == "local":
             what = "the default local backend" if backend is None else "backend `local`"
             return (f"it uses {what}, whose state would stay on whichever Dask worker ran it and be "
                     "lost; give it a shared backend (`terraform: {backend: {type: pg, config: ...}}` "
                     "in atmos.yaml, or `backend:` on the component), or use `executor: local`")
-        if verb in ("preview", "check", "apply --from-preview"):
-            return (f"`{verb.split()[0] if verb != 'apply --from-preview' else verb}` of a terraform "
-                    "component keeps its plan file where it ran, which a Dask worker cannot give "
-                    "back yet; run it with `executor: local` (ATMOS_EXECUTOR=local)")
         return None
 
     def returned_files(self, ctx: ActionContext) -> list[str]:
