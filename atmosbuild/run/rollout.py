@@ -165,9 +165,9 @@ class Rollout(ScheduleHooks):
 
         for nid in sorted(self.graph.nodes):
             node = self.graph.nodes[nid]
-            comp = node.component
             if getattr(node, "ctype", None) is None:
                 continue  # (a recorded node: its record only)
+            comp = node.component
             problem = node.ctype.remote_problem(comp, self.options.settings.get(comp.type, {}),
                                                 node.deployment, node.target)
             if problem:
