@@ -358,3 +358,20 @@ def test_a_client_killed_with_sigkill_takes_its_remote_actions_along_and_the_nex
     assert "remote:" not in lock.read_text()  # a rollout that ended says nothing runs
     third = ws.run("rollout", "//app:dev", "-j1")  # and the next one need not ask the cluster
     assert third.returncode == 0 and "waiting" not in third.stdout + third.stderr
+
+
+def test_a_killed_rollouts_note_naming_a_cluster_that_is_gone_is_said_and_passed(ws):
+    # The note a killed Dask rollout left in the lock file, its cluster gone since.
+    port = free_port()
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {
+        "targets": {"dev": {}}, "components": {"command": {"a": {"run": "echo ran-locally"}}}}}))
+    lock = ws.state / "locks" / "app@dev.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"pid 999999 (started 2026-01-01 00:00:00, //app:dev)\n"
+                    f"remote: dask://127.0.0.1:{port} atmosbuild-0123456789abcdef\n")
+    proc = ws.run("rollout", "//app:dev", "-j1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (f"a killed rollout of //app:dev ran actions on dask://127.0.0.1:{port}, which cannot be "
+            "asked whether they still run") in proc.stdout + proc.stderr
+    assert "ran-locally" in proc.stdout
+    assert "remote:" not in lock.read_text()

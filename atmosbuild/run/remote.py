@@ -343,7 +343,10 @@ def _cluster_locks(argv: tuple) -> tuple[tuple, tuple[str, ...]]:
 
 
 def _missing_tool(steps: Sequence[Step], env: dict, where: str) -> str:
-    """Why a step cannot start on this worker (its program is not here), or ""."""
+    """Why a step cannot start on this worker (its program is not here), or "".
+    (A PATH with relative entries depends on each step's cwd: the exec tells.)"""
+    if not all(os.path.isabs(d) for d in env.get("PATH", "").split(os.pathsep) if d):
+        return ""
     for step in steps:
         tool = _tool(step.argv)
         if os.sep in tool:
