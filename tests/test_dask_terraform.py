@@ -46,14 +46,15 @@ def client_env() -> dict:
     return {"PATH": CLIENT_PATH}
 
 
-def setup(ws, cluster, backend: str = "", components: dict | None = None, replicas: int = 1) -> None:
+def setup(ws, cluster, backend: str = "", components: dict | None = None, replicas: int = 1,
+          api_on: str = "terraform") -> None:
     ws.write("atmos.yaml", f"executor: {cluster.executor}\ntoolchain:\n  terraform: terraform\n" + backend)
     ws.write("modules/label/main.tf", LABEL_MODULE)
     ws.write("stacks/app/main.tf", STACK)
     ws.write("app/deployment.yaml", json.dumps({"deployment": {
         "targets": {"dev": {"vars": {"replicas": replicas}}},
         "components": {"terraform": components or {
-            "api": {"source": "stacks/app", "vars": {"name": "api"}, "resources": {"terraform": 1}},
+            "api": {"source": "stacks/app", "vars": {"name": "api"}, "resources": {api_on: 1}},
             "web": {"source": "modules/label", "vars": {"name": "web-of-${outputs.terraform/api.label}"},
                     "resources": {"terraform": 1}},
         }}}}))
@@ -92,12 +93,22 @@ def test_terraform_runs_on_a_worker_with_its_state_in_postgres(ws, dask_cluster,
     again = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
     assert again.returncode == 0 and "0 ran, 2 cached" in again.stdout, again.stdout + again.stderr
 
-    # A changed var re-applies on the worker, from the state the first run
-    # left in PostgreSQL: an in-place update, not a second resource.
-    setup(ws, dask_cluster, pg_backend(pg_server, pg_db), replicas=2)
-    edited = ws.run("rollout", "//app:dev", "-j2", env=client_env(), timeout=300)
+    # A changed var re-applies on another worker, from the state the first
+    # run left in PostgreSQL: an in-place update, not a second resource.
+    # (Resources say where, not what: moving it changes no key.)
+    other = dask_cluster.start_worker("tf-other", "--resources", "terraform_other=1", terraform=True)
+    report = ws.root.parent / "report.json"
+    try:
+        setup(ws, dask_cluster, pg_backend(pg_server, pg_db), replicas=2, api_on="terraform_other")
+        edited = ws.run("rollout", "//app:dev", "-j2", "--report", str(report), env=client_env(),
+                        timeout=300)
+    finally:
+        stop_process(other)
+        dask_cluster.procs.remove(other)
     assert edited.returncode == 0, edited.stdout + edited.stderr
     assert "0 to add, 1 to change, 0 to destroy" in edited.stdout
+    workers = {n["id"]: n["worker"] for n in json.loads(report.read_text())["nodes"]}
+    assert workers["terraform/api"] == dask_cluster.workers["tf-other"] != dask_cluster.workers["tf"]
     assert outputs_of(ws, "terraform/api")["label"] == "api-2"
     state = pg_state(pg_server, pg_db, "tf_terraform/api")["dev"]
     assert state["outputs"]["label"]["value"] == "api-2" and len(state["resources"]) == 1
