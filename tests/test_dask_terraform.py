@@ -192,3 +192,31 @@ def test_components_on_one_database_from_two_workers_take_turns(ws, dask_cluster
     for name in "abcd":
         assert pg_state(pg_server, pg_db, f"tf_terraform/{name}")["dev"]["outputs"]["label"]["value"] == \
             f"{name}-1"
+
+
+def test_destroy_runs_on_a_worker_and_a_plan_keeping_verb_is_refused(ws, dask_cluster, pg_server, pg_db):
+    # The library API takes an executor for every verb (the CLI's lifecycle
+    # commands run locally): destroy has no plan file and runs on a worker;
+    # preview and check keep one, which a worker cannot give back, so they
+    # are refused before anything runs.
+    import io
+
+    from atmosbuild import api
+    from atmosbuild.errors import ConfigError
+    from atmosbuild.run.ui import Console
+
+    setup(ws, dask_cluster, pg_backend(pg_server, pg_db), components={
+        "api": {"source": "stacks/app", "vars": {"name": "api"}, "resources": {"terraform": 1}}})
+    first = ws.run("rollout", "//app:dev", "-j1", env=client_env(), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    workspace = api.Workspace(str(ws.root))
+    for verb in (api.preview, api.check):
+        with pytest.raises(ConfigError, match="keeps a plan file, which stays on the worker"):
+            verb(workspace, ["//app:dev"], parallelism=1, executor=dask_cluster.executor,
+                 console=Console(io.StringIO(), io.StringIO(), prefix=False))
+    out = io.StringIO()
+    result = api.destroy(workspace, ["//app:dev"], parallelism=1, executor=dask_cluster.executor,
+                         confirm=lambda ids: True, console=Console(out, io.StringIO(), prefix=False))
+    assert result.exit_code == 0, out.getvalue()
+    assert "Destroy complete! Resources: 1 destroyed." in out.getvalue()
+    assert pg_state(pg_server, pg_db, "tf_terraform/api")["dev"]["resources"] == []

@@ -177,8 +177,10 @@ class ComponentType:
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         return {}
 
-    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str) -> str | None:
-        """Why this component cannot run on a remote executor (Dask), or
+    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str,
+                       verb: str = "apply") -> str | None:
+        """Why this component cannot run `verb` (apply, preview, destroy,
+        check, or "apply --from-preview") on a remote executor (Dask), or
         None: asked before a rollout on one runs anything."""
         return None
 

@@ -239,13 +239,16 @@ class Terraform(ComponentType):
         return os.environ.get("TF_PLUGIN_CACHE_DIR") or os.path.join(ctx.state_dir, "terraform",
                                                                       "plugin-cache")
 
-    def remote_problem(self, comp, settings, deployment: str, target: str) -> str | None:
+    def remote_problem(self, comp, settings, deployment: str, target: str, verb: str = "apply") -> str | None:
         backend = chosen_backend(comp, settings, deployment, target)
         if backend is None or backend["type"] == "local":
             what = "the default local backend" if backend is None else "backend `local`"
             return (f"it uses {what}, whose state would stay on whichever Dask worker ran it and be "
                     "lost; give it a shared backend (`terraform: {backend: {type: pg, config: ...}}` "
                     "in atmos.yaml, or `backend:` on the component), or use `executor: local`")
+        if verb in ("preview", "check", "apply --from-preview"):
+            return (f"`{verb}` keeps a plan file, which stays on the worker that made it (or is "
+                    "here, where the worker cannot read it); run it with the local executor")
         return None
 
     def returned_files(self, ctx: ActionContext) -> list[str]:

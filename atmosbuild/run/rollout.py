@@ -163,13 +163,14 @@ class Rollout(ScheduleHooks):
         would leave its state on a worker)."""
         from ..errors import ConfigError
 
+        verb = "apply --from-preview" if self.options.from_preview else self.options.verb
         for nid in sorted(self.graph.nodes):
             node = self.graph.nodes[nid]
             if getattr(node, "ctype", None) is None:
                 continue  # (a recorded node: its record only)
             comp = node.component
             problem = node.ctype.remote_problem(comp, self.options.settings.get(comp.type, {}),
-                                                node.deployment, node.target)
+                                                node.deployment, node.target, verb)
             if problem:
                 raise ConfigError(f"{node.cid} at {node.label} cannot run on executor "
                                   f"{self.options.executor}: {problem}")
