@@ -220,3 +220,47 @@ def test_destroy_runs_on_a_worker_and_a_plan_keeping_verb_is_refused(ws, dask_cl
     assert result.exit_code == 0, out.getvalue()
     assert "Destroy complete! Resources: 1 destroyed." in out.getvalue()
     assert pg_state(pg_server, pg_db, "tf_terraform/api")["dev"]["resources"] == []
+
+
+SECRET_MODULE = """\
+variable "name" { type = string }
+variable "replicas" {
+  type    = number
+  default = 1
+}
+resource "terraform_data" "this" {
+  input = "tok-${var.name}-s3cr3t-${var.replicas}"
+}
+output "token" {
+  value     = terraform_data.this.output
+  sensitive = true
+}
+"""
+
+
+def test_a_re_run_on_a_worker_masks_its_recorded_sensitive_outputs_read_back_here(
+        ws, dask_cluster, pg_server, pg_db):
+    # Terraform's plan of a re-apply prints what a sensitive output was built
+    # from, in clear: the recorded value (state keeps a marker) is read back
+    # from the pg backend here, with a terraform of the client's, to mask it.
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    backend = pg_backend(pg_server, pg_db)
+    comps = {"api": {"source": "modules/secret", "vars": {"name": "api"}, "resources": {"terraform": 1}}}
+    setup(ws, dask_cluster, backend, components=comps)
+    first = ws.run("rollout", "//app:dev", "-j1", env=client_env(), timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    old = "tok-api-s3cr3t-1"
+    setup(ws, dask_cluster, backend, components=comps, replicas=2)
+    blind = ws.run("rollout", "//app:dev", "-j1", env=client_env(), timeout=300)  # no terraform here
+    assert blind.returncode == 1, blind.stdout + blind.stderr
+    assert "its sensitive outputs (token) must be masked" in blind.stdout and old not in blind.stdout
+    here = {"PATH": str(dask_cluster.dir / "tf" / "bin") + os.pathsep + CLIENT_PATH,
+            "TF_CLI_CONFIG_FILE": str(dask_cluster.dir / "tf" / "terraformrc")}
+    again = ws.run("rollout", "//app:dev", "-j1", env=here, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 to add, 1 to change, 0 to destroy" in again.stdout
+    last = max((d for d in (ws.state / "logs").iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    log = "".join(p.read_text() for p in last.rglob("*.log"))
+    assert "0 to add, 1 to change" in log  # (the re-apply's own log)
+    assert old not in again.stdout + again.stderr and old not in log
+    assert "***" in again.stdout

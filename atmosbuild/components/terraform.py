@@ -593,12 +593,48 @@ class Terraform(ComponentType):
 
         return {name: ["f", file_digest(path), bool(st.st_mode & 0o111)]}
 
+    def _recover_from_backend(self, ctx: ActionContext) -> dict | None:
+        """recover_outputs for a component that runs on Dask workers: no data
+        dir here, so a throwaway one, `init` against the shared backend and
+        `output -json` of the target's workspace, with a terraform of this
+        machine (None without one, or on a backend that is not shared)."""
+        import subprocess
+        import tempfile
+
+        backend = self._backend(ctx)
+        if backend is None or backend["type"] in ("local", "module"):
+            return None
+        binary = resolve_binary(self._binary(ctx), ctx.root)
+        if binary is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="atmos-tf-") as tmp:
+            with open(os.path.join(tmp, "backend.tf.json"), "w", encoding="utf-8") as fh:
+                json.dump(override_document(backend, ctx.state_dir, ctx.deployment, ctx.component_id), fh)
+            env = dict(os.environ, TF_IN_AUTOMATION="1", TF_INPUT="0", CHECKPOINT_DISABLE="1",
+                       TF_DATA_DIR=os.path.join(tmp, ".tfdata"), TF_WORKSPACE=ctx.target)
+            try:
+                for argv in ((binary, "init", "-input=false", "-no-color"),
+                             (binary, "output", "-json", "-no-color")):
+                    proc = subprocess.run(argv, cwd=tmp, env=env, capture_output=True,
+                                          stdin=subprocess.DEVNULL, timeout=300)
+                    if proc.returncode != 0:
+                        return None
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+        try:
+            raw = self._raw_outputs(proc.stdout.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+
     def recover_outputs(self, ctx: ActionContext) -> dict | None:
         """Run `terraform output -json` against the persisted data dir and
         the backend: the outputs with their values, sensitive ones included."""
         import subprocess
         import tempfile
 
+        if ctx.remote:
+            return self._recover_from_backend(ctx)
         data = self._data_dir(ctx)
         if not os.path.isdir(data):
             return None

@@ -528,7 +528,12 @@ class Rollout(ScheduleHooks):
 
             src = source_dir(self.root, self.state_dir, node.component.source, node.local)
             ctx = self._context(node, last.key, dict(node.component.vars), "", src)
-            outputs = node.ctype.recover_outputs(ctx) or {}
+            recovered = node.ctype.recover_outputs(ctx)
+            if recovered is None and ctx.remote:  # unmasked on the worker otherwise
+                raise ValueError(f"its sensitive outputs ({', '.join(sorted(names))}) must be masked in "
+                                 f"what it prints, and cannot be read back here to know them: run it "
+                                 f"with the local executor, or install {node.ctype.name} here")
+            outputs = recovered or {}
         texts: list[str] = []
         for name in names:
             if outputs.get(name) is not None and not is_marker(outputs[name]):
