@@ -211,8 +211,10 @@ def test_destroy_runs_on_a_worker_and_a_plan_keeping_verb_is_refused(ws, dask_cl
     assert first.returncode == 0, first.stdout + first.stderr
     workspace = api.Workspace(str(ws.root))
     for verb in (api.preview, api.check):
+        # (a report takes the full path: an up-to-date selection's shortcut runs nothing anywhere)
         with pytest.raises(ConfigError, match="keeps a plan file, which stays on the worker"):
             verb(workspace, ["//app:dev"], parallelism=1, executor=dask_cluster.executor,
+                 report=str(ws.root.parent / "preview.json"),
                  console=Console(io.StringIO(), io.StringIO(), prefix=False))
     out = io.StringIO()
     result = api.destroy(workspace, ["//app:dev"], parallelism=1, executor=dask_cluster.executor,
