@@ -43,12 +43,12 @@ from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
 
 from .. import clock
+from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
 from ..state.files import FileDigester, changed_in, file_digest, signature
-from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
 VERSION = 5
