@@ -117,6 +117,7 @@ def labels_in(root: str, patterns: list) -> list[Label]:
     """The labels the patterns name in the tree at `root` (none: every
     target of every package). A label whose package or target the tree does
     not have is left out: at that side it is added or removed."""
+    from .components import TYPES
     from .config.workspace import discover_packages, load_package, package_file
 
     if not os.path.isdir(root):
@@ -125,7 +126,7 @@ def labels_in(root: str, patterns: list) -> list[Label]:
 
     def spec(pkg):
         if pkg not in specs:
-            specs[pkg] = load_package(root, pkg)
+            specs[pkg] = load_package(root, pkg, TYPES)
         return specs[pkg]
 
     out: list[Label] = []

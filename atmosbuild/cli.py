@@ -52,13 +52,14 @@ class _Root:
             mark_state_dir(self.state_dir)
 
     def labels(self, texts, *, allow_pattern=True, single=False):
+        from .components import TYPES
         from .config.labels import parse_label
         from .config.workspace import expand
 
         if single and len(texts) != 1:
             raise UsageError("exactly one label is needed")
         parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
-        return expand(self.root, parsed)
+        return expand(self.root, parsed, TYPES)
 
     def remote(self):
         """The git vendor cache (sources/git.py): one per command, so a
@@ -557,7 +558,7 @@ def validate(ctx, labels):
             raise UsageError(f"no packages (BUILD.atmos or deployment.yaml) under {r.root}")
     sources = SourceChecker(r.root)
     for pkg in packages:
-        spec = load_package(r.root, pkg)
+        spec = load_package(r.root, pkg, TYPES)
         names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
         for target in names:
             label = Label(pkg, target)
@@ -668,11 +669,12 @@ def _unified_diff(old: str, new: str, name: str) -> str:
 @click.option("--to", "to", type=click.Choice(("dsl", "yaml")), required=True)
 def convert(file, to):
     """Print FILE converted to the DSL or to YAML (lossless)."""
+    from .components import TYPES
     from .config.fmt import format_dsl, format_yaml
     from .config.model import compile_document
 
     doc = _read_document(file)
-    compile_document(doc, "", "converted")  # convert valid deployments only
+    compile_document(doc, "", "converted", TYPES)  # convert valid deployments only
     click.echo(format_dsl(doc.data) if to == "dsl" else format_yaml(doc.data), nl=False)
 
 
@@ -680,13 +682,14 @@ def convert(file, to):
 
 def _every_label(root: str, texts) -> list:
     """Labels for LABEL/PATTERN texts; none given: every target of every package."""
+    from .components import TYPES
     from .config.labels import Label, parse_label
     from .config.workspace import discover_packages, expand, load_package
 
     if texts:
-        return expand(root, [parse_label(t, allow_pattern=True) for t in texts])
+        return expand(root, [parse_label(t, allow_pattern=True) for t in texts], TYPES)
     return [Label(pkg, target) for pkg in discover_packages(root)
-            for target in load_package(root, pkg).targets]
+            for target in load_package(root, pkg, TYPES).targets]
 
 
 @cli.group()
@@ -828,13 +831,14 @@ def _lockable(r: _Root) -> list[tuple[str, str, str]]:
     """Every deployment+target a rollout could hold while clean deletes, as
     (deployment, target, label): each lock file there is, and each target of
     every package here that loads (one that does not cannot roll out)."""
+    from .components import TYPES
     from .config.workspace import discover_packages, load_package
     from .errors import AtmosError
 
     found: dict[tuple[str, str], str] = {}
     for package in discover_packages(r.root):
         try:
-            spec = load_package(r.root, package)
+            spec = load_package(r.root, package, TYPES)
         except AtmosError:
             continue
         for target in spec.targets:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import RECORD, REPO, ran, settle, write_chain
+from atmosbuild.components import TYPES
 from atmosbuild.fileops import load_plain, plain_data
 
 
@@ -221,7 +222,7 @@ def test_every_example_deployment_is_cached_not_skipped():
     packages = discover_packages(root)
     assert len(packages) >= 3
     for package in packages:
-        spec = load_package(root, package)
+        spec = load_package(root, package, TYPES)
         labels = [Label(package, target) for target in spec.targets]
         st_ = build_structure(load_specs(root, labels), labels)
         back = decode(load_plain(marshal.dumps(encode(st_))))

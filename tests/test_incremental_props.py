@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
 from atmosbuild.config.workspace import expand
 from atmosbuild.graph.actions import compile_graph
@@ -120,7 +121,7 @@ class World:
 
     def rollout(self) -> tuple[list[str], dict[str, str], Rollout]:
         """One rollout: (nodes executed, key of every node, the rollout)."""
-        labels = expand(self.root, [parse_label("//app:dev")])
+        labels = expand(self.root, [parse_label("//app:dev")], TYPES)
         digester = FileDigester(self.root, self.store.file_cache())
         graph = compile_graph(self.root, labels, digester)
         self.store.save_file_cache(digester.changed)

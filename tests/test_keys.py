@@ -22,6 +22,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
 from atmosbuild.config.model import compile_document
 from atmosbuild.config.resolve import resolve_target
@@ -305,7 +306,7 @@ def _local_key(deployment_vars: dict, style: str) -> str:
     doc = {"deployment": {"vars": deployment_vars, "targets": {"dev": {}},
                           "components": {"command": {"c": {"run": ["echo"]}}}}}
     text = yaml.safe_dump(doc, default_flow_style=(style == "flow"), sort_keys=False)
-    spec = compile_document(parse_yaml(text, "deployment.yaml"), "p", "p")
+    spec = compile_document(parse_yaml(text, "deployment.yaml"), "p", "p", TYPES)
     comp = resolve_target(spec, "dev")["command/c"]
     return action_key(canonical(local_ingredients(comp, "1", FileDigester("/nonexistent"))), {})
 
@@ -391,7 +392,7 @@ def _nixpack_key(deployment_vars: dict, image_name: str) -> str:
 
     doc = {"deployment": {"vars": deployment_vars, "targets": {"dev": {}},
                           "components": {"nixpack": {"api": {"vars": {"image": {"name": image_name}}}}}}}
-    spec = compile_document(parse_yaml(yaml.safe_dump(doc), "deployment.yaml"), "p", "p")
+    spec = compile_document(parse_yaml(yaml.safe_dump(doc), "deployment.yaml"), "p", "p", TYPES)
     comp = resolve_target(spec, "dev")["nixpack/api"]
     nixpack = TYPES["nixpack"]
     return action_key(canonical(local_ingredients(comp, nixpack.version, FileDigester("/nonexistent"),

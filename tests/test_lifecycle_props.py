@@ -18,6 +18,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
 from atmosbuild.config.workspace import expand
 from atmosbuild.graph.actions import compile_graph
@@ -58,7 +59,7 @@ def write(root: str, deps) -> None:
 
 
 def run(cls, root, store, sc, factory):
-    labels = expand(root, [parse_label("//app:dev")])
+    labels = expand(root, [parse_label("//app:dev")], TYPES)
     graph = compile_graph(root, labels, FileDigester(root, {}))
     options = RolloutOptions(parallelism=sc["parallelism"], schedule=sc["policy"],
                              keep_going=sc["keep_going"], verb="destroy" if cls is Destroy else "apply")

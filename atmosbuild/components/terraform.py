@@ -36,8 +36,8 @@ import threading
 
 from .base import (APPLY, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
-from .tfbackend import (BACKENDS, backend_ingredient, backend_problem, backend_secrets,  # noqa: F401
-                        chosen_backend, override_document, state_paths)
+from .tfbackend import (backend_ingredient, backend_secrets, chosen_backend,  # noqa: F401
+                        override_document, state_paths)
 from .tftoolchain import ToolchainCache, describe_toolchain, resolve_binary, toolchain_identity  # noqa: F401
 
 OVERRIDE_FILE = "atmos_backend_override.tf.json"

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, UsageError, did_you_mean
+from .backend import backend_problem
 from .document import Document
 from .labels import Label, Pattern
 
 if TYPE_CHECKING:
-    from .model import DeploymentSpec
+    from .model import ComponentKeys, DeploymentSpec
 
 DSL_FILE = "BUILD.atmos"
 YAML_FILE = "deployment.yaml"
@@ -146,8 +147,6 @@ def load_settings(root: str) -> Settings:
             raise fail(("terraform", key), f"unknown terraform setting '{key}'"
                        + did_you_mean(str(key), TERRAFORM_KEYS) + f"; known: {', '.join(TERRAFORM_KEYS)}")
     if "backend" in tf:
-        from ..components.tfbackend import backend_problem
-
         problem = backend_problem(tf["backend"])
         if problem:
             raise fail(("terraform", "backend", *problem[0]), problem[1])
@@ -250,12 +249,13 @@ def _parse_dsl(text: str, file: str) -> Document:
     return parse_dsl(text, file)
 
 
-def load_package(root: str, package: str) -> DeploymentSpec:
+def load_package(root: str, package: str, types: Mapping[str, ComponentKeys]) -> DeploymentSpec:
+    """`types`: the component types by name (components.TYPES)."""
     from .model import compile_document
 
     doc = load_document(root, package)
     default = package or os.path.basename(os.path.abspath(root))
-    return compile_document(doc, package, default)
+    return compile_document(doc, package, default, types)
 
 
 def unknown_package(root: str, package: str) -> UsageError:
@@ -266,8 +266,9 @@ def unknown_package(root: str, package: str) -> UsageError:
                       f"'{package or '.'}'{hint}; packages here: {listing}")
 
 
-def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
-    """Labels for patterns, deduplicated, in the order given."""
+def expand(root: str, patterns: list[Label | Pattern], types: Mapping[str, ComponentKeys]) -> list[Label]:
+    """Labels for patterns, deduplicated, in the order given (`types`: the
+    component types, to load the packages a pattern matches)."""
     out: list[Label] = []
     for item in patterns:
         if isinstance(item, Label):
@@ -275,7 +276,7 @@ def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
         else:
             labels = []
             for pkg in discover_packages(root, item.prefix):
-                spec = load_package(root, pkg)
+                spec = load_package(root, pkg, types)
                 if item.target in spec.targets:
                     labels.append(Label(pkg, item.target))
             if not labels:

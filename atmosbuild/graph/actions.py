@@ -61,7 +61,7 @@ def load_specs(root: str, labels: list[Label],
     specs: dict[Label, DeploymentSpec] = {}
     by_package: dict[str, DeploymentSpec] = dict(loaded or {})
     for label in labels:
-        spec = by_package.get(label.package) or load_package(root, label.package)
+        spec = by_package.get(label.package) or load_package(root, label.package, TYPES)
         by_package[label.package] = spec
         if label.target not in spec.targets:
             known = ", ".join(spec.targets) or "none"
