@@ -71,6 +71,8 @@ class _Root:
         return self._remote
 
     def graph(self, labels, *, only=None, readonly=True, write_cache=False):
+        from .components import TYPES
+        from .config.workspace import load_specs
         from .graph.actions import compile_graph
         from .graph.cache import StructureCache
         from .state.files import FileDigester, load_trees
@@ -80,6 +82,8 @@ class _Root:
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
+                              specs=lambda: load_specs(self.root, labels, TYPES),
+                              settings=lambda: self.settings,
                               cache=StructureCache(self.state_dir), write_cache=write_cache,
                               remote=self.remote())
         if write_cache:  # a rollout, past every check of its input: the state dir, marked
@@ -542,9 +546,9 @@ def explain(ctx, label, component, out_format):
 def validate(ctx, labels):
     """Check deployments (all packages when no LABEL/PATTERN is given)."""
     from .config.labels import Label
-    from .config.workspace import discover_packages, load_package
+    from .config.workspace import discover_packages, load_package, load_specs
     from .components import TYPES, ComponentType
-    from .graph.actions import SourceChecker, build_structure, compile_graph, load_specs
+    from .graph.actions import SourceChecker, build_structure, compile_graph
     from .state.files import FileDigester
 
     r = _root(ctx)
@@ -562,7 +566,7 @@ def validate(ctx, labels):
         names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
         for target in names:
             label = Label(pkg, target)
-            specs = load_specs(r.root, [label], {pkg: spec})
+            specs = load_specs(r.root, [label], TYPES, {pkg: spec})
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
@@ -570,7 +574,8 @@ def validate(ctx, labels):
                    for c in st.resolved[label].values()):
                 # A type that reads its sources (terraform: declared vars,
                 # local modules) finds its errors only with them at hand.
-                compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=specs)
+                compile_graph(r.root, [label], FileDigester(r.root, cache={}), specs=lambda: specs,
+                              settings=lambda: r.settings)
         click.echo(f"ok //{pkg}: deployment '{spec.name}', {len(spec.components)} components, "
                    f"targets {', '.join(names) or '(none)'}")
 
@@ -703,7 +708,9 @@ def vendor():
 def vendor_pull(ctx, labels):
     """Fetch the git sources of LABEL/PATTERN... (default: every package and
     target) into the vendor cache, so later rollouts need no network."""
-    from .graph.actions import build_structure, load_specs, source_error
+    from .components import TYPES
+    from .config.workspace import load_specs
+    from .graph.actions import build_structure, source_error
     from .sources import is_remote
     from .sources.git import SourceError, parse_git_source
 
@@ -711,7 +718,7 @@ def vendor_pull(ctx, labels):
     vendor_ = r.remote()
     seen = set()
     for label in _every_label(r.root, labels):
-        specs = load_specs(r.root, [label])
+        specs = load_specs(r.root, [label], TYPES)
         st = build_structure(specs, [label])
         spec = specs[label]
         for comp in st.resolved[label].values():

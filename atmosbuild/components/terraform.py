@@ -64,9 +64,9 @@ def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     from .tfmodule import Module, ModuleOutside, is_module_file
 
     base = root if rel_dir == "." else f"{root}/{rel_dir}"
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(base)
-    if real != real_root and not real.startswith(real_root + os.sep):
+    from ..config.workspace import outside_root
+
+    if outside_root(os.path.relpath(os.path.realpath(base), os.path.realpath(root))):
         raise ModuleOutside(rel_dir)
     files = {}
     for rel, kind, digest, _ in digester.tree(rel_dir):

@@ -34,6 +34,7 @@ from ..errors import ConfigError, caret_context
 from .model import DeploymentSpec
 from .shell import Ref, ShellContextError, classify, expansion
 from .values import as_text
+from .workspace import outside_root
 
 # The one scanner of `${...}` (SPEC 2): `_REF.split(text)` is [text, expr,
 # text, expr, ..., text], expr None for the escape `$${`; `substitute` and
@@ -303,7 +304,7 @@ def _root_relative(spec, path: str, where: tuple, what: str) -> str:
     if not isinstance(path, str) or not path:
         raise spec.fail(where, f"{what} must be a non-empty path relative to the workspace root")
     norm = posixpath.normpath(path.replace("\\", "/"))
-    if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+    if outside_root(norm):
         raise spec.fail(where, f"{what} '{path}' resolves outside the workspace root")
     return norm
 

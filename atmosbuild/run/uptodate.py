@@ -717,7 +717,10 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
         # A few trees: reading their files costs less than loading the stat cache.
         digester = FileDigester(root, cache={}, trees=trees)
         names = {label: spec.name for label, spec in record.graph.specs.items()}
-        compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
+        from ..config.workspace import load_settings
+
+        compiler = NodeCompiler(root, None, pack.get, dag, digester, lambda: load_settings(root),
+                                names=names)
         try:
             compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
         except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where
