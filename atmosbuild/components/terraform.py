@@ -61,11 +61,10 @@ def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
 def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     """One module directory's summaries (its top-level .tf/.tf.json files),
     digests through the keys' digester and parses through the cache."""
+    from ..config.workspace import outside_root
     from .tfmodule import Module, ModuleOutside, is_module_file
 
     base = root if rel_dir == "." else f"{root}/{rel_dir}"
-    from ..config.workspace import outside_root
-
     if outside_root(os.path.relpath(os.path.realpath(base), os.path.realpath(root))):
         raise ModuleOutside(rel_dir)
     files = {}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..components import TYPES, ComponentType
 from ..config.labels import Label
 from ..config.model import DeploymentSpec
 from ..config.resolve import ResolvedComponent, resolve_target
-from ..config.workspace import outside_root
+from ..config.workspace import Settings, outside_root
 from ..errors import CycleError, UsageError, did_you_mean
 from ..sources import is_remote
 from .dag import Dag, build_dag
@@ -98,7 +98,7 @@ def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
 
 def compile_graph(root: str, labels: list[Label], digester: Digester, *,
                   specs: Callable[[], Mapping[Label, DeploymentSpec]],
-                  settings: Callable[[], Any],
+                  settings: Callable[[], Settings],
                   only: list[str] | None = None,
                   cache: "StructureCache | None" = None, write_cache: bool = False,
                   remote=None) -> ActionGraph:
@@ -163,11 +163,11 @@ class NodeCompiler:
 
     def __init__(self, root: str, specs: Mapping[Label, DeploymentSpec] | None,
                  lookup: Callable[[str], tuple], dag: Dag, digester: Digester,
-                 settings: Callable[[], Any],
+                 settings: Callable[[], Settings],
                  names: Mapping[Label, str] | None = None, remote=None) -> None:
         """`lookup(nid)` -> (label, component id, resolved component,
-        (config ingredients, their canonical text)); `settings()`: atmos.yaml
-        (config.workspace.Settings), asked for when a type's `compile` first
+        (config ingredients, their canonical text)); `settings()`: atmos.yaml,
+        asked for when a type's `compile` first
         needs it; `names`: label -> deployment name, when there are no specs;
         `remote`: the git vendor cache (sources.git.GitVendor) that git
         sources are fetched through."""
