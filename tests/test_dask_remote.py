@@ -125,3 +125,41 @@ def test_an_action_above_the_shipping_limit_is_refused(tmp_path):
     with pytest.raises(_TooBig, match="exceed .* MiB, the most an action ships to a Dask worker"):
         pack(str(ws), str(workdir), [], limit=4000)
     assert pack(str(ws), str(workdir), [], limit=10_000)
+
+
+def test_steps_holding_one_cluster_lock_take_turns_and_the_tool_is_checked_inside_the_wrappers(tmp_path):
+    import sys
+
+    from atmosbuild.components.base import CLUSTER_LOCK
+    from atmosbuild.run.remote import _cluster_locks
+
+    flockrun = str(Path(__file__).resolve().parents[1] / "atmosbuild" / "components" / "flockrun.py")
+    spans = tmp_path / "spans"
+    spans.mkdir()
+    now = 'python3 -c "import time; print(time.time())"'
+    body = f'{now} > "{spans}/$N.start"; sleep 0.3; {now} > "{spans}/$N.end"'
+    argv = (sys.executable, "-S", "-E", flockrun, CLUSTER_LOCK + "db", "--", "sh", "-c", body)
+    assert _cluster_locks(argv) == (("sh", "-c", body), ("db",))  # a lock of the cluster, not a file
+    results = {}
+
+    def run(n: str) -> None:
+        ws, workdir, _ = workspace(tmp_path / n)
+        t = task(ws, workdir, "true", env={"N": n})
+        t.steps = [(argv, False)]
+        results[n] = execute(t, where="w", base_env=ENV)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(r.status == SUCCEEDED for r in results.values()), results
+    a, b = ([float((spans / f"{n}.{e}").read_text()) for e in ("start", "end")] for n in "ab")
+    assert a[1] <= b[0] or b[1] <= a[0], (a, b)  # one after the other
+
+    ws, workdir, _ = workspace(tmp_path / "missing")
+    t = task(ws, workdir, "true")
+    t.steps = [((sys.executable, "-S", "-E", flockrun, "/tmp/x.lock", "--", "no-such-tool-xyz", "init"), False)]
+    result = execute(t, where="tcp://w:9", base_env=ENV)
+    assert result.status == "failed"
+    assert result.message.startswith("'no-such-tool-xyz' was not found on PATH on worker tcp://w:9")

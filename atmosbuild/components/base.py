@@ -13,9 +13,21 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..state.store import APPLY, BUILD
+# The two modes a component type decides in (SPEC 4).
+APPLY = "apply"  # changes the world: skipped only if this key was last applied here
+BUILD = "build"  # pure: any earlier success with the same key is reused
 
-# (the modes are re-exported: component types import them from here)
+# Stands for the directory a Dask worker keeps for atmosbuild under its
+# --local-directory, in the env and argv of an action that runs remotely
+# (run/remote.py rewrites it there): what persists on that worker between
+# actions (terraform's plugin cache and its locks). An env value with it
+# names a directory, which the worker makes if missing.
+WORKER_DIR = "/@atmos-worker-dir@"
+# A flockrun.py argument naming a lock of the whole cluster, not a file: a
+# Dask worker holds it around the step (run/remote.py), so steps on every
+# worker take turns (terraform's `pg` backend: one database, many workers).
+CLUSTER_LOCK = "cluster-lock:"
+
 __all__ = ["APPLY", "BUILD", "ActionContext", "CompileEnv", "Compiled", "ComponentType", "Invocation",
            "parse_json_object",
            "read_outputs_file", "require_binary"]
@@ -59,6 +71,12 @@ class ActionContext:
     verb: str = "apply"  # apply | preview | destroy | check (SPEC 10)
     # preview/check: where the plan goes; apply --from-preview: the reviewed plan to apply
     plan_file: str = ""
+    executor: str = "local"  # where the steps run: here, or on a Dask worker (dask://HOST:PORT)
+
+    @property
+    def remote(self) -> bool:
+        """The steps run on another machine: paths under STATE_DIR are not theirs."""
+        return self.executor != "local"
 
 
 @dataclass
@@ -94,7 +112,8 @@ class ComponentType:
     name: str = ""
     mode: str = APPLY
     version: str = "1"  # enters every key of this type: bump it when behaviour changes
-    #: component keys this type accepts besides the common ones
+    #: the component keys (config/document.py) a component of this type must
+    #: have, and may not have (read by config/model.py and config/resolve.py)
     required: Sequence[str] = ()
     forbidden: Sequence[str] = ()
     #: the vars that enter this type's action key; None = all of them
@@ -159,6 +178,19 @@ class ComponentType:
 
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         return {}
+
+    def remote_problem(self, comp, settings: Mapping[str, Any], deployment: str, target: str,
+                       verb: str = "apply") -> str | None:
+        """Why this component cannot run `verb` (apply, preview, destroy,
+        check, or "apply --from-preview") on a remote executor (Dask), or
+        None: asked before a rollout on one runs anything."""
+        return None
+
+    def returned_files(self, ctx: ActionContext) -> list[str]:
+        """Files the steps write in the workspace that must come back from
+        a remote worker after a success (terraform: the lock file init
+        wrote), before `outputs` reads them."""
+        return []
 
     def prepare(self, ctx: ActionContext) -> None:
         """Write type-specific files into the workdir before running."""

@@ -25,7 +25,8 @@ class Nixpack(ComponentType):
         return ctx.toolchain.get("nixpacks") or "nixpacks"
 
     def prepare(self, ctx: ActionContext) -> None:
-        require_binary(self._binary(ctx), "toolchain.nixpacks")
+        if not ctx.remote:  # (a Dask worker checks its own: run/remote.py)
+            require_binary(self._binary(ctx), "toolchain.nixpacks")
 
     def invocations(self, ctx: ActionContext) -> list[Invocation]:
         return [Invocation((self._binary(ctx), "build", ".", "--name", self.image(ctx)))]

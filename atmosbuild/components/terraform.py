@@ -21,6 +21,16 @@ new. Inits that may install providers into the shared plugin cache hold
 file locks (flockrun.py): per provider, or all of them when a remote module
 hides which; Terraform's cache is not safe for concurrent writers.
 
+On a Dask worker (`executor: dask://…`) nothing under STATE_DIR is the
+worker's: the data dir is the action's own (WORKSPACE/.atmos/ID.tfdata, in
+the worker's private copy, removed with it), so `init` runs every time, as
+on a Terraform Cloud agent or in Atlantis; the plugin cache and its locks
+are the worker's (WORKER_DIR/terraform/plugin-cache, under its
+--local-directory, shared by the actions it runs); the lock file travels
+with the source and, written by init, comes back (`returned_files`). Only a
+shared backend keeps state there: the default local one (or `type: local`)
+is refused before the rollout runs anything (`remote_problem`).
+
 A component whose local modules live outside its own directory runs in a
 mirror of the root's layout (WORKSPACE/.atmos/ID.root/SOURCE, holding the
 modules at their root-relative places); WORKSPACE/TYPE/NAME is a symlink to
@@ -34,10 +44,10 @@ import os
 import sys
 import threading
 
-from .base import (APPLY, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
+from .base import (APPLY, CLUSTER_LOCK, WORKER_DIR, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
-from .tfbackend import (BACKENDS, backend_ingredient, backend_problem, backend_secrets,  # noqa: F401
-                        chosen_backend, override_document, state_paths)
+from .tfbackend import (backend_ingredient, backend_secrets, chosen_backend,  # noqa: F401
+                        override_document, state_paths)
 from .tftoolchain import ToolchainCache, describe_toolchain, resolve_binary, toolchain_identity  # noqa: F401
 
 OVERRIDE_FILE = "atmos_backend_override.tf.json"
@@ -61,12 +71,11 @@ def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
 def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     """One module directory's summaries (its top-level .tf/.tf.json files),
     digests through the keys' digester and parses through the cache."""
+    from ..config.workspace import outside_root
     from .tfmodule import Module, ModuleOutside, is_module_file
 
     base = root if rel_dir == "." else f"{root}/{rel_dir}"
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(base)
-    if real != real_root and not real.startswith(real_root + os.sep):
+    if outside_root(os.path.relpath(os.path.realpath(base), os.path.realpath(root))):
         raise ModuleOutside(rel_dir)
     files = {}
     for rel, kind, digest, _ in digester.tree(rel_dir):
@@ -218,19 +227,39 @@ class Terraform(ComponentType):
         return ctx.meta_prefix + ".tfvars.json"
 
     def _data_dir(self, ctx: ActionContext) -> str:
+        if ctx.remote:
+            return ctx.meta_prefix + ".tfdata"  # the worker's copy of the workspace: its own
         return data_dir(ctx.state_dir or os.path.join(ctx.root, ".atmos"), ctx.deployment, ctx.target,
                         ctx.component_id)
 
     def _plugin_cache(self, ctx: ActionContext) -> str:
+        if ctx.remote:
+            return os.path.join(WORKER_DIR, "terraform", "plugin-cache")
         return os.environ.get("TF_PLUGIN_CACHE_DIR") or os.path.join(ctx.state_dir, "terraform",
                                                                       "plugin-cache")
+
+    def remote_problem(self, comp, settings, deployment: str, target: str, verb: str = "apply") -> str | None:
+        backend = chosen_backend(comp, settings, deployment, target)
+        if backend is None or backend["type"] == "local":
+            what = "the default local backend" if backend is None else "backend `local`"
+            return (f"it uses {what}, whose state would stay on whichever Dask worker ran it and be "
+                    "lost; give it a shared backend (`terraform: {backend: {type: pg, config: ...}}` "
+                    "in atmos.yaml, or `backend:` on the component), or use `executor: local`")
+        if verb in ("preview", "check", "apply --from-preview"):
+            return (f"`{verb}` keeps a plan file, which stays on the worker that made it (or is "
+                    "here, where the worker cannot read it); run it with the local executor")
+        return None
+
+    def returned_files(self, ctx: ActionContext) -> list[str]:
+        return [os.path.join(ctx.workdir, LOCK_FILE)] if ctx.remote else []
 
     def _backend(self, ctx: ActionContext) -> dict | None:
         return chosen_backend(ctx.component, ctx.settings, ctx.deployment, ctx.target) \
             if ctx.component is not None else None
 
     def prepare(self, ctx: ActionContext) -> None:
-        require_binary(self._binary(ctx), "toolchain.terraform")
+        if not ctx.remote:  # (a worker checks its own: run/remote.py)
+            require_binary(self._binary(ctx), "toolchain.terraform")
         extra = ctx.extra or {}
         if extra.get("outside"):
             self._mirror(ctx, extra["outside"])
@@ -244,6 +273,9 @@ class Terraform(ComponentType):
         declared = set(extra.get("declared", ctx.vars))
         with open(self.tfvars_path(ctx), "w", encoding="utf-8") as fh:
             json.dump({k: v for k, v in ctx.vars.items() if k in declared}, fh, indent=2, sort_keys=True)
+        if ctx.remote:  # a data dir of its own on the worker: init every time
+            self._runs[ctx.meta_prefix] = {"init": True, "backend": backend}
+            return
         data = self._data_dir(ctx)
         lock = os.path.join(ctx.workdir, LOCK_FILE)
         saved = os.path.join(data, SAVED_LOCK)
@@ -306,7 +338,8 @@ class Terraform(ComponentType):
 
     def extra_env(self, ctx: ActionContext) -> dict[str, str]:
         cache = self._plugin_cache(ctx)
-        os.makedirs(cache, exist_ok=True)
+        if not ctx.remote:  # (a worker makes its own: run/remote.py)
+            os.makedirs(cache, exist_ok=True)
         return {
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
@@ -398,6 +431,8 @@ class Terraform(ComponentType):
         from ..fileops import write_atomic
 
         run = self._runs.pop(ctx.meta_prefix, None)
+        if ctx.remote:
+            return  # its data dir was the worker's
         data = self._data_dir(ctx)
         lock = os.path.join(ctx.workdir, LOCK_FILE)
         write_atomic(os.path.join(data, STAMP_FILE),
@@ -452,14 +487,17 @@ class Terraform(ComponentType):
         (`duplicate key value violates unique constraint
         "pg_class_relname_nsp_index"`, `Already locked for workspace
         creation`, both seen at -j2): every terraform step of components on
-        one database runs one at a time on this machine. Other backends keep
-        each state apart."""
+        one database runs one at a time on this machine (on a Dask cluster:
+        on the whole cluster, a Dask Lock, run/remote.py). Other backends
+        keep each state apart."""
         if backend is None or backend["type"] != "pg":
             return []
         from ..graph.keys import secret_digest
 
         server = (backend.get("config") or {}).get("conn_str") or os.environ.get("PG_CONN_STR", "")
         name = secret_digest(str(server))["sha"][:32]
+        if ctx.remote:  # workers of one cluster on one database: a lock of the cluster
+            return [f"{CLUSTER_LOCK}pg-{name}"]
         return [os.path.join(ctx.state_dir, "terraform", "backend-locks", f"pg-{name}.lock")]
 
     def _cache_locks(self, ctx: ActionContext, providers) -> list[str]:
@@ -497,15 +535,16 @@ class Terraform(ComponentType):
         from ..fileops import write_atomic
 
         run = self._runs.pop(ctx.meta_prefix, None)
-        data = self._data_dir(ctx)
         lock = os.path.join(ctx.workdir, LOCK_FILE)
-        stamp = self._stamp((ctx.extra or {}).get("init", ""), lock)
-        write_atomic(os.path.join(data, STAMP_FILE), json.dumps({"stamp": stamp}).encode())
+        if not ctx.remote:  # (on a worker the data dir was its own; the lock file came back)
+            data = self._data_dir(ctx)
+            stamp = self._stamp((ctx.extra or {}).get("init", ""), lock)
+            write_atomic(os.path.join(data, STAMP_FILE), json.dumps({"stamp": stamp}).encode())
         if not os.path.isfile(lock):
             return
         with open(lock, "rb") as fh:
             content = fh.read()
-        if run is not None and run["init"]:
+        if run is not None and run["init"] and not ctx.remote:
             write_atomic(os.path.join(data, SAVED_LOCK), content)
         comp = ctx.component
         if comp is None or comp.source is None:
@@ -553,12 +592,48 @@ class Terraform(ComponentType):
 
         return {name: ["f", file_digest(path), bool(st.st_mode & 0o111)]}
 
+    def _recover_from_backend(self, ctx: ActionContext) -> dict | None:
+        """recover_outputs for a component that runs on Dask workers: no data
+        dir here, so a throwaway one, `init` against the shared backend and
+        `output -json` of the target's workspace, with a terraform of this
+        machine (None without one, or on a backend that is not shared)."""
+        import subprocess
+        import tempfile
+
+        backend = self._backend(ctx)
+        if backend is None or backend["type"] in ("local", "module"):
+            return None
+        binary = resolve_binary(self._binary(ctx), ctx.root)
+        if binary is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="atmos-tf-") as tmp:
+            with open(os.path.join(tmp, "backend.tf.json"), "w", encoding="utf-8") as fh:
+                json.dump(override_document(backend, ctx.state_dir, ctx.deployment, ctx.component_id), fh)
+            env = dict(os.environ, TF_IN_AUTOMATION="1", TF_INPUT="0", CHECKPOINT_DISABLE="1",
+                       TF_DATA_DIR=os.path.join(tmp, ".tfdata"), TF_WORKSPACE=ctx.target)
+            try:
+                for argv in ((binary, "init", "-input=false", "-no-color"),
+                             (binary, "output", "-json", "-no-color")):
+                    proc = subprocess.run(argv, cwd=tmp, env=env, capture_output=True,
+                                          stdin=subprocess.DEVNULL, timeout=300)
+                    if proc.returncode != 0:
+                        return None
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+        try:
+            raw = self._raw_outputs(proc.stdout.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+
     def recover_outputs(self, ctx: ActionContext) -> dict | None:
         """Run `terraform output -json` against the persisted data dir and
         the backend: the outputs with their values, sensitive ones included."""
         import subprocess
         import tempfile
 
+        if ctx.remote:
+            return self._recover_from_backend(ctx)
         data = self._data_dir(ctx)
         if not os.path.isdir(data):
             return None

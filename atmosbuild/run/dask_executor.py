@@ -36,17 +36,18 @@ import logging
 import os
 import re
 import signal
+import sys
 import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
-from queue import SimpleQueue
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from ..errors import AtmosError
-from .events import CANCELLED, FAILED, SUCCEEDED, Event, Finished, InterruptRequested
-from .process import ActionSpec, WorkerPool, _log_tail, make_masker
-from .remote import LOST, Result, Task, run_action, stop_actions
+from ..fileops import write_atomic
+from .events import CANCELLED, FAILED, SUCCEEDED, Finished
+from .process import ActionSpec, RunnerBase, _log_tail, make_masker
+from .remote import LOST, Result, Task, run_action, running_tokens, stop_actions
 from .ui import Console
 from .workspace import META_DIR
 
@@ -55,6 +56,7 @@ CHECK_SECONDS = 0.5  # how often the scheduler is asked which workers are alive
 RESOURCE_WAIT = 10.0  # an action whose resources no worker offers fails after this long
 SHIP_LIMIT = 64 * 2**20  # bytes of files an action may ship to a worker
 PIP_HINT = "pip install 'atmosbuild[dask]'"
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # atmosbuild/, as in argv
 
 
 class ExecutorError(AtmosError):
@@ -64,6 +66,21 @@ class ExecutorError(AtmosError):
 def scheduler_address(executor: str) -> str:
     """`dask://HOST:PORT` -> the scheduler's `tcp://HOST:PORT`."""
     return "tcp://" + executor[len("dask://"):]
+
+
+def connect(executor: str, timeout: float = CONNECT_TIMEOUT):
+    """A distributed.Client of the scheduler of `executor`, or ExecutorError."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ExecutorError(f"executor {executor} needs the Dask client (distributed), "
+                            f"which is not installed: {PIP_HINT}") from None
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # our messages say what failed
+    try:
+        return Client(scheduler_address(executor), timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorError(f"cannot reach the Dask scheduler of executor {executor} "
+                            f"within {timeout:g} s: {exc}") from None
 
 
 @dataclass(eq=False)
@@ -90,7 +107,7 @@ class _Remote:
     io_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class DaskRunner:
+class DaskRunner(RunnerBase):
     """Runner over a Dask scheduler at `executor` (`dask://HOST:PORT`)."""
 
     ship_limit = SHIP_LIMIT
@@ -98,96 +115,58 @@ class DaskRunner:
     def __init__(self, spec_for: Callable[[str], ActionSpec], console: Console,
                  grace_period: float = 10.0, *, executor: str,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._spec_for = spec_for
-        self._console = console
-        self.grace_period = grace_period
+        super().__init__(spec_for, console, grace_period, clock)
         self.executor = executor
-        self._clock = clock
-        self._events: SimpleQueue[Event] = SimpleQueue()
-        self._pool = WorkerPool(lambda fin: fin is not None and self._events.put(fin))
-        self._lock = threading.Lock()
-        self._running: dict[str, _Remote] = {}
         self._by_token: dict[str, _Remote] = {}
         self._claims: list[str] = []
-        self._outstanding = 0  # caller's thread only
-        self._interrupts = 0
-        self._saved_handlers: dict[int, Any] = {}
         self._base_env = dict(os.environ)
         self._client = None
         self._topic = ""
         self._closing = threading.Event()
         self._monitor: threading.Thread | None = None
         self._seq = 0
+        self._on_remote: Callable[[str], None] | None = None
 
     # -- the Runner protocol --------------------------------------------------
 
     def setup(self, *, keep_fds: Sequence[int] = (),
-              on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
+              on_processes: Callable[[Mapping[str, int]], None] | None = None,
+              on_remote: Callable[[str], None] | None = None) -> None:
         """Catch Ctrl-C. The scheduler is reached when the first action
         starts: a rollout with nothing to run needs no cluster. `keep_fds` and
         `on_processes` concern local processes: remote ones cannot inherit
-        the deployment lock."""
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved_handlers[signum] = signal.signal(signum, self._on_signal)
+        the deployment lock. `on_remote(where)` is told this rollout's
+        executor and task prefix before its first task is submitted (the
+        lock file keeps it: a rollout after a kill -9 of this one waits for
+        its tasks, `wait_for_predecessor`), and "" once none runs."""
+        self._on_remote = on_remote
+        super().setup()
 
     def _connect(self) -> None:
         """Connect (CONNECT_TIMEOUT at most), listen for the actions' lines,
         start watching the workers."""
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ExecutorError(f"executor {self.executor} needs the Dask client (distributed), "
-                                f"which is not installed: {PIP_HINT}") from None
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # our messages say what failed
-        try:
-            self._client = Client(scheduler_address(self.executor), timeout=CONNECT_TIMEOUT,
-                                  set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise ExecutorError(f"cannot reach the Dask scheduler of executor {self.executor} "
-                                f"within {CONNECT_TIMEOUT:g} s: {exc}") from None
+        self._client = connect(self.executor)
         self._topic = "atmosbuild-" + os.urandom(8).hex()
+        if self._on_remote is not None:
+            self._on_remote(f"{self.executor} {self._topic}")
         self._client.subscribe_topic(self._topic, self._on_event)
         self._monitor = threading.Thread(target=self._watch, name="atmosbuild dask monitor", daemon=True)
         self._monitor.start()
 
-    def teardown(self) -> None:
-        """Stop and wait for whatever still runs (an early bail-out), then
-        disconnect; the signal handlers back."""
-        try:
-            with self._lock:
-                running = [n for n, a in self._running.items() if not a.done]
-            if running:
-                self.stop(running)
-            while self._outstanding:
-                self.wait()
-        finally:
-            for signum, handler in self._saved_handlers.items():
-                signal.signal(signum, handler)
-            self._saved_handlers.clear()
-            self._close()
+    def _closed(self) -> None:
+        connected = self._client is not None
+        self._close()
+        if connected and self._on_remote is not None:
+            self._on_remote("")  # nothing of ours runs on the cluster any more
 
     def start(self, node: str) -> None:
         if self._client is None:
             self._connect()
-        spec = self._spec_for(node)
-        action = _Remote(spec, make_masker(spec.secrets), self._clock(),
-                         resources=dict(getattr(spec, "resources", None) or {}))
-        with self._lock:
-            if node in self._running:
-                raise RuntimeError(f"{node} is already running")
-            self._running[node] = action
-        self._outstanding += 1
-        self._console.started(node)
-        self._pool.submit(lambda: self._launch(action))
+        super().start(node)
 
-    def wait(self) -> Event:
-        event = self._events.get()
-        if isinstance(event, InterruptRequested):
-            if self._interrupts > 1:
-                self.kill_all()
-        else:
-            self._outstanding -= 1
-        return event
+    def _new_action(self, spec: ActionSpec) -> _Remote:
+        return _Remote(spec, make_masker(spec.secrets), self._clock(),
+                       resources=dict(getattr(spec, "resources", None) or {}))
 
     def stop(self, nodes: Collection[str], signum: int | None = None) -> None:
         """Stop running nodes: their processes on the workers get `signum`
@@ -226,10 +205,6 @@ class DaskRunner:
                 future.cancel()
             except Exception:
                 pass
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._interrupts += 1
-        self._events.put(InterruptRequested(signum))
 
     # -- one action ------------------------------------------------------------------
 
@@ -275,7 +250,9 @@ class DaskRunner:
             cwd=spec.cwd, env={k: v for k, v in env.items() if self._base_env.get(k) != v},
             steps=[(tuple(s.argv), s.capture, s.log) for s in spec.steps],
             outputs_path=env.get("ATMOS_OUTPUTS", os.path.join(workspace, META_DIR, "outputs.json")),
-            timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets))
+            timeout=spec.timeout, retries=spec.retries, secrets=tuple(spec.secrets),
+            grace=self.grace_period, returns=tuple(getattr(spec, "returns", ())),
+            python=sys.executable, package=_PACKAGE)
 
     def _submit(self, action: _Remote, task: Task) -> None:
         with self._lock:
@@ -338,6 +315,9 @@ class DaskRunner:
                 if outputs and result.outputs is not None:
                     with open(outputs, "wb") as fh:
                         fh.write(result.outputs)
+                for path, content in result.returned.items():  # files the steps wrote there
+                    if path in action.spec.returns:
+                        write_atomic(path, content)
                 if action.spec.collect is not None:
                     try:
                         value = action.spec.collect(result.captured)
@@ -543,6 +523,56 @@ class DaskRunner:
             pass
 
 
+PREDECESSOR_WAIT = 60.0  # seconds a rollout waits for a killed one's tasks to stop
+
+
+def wait_for_predecessor(record: str, label: str, on_wait: Callable[[str], None] | None = None,
+                         bound: float = PREDECESSOR_WAIT) -> None:
+    """`record` ("EXECUTOR TOPIC", lock.py) names the tasks of a rollout that
+    held this lock and ended without saying they were all over (it was
+    killed). Its workers stop them once they see that no client wants them
+    (remote.py), after the grace period at most: wait until none of them
+    runs on any worker, `bound` seconds at most (then LockedError, exit 3).
+    A cluster that cannot be asked is said so and not waited for."""
+    from ..errors import LockedError
+
+    executor, _, topic = record.partition(" ")
+    if not executor.startswith("dask://") or not topic:
+        return
+    try:
+        client = connect(executor)
+    except ExecutorError as exc:
+        if on_wait is not None:
+            on_wait(f"a killed rollout of {label} ran actions on {executor}, which cannot be asked "
+                    f"whether they still run ({exc}); going on")
+        return
+    try:
+        deadline = time.monotonic() + bound
+        told = False
+        while True:
+            try:
+                found = client.run(running_tokens, topic + "-")
+            except Exception:
+                return  # the cluster went away: so did its actions
+            left = sorted(f"{node} on {worker}" for worker, items in found.items() for _, node in items)
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise LockedError(f"{label}: actions of a killed rollout still run on the Dask cluster "
+                                  f"{executor} after {bound:g} s: {', '.join(left)}; stop them there, "
+                                  "then run again")
+            if not told and on_wait is not None:
+                on_wait(f"waiting for the actions of a killed rollout of {label} to stop on "
+                        f"{executor}: {', '.join(left)}")
+                told = True
+            time.sleep(0.2)
+    finally:
+        try:
+            client.close(timeout=CONNECT_TIMEOUT)
+        except Exception:
+            pass
+
+
 def _forget(topic: str, claims: Sequence[str], dask_scheduler=None) -> None:
     """On the scheduler, after a rollout: drop its claim Events and the
     events kept for its topic (the scheduler keeps up to 1,000 per topic,
@@ -593,7 +623,18 @@ def pack(workspace: str, workdir: str, mentions: Sequence[str], limit: int = SHI
                       "to a Dask worker: make its source smaller, or run it with `executor: local`")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-        if os.path.isdir(workdir):
+        real = os.path.realpath(workdir)
+        if os.path.islink(workdir) and real.startswith(os.path.realpath(workspace) + os.sep):
+            # A link to a tree elsewhere in the workspace (terraform's mirror
+            # of the root's layout): that tree, and the link made relative.
+            inside = os.path.relpath(real, os.path.realpath(workspace)).split(os.sep)
+            top = inside[:2] if inside[0] == META_DIR else inside  # the whole mirror: its modules too
+            tar.add(os.path.join(os.path.realpath(workspace), *top), arcname=os.path.join(*top))
+            link = tarfile.TarInfo(os.path.relpath(workdir, workspace))
+            link.type, link.linkname = tarfile.SYMTYPE, os.path.relpath(real, os.path.dirname(
+                os.path.join(os.path.realpath(workspace), os.path.relpath(workdir, workspace))))
+            tar.addfile(link)
+        elif os.path.isdir(workdir):
             tar.add(workdir, arcname=os.path.relpath(workdir, workspace))
         for path in files:
             tar.add(path, arcname=os.path.relpath(path, workspace))

@@ -53,11 +53,14 @@ class Runner(Protocol):
     start, wait and stop."""
 
     def setup(self, *, keep_fds: Sequence[int] = (),
-              on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
+              on_processes: Callable[[Mapping[str, int]], None] | None = None,
+              on_remote: Callable[[str], None] | None = None) -> None:
         """Get ready to run: e.g. catch Ctrl-C. Every process an action runs
         inherits the descriptors `keep_fds` (the deployment locks, lock.py);
         `on_processes(node -> pid)` hears which action runs in which process
-        (pid 0: a process of it is being spawned)."""
+        (pid 0: a process of it is being spawned); `on_remote(where)` hears
+        where actions run that cannot inherit them (a cluster's executor
+        and this rollout's tasks; "" once none runs)."""
 
     def teardown(self) -> None:
         """The schedule is over: undo setup; nothing may be left running."""

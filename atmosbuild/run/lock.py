@@ -15,6 +15,13 @@ longer holds the lock once it did.
 The lock file names its holder (pid, start time, label) and the actions it
 runs (id and pid), for the message a second rollout prints: if the holder has
 died and its actions still run, the message says so.
+
+Actions on a Dask cluster cannot inherit the descriptor. Their holder notes
+its executor and task prefix (`remote: EXECUTOR TOPIC`) before the first is
+submitted and clears it once none runs; a rollout that takes the lock and
+finds the note (the holder was killed) waits until the cluster says none of
+those tasks runs any more before it goes on (their workers stop them when
+they see their client gone: run/remote.py), so the two never overlap.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ..errors import LockedError
 
 _HIGH_FD = 64  # the lock's descriptor goes at or above this number
 _RUNNING = "running: "
+_REMOTE = "remote: "  # EXECUTOR TOPIC: the holder's actions run on a cluster (dask_executor.py)
 
 
 def lock_path(state_dir: str, deployment: str, target: str) -> str:
@@ -66,17 +74,31 @@ class HeldLock:
         self.fds: tuple[int, ...] = (fd,)
         self._holder = holder
         self._write_lock = threading.Lock()
+        self._remote = ""
+        self._processes: Mapping[str, int] = {}
 
     def note_running(self, processes: Mapping[str, int]) -> None:
-        lines = [self._holder] + [f"{_RUNNING}{node} ({f'pid {pid}' if pid else 'starting'})"
-                                  for node, pid in processes.items()]
-        data = ("\n".join(lines) + "\n").encode()
         with self._write_lock:
-            try:
-                os.pwrite(self.fd, data, 0)
-                os.ftruncate(self.fd, len(data))
-            except OSError:
-                pass  # the note is for people; the lock itself does not depend on it
+            self._processes = dict(processes)
+            self._write()
+
+    def note_remote(self, where: str) -> None:
+        """`EXECUTOR TOPIC` of the holder's actions on a cluster; "" once none runs."""
+        with self._write_lock:
+            self._remote = where
+            self._write()
+
+    def _write(self) -> None:
+        lines = [self._holder] + [f"{_RUNNING}{node} ({f'pid {pid}' if pid else 'starting'})"
+                                  for node, pid in self._processes.items()]
+        if self._remote:
+            lines.append(_REMOTE + self._remote)
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
+        except OSError:
+            pass  # the running notes are for people; the remote note is best effort
 
 
 def _high(fd: int) -> int:
@@ -110,7 +132,7 @@ def describe_holder(text: str) -> str:
 
     `text` as the holder wrote it (`HeldLock.note_running`); empty when it
     wrote nothing yet."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(_REMOTE)]
     head = next((line for line in lines if not line.startswith(_RUNNING)), "")
     running = [line[len(_RUNNING):] for line in lines if line.startswith(_RUNNING)]
     if not head:
@@ -133,6 +155,20 @@ def _holder(fd: int) -> str:
     return describe_holder(text)
 
 
+def _after_remote_holder(fd: int, label: str, on_wait: Callable[[str], None] | None) -> None:
+    """The last holder was killed while its actions ran on a cluster: wait
+    for them to stop there (see the module doc) before holding the lock."""
+    try:
+        text = os.pread(fd, 65536, 0).decode("utf-8", "replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if line.startswith(_REMOTE):
+            from .dask_executor import wait_for_predecessor
+
+            wait_for_predecessor(line[len(_REMOTE):].strip(), label, on_wait)
+
+
 @contextmanager
 def deployment_lock(state_dir: str, deployment: str, target: str, label: str, *,
                     wait: bool = False, on_wait: Callable[[str], None] | None = None) -> Iterator[HeldLock]:
@@ -149,6 +185,7 @@ def deployment_lock(state_dir: str, deployment: str, target: str, label: str, *,
             if on_wait:
                 on_wait(f"waiting for {label}, locked by {holder}")
             fcntl.flock(fd, fcntl.LOCK_EX)
+        _after_remote_holder(fd, label, on_wait)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         held = HeldLock(fd, f"pid {os.getpid()} (started {started}, {label})")
         held.note_running({})

@@ -6,8 +6,11 @@ In small parts:
    group, output to log and console;
  - `retry_again`: the retry policy;
  - `Alarms` (alarms.py): timeouts and grace-period kills on one thread;
- - `ProcessRunner`: the Runner (events.py) over those: which action runs,
-   stop and timeout (signal the group once, wait, SIGKILL), Ctrl-C.
+ - `RunnerBase`: what every Runner (events.py) shares: start, wait,
+   Ctrl-C, a teardown that leaves nothing running (dask_executor.py's
+   DaskRunner is the other one);
+ - `ProcessRunner`: the Runner over those: which action runs, stop and
+   timeout (signal the group once, wait, SIGKILL).
 
 An action's processes inherit the descriptors given to `setup(keep_fds=…)`:
 the deployment lock's, so that the lock stays held while any of them runs,
@@ -33,7 +36,7 @@ from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT, Event, Finished, Inte
 from .step import Executables, Step, Supervisor, killpg, run_step, sweep_and_reap
 from .ui import Console
 
-__all__ = ["ActionSpec", "ProcessRunner", "Step", "WorkerPool", "make_masker", "retry_again"]
+__all__ = ["ActionSpec", "ProcessRunner", "RunnerBase", "Step", "WorkerPool", "make_masker", "retry_again"]
 
 TAIL_LINES = 20
 IDLE_WORKER_SECONDS = 2.0  # an idle worker thread waits this long for the next action
@@ -62,6 +65,7 @@ class ActionSpec:
     prepare: Callable[[], None] | None = None
     collect: Callable[[str | None], Any] | None = None
     resources: Mapping[str, float] = field(default_factory=dict)  # Dask worker resources it needs
+    returns: Sequence[str] = ()  # files in the workspace that come back from a remote worker
 
 
 @dataclass
@@ -236,49 +240,38 @@ class _Watch(Supervisor):
         return code
 
 
-class ProcessRunner:
-    """Runner (see events.py) over real processes.
+class RunnerBase:
+    """What every Runner (events.py) shares: which nodes run, the events
+    queue the scheduler waits on, Ctrl-C as InterruptRequested (a second one
+    kills at once), and the teardown that leaves nothing running.
 
+    A runner says how one action runs: `_new_action(spec)` (its record in
+    `_running`, under `_lock`), `_launch(action)` (in a pool thread: returns
+    its Finished, or None when that is posted later by `_post`),
+    `stop`, `kill_all`, and `_closed()` (the last thing teardown does).
     `spec_for(node)` is called in start(), in the caller's thread.
-    `setup()` (signal handlers, inherited descriptors) before the first
-    start, `teardown()` after the last event; `with runner:` does both.
     """
 
-    timeout_grace = 2.0  # seconds between SIGTERM and SIGKILL on timeout
-
-    def __init__(
-        self,
-        spec_for: Callable[[str], ActionSpec],
-        console: Console,
-        grace_period: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        alarms: Alarms | None = None,
-    ) -> None:
+    def __init__(self, spec_for: Callable[[str], ActionSpec], console: Console,
+                 grace_period: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._spec_for = spec_for
         self._console = console
         self.grace_period = grace_period
         self._clock = clock
-        self._alarms = alarms or _ALARMS
         self._events: SimpleQueue[Event] = SimpleQueue()
-        self._pool = WorkerPool(self._events.put)
+        self._pool = WorkerPool(self._post)
         self._lock = threading.Lock()
-        self._running: dict[str, _Action] = {}
+        self._running: dict[str, Any] = {}  # node -> its action, until its Finished is made
         self._interrupts = _Interrupts(self._events)
         self._outstanding = 0  # started, Finished not yet returned by wait() (caller's thread only)
-        self._keep_fds: tuple[int, ...] = ()
-        self._processes = _ProcessNotes(None)
-        self._executables = Executables()
-        self._log_dirs: set[str] = set()  # guarded by _lock: one mkdir per directory, not per action
 
     # -- the Runner protocol --------------------------------------------------
 
     def setup(self, *, keep_fds: Sequence[int] = (),
-              on_processes: Callable[[Mapping[str, int]], None] | None = None) -> None:
+              on_processes: Callable[[Mapping[str, int]], None] | None = None,
+              on_remote: Callable[[str], None] | None = None) -> None:
         """Before the first start (main thread): SIGINT/SIGTERM become
-        InterruptRequested events; every action process inherits `keep_fds`;
-        `on_processes(node -> pid)` hears of each step that starts or ends."""
-        self._keep_fds = tuple(keep_fds)
-        self._processes = _ProcessNotes(on_processes)
+        InterruptRequested events."""
         self._interrupts.install()
 
     def teardown(self) -> None:
@@ -296,18 +289,18 @@ class ProcessRunner:
                 self.wait()
         finally:
             self._interrupts.restore()
-            self.kill_all()
+            self._closed()
 
     def start(self, node: str) -> None:
         spec = self._spec_for(node)
-        action = _Action(spec, make_masker(spec.secrets))
+        action = self._new_action(spec)
         with self._lock:
             if node in self._running:
                 raise RuntimeError(f"{node} is already running")
             self._running[node] = action
         self._outstanding += 1
         self._console.started(node)
-        self._pool.submit(lambda: self._work(action))
+        self._pool.submit(lambda: self._launch(action))
 
     def wait(self) -> Event:
         event = self._events.get()
@@ -317,6 +310,78 @@ class ProcessRunner:
         else:
             self._outstanding -= 1
         return event
+
+    def __enter__(self):
+        self.setup()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()
+
+    # -- what each runner says ----------------------------------------------------
+
+    def stop(self, nodes: Collection[str], signum: int | None = None) -> None:
+        raise NotImplementedError
+
+    def kill_all(self) -> None:
+        raise NotImplementedError
+
+    def _new_action(self, spec: ActionSpec) -> Any:
+        raise NotImplementedError
+
+    def _launch(self, action: Any) -> Finished | None:
+        raise NotImplementedError
+
+    def _closed(self) -> None:
+        """The last step of teardown."""
+
+    def _post(self, finished: Finished | None) -> None:
+        if finished is not None:
+            self._events.put(finished)
+
+
+class ProcessRunner(RunnerBase):
+    """Runner (see events.py) over real processes.
+
+    `setup()` (signal handlers, inherited descriptors) before the first
+    start, `teardown()` after the last event; `with runner:` does both.
+    """
+
+    timeout_grace = 2.0  # seconds between SIGTERM and SIGKILL on timeout
+
+    def __init__(
+        self,
+        spec_for: Callable[[str], ActionSpec],
+        console: Console,
+        grace_period: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        alarms: Alarms | None = None,
+    ) -> None:
+        super().__init__(spec_for, console, grace_period, clock)
+        self._alarms = alarms or _ALARMS
+        self._keep_fds: tuple[int, ...] = ()
+        self._processes = _ProcessNotes(None)
+        self._executables = Executables()
+        self._log_dirs: set[str] = set()  # guarded by _lock: one mkdir per directory, not per action
+
+    def setup(self, *, keep_fds: Sequence[int] = (),
+              on_processes: Callable[[Mapping[str, int]], None] | None = None,
+              on_remote: Callable[[str], None] | None = None) -> None:
+        """Before the first start (main thread): SIGINT/SIGTERM become
+        InterruptRequested events; every action process inherits `keep_fds`;
+        `on_processes(node -> pid)` hears of each step that starts or ends."""
+        self._keep_fds = tuple(keep_fds)
+        self._processes = _ProcessNotes(on_processes)
+        super().setup()
+
+    def _closed(self) -> None:
+        self.kill_all()
+
+    def _new_action(self, spec: ActionSpec) -> _Action:
+        return _Action(spec, make_masker(spec.secrets))
+
+    def _launch(self, action: _Action) -> Finished:
+        return self._work(action)
 
     def stop(self, nodes: Collection[str], signum: int | None = None) -> None:
         """Signal each running node's group once; SIGKILL it after the grace period."""
@@ -330,13 +395,6 @@ class ProcessRunner:
                 if action.proc is not None:
                     killpg(action.proc.pid, signum)
                 self._after(action, self.grace_period, self._kill_current, action)
-
-    def __enter__(self) -> "ProcessRunner":
-        self.setup()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.teardown()
 
     def kill_all(self) -> None:
         """SIGKILL every running action's group now; their Finished events still come."""

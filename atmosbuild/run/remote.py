@@ -16,6 +16,14 @@ it `timeout_grace` seconds later, failures are retried per `retries`
 anywhere: into the log returned at the end, and (streaming) to the client as
 Dask events on the rollout's topic, a batch every STREAM_SECONDS.
 
+An action outlives no client: Dask releases a task's key when the client
+that wanted it is gone (a `kill -9` closes its connection; the worker's
+state for the key turns `cancelled` within milliseconds), and a watcher
+here asks every WANTED_SECONDS whether each running action's key is still
+wanted; one that is not is stopped as on Ctrl-C (signal, the task's grace
+period, SIGKILL). `running_tokens` says which actions of a rollout still run
+here (dask_executor.wait_for_predecessor).
+
 A stop (Ctrl-C on the client) reaches a running action through
 `stop_action`, which the client runs on every worker (`Client.run`, outside
 the task queue, so a worker whose threads are all busy still hears it): it
@@ -39,15 +47,18 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from queue import SimpleQueue
 from typing import Any, Callable, Sequence
 
+from ..components.base import CLUSTER_LOCK, WORKER_DIR
 from .alarms import Alarm, Alarms
 from .events import CANCELLED, FAILED, SUCCEEDED, TIMEOUT
 from .process import make_masker, retry_again
 from .step import Executables, Step, Supervisor, killpg, run_step, sweep_and_reap
 
+WANTED_SECONDS = 0.5  # how often a running action checks that its client still wants it
 STREAM_SECONDS = 0.1  # console lines are sent to the client in batches at most this old
 STOPPED_MEMORY_SECONDS = 3600.0  # how long a stop for an action not (yet) started is remembered
 TIMEOUT_GRACE = 2.0  # as ProcessRunner.timeout_grace: SIGTERM on timeout, SIGKILL this much later
@@ -86,6 +97,10 @@ class Task:
     retries: int = 0
     secrets: Sequence[str] = ()
     claim: str = ""  # a Dask Event name: set when the action starts (see run_action)
+    grace: float = 10.0  # SIGTERM, then SIGKILL this much later, when it is stopped
+    returns: Sequence[str] = ()  # files (client paths, in the workspace) that come back after a success
+    python: str = ""  # the client's interpreter and atmosbuild package directory: in argv,
+    package: str = ""  # they become the worker's (our helper scripts: flockrun.py, exitmap.py)
 
 
 @dataclass
@@ -101,6 +116,7 @@ class Result:
     shown: list[str] = field(default_factory=list)
     captured: str | None = None  # the stdout of the `capture` steps, joined
     outputs: bytes | None = None  # the outputs file ($ATMOS_OUTPUTS), if written
+    returned: dict = field(default_factory=dict)  # Task.returns (client path) -> content, those that exist
     attempts: int = 0
     started: float = 0.0  # the worker's wall clock
     finished: float = 0.0
@@ -109,8 +125,12 @@ class Result:
 class _Running(Supervisor):
     """An action running on this worker; fields below `mask` guarded by _LOCK."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, node: str = "", wanted: Callable[[], bool] | None = None,
+                 grace: float = 10.0) -> None:
         self.token = token
+        self.node = node
+        self.wanted = wanted  # whether a client still waits for this action (None: always)
+        self.grace = grace
         self.proc: subprocess.Popen | None = None
         self.stop_signal: int | None = None
         self.attempt = 0
@@ -178,17 +198,24 @@ def unpack(archive: bytes, into: str) -> None:
 
 def execute(task: Task, *, where: str, local_dir: str | None = None,
             publish: Callable[[Any], None] | None = None, base_env: dict | None = None,
-            gate: Callable[[], bool] | None = None) -> Result:
+            gate: Callable[[], bool] | None = None, wanted: Callable[[], bool] | None = None,
+            hold: Callable | None = None) -> Result:
     """Run the task's steps in a private copy of its files; never raises for
     what the action does (a failure is a Result). `gate()`, asked after the
-    files are unpacked and before anything runs, may refuse (see run_action)."""
+    files are unpacked and before anything runs, may refuse (see run_action).
+    `wanted()`, asked every WANTED_SECONDS while it runs: False stops it.
+    `hold(names, give_up)`: a context manager holding the named cluster
+    locks a step asks for (CLUSTER_LOCK), True once held, False if
+    `give_up()` said so first (default: locks of this process only)."""
     started = time.time()
     mask = make_masker(task.secrets)
-    running = _Running(task.token)
+    running = _Running(task.token, task.node, wanted, task.grace)
     with _LOCK:
         if _STOPPED.pop(task.token, None) is not None:
             return Result(CANCELLED, None, "cancelled", where, started=started, finished=started)
         _RUNNING[task.token] = running
+    if wanted is not None:
+        _WATCHER.ensure()
     stream = _Stream(publish, task.token)
     log = io.StringIO()
     ws = tempfile.mkdtemp(prefix="atmos-action-", dir=local_dir)
@@ -204,22 +231,37 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
         if gate is not None and not gate():
             return Result(FAILED, None, LOST, where, started=started, finished=time.time())
 
+        mine = os.path.join(local_dir or tempfile.gettempdir(), "atmosbuild")
+
         def local(text: str) -> str:
-            return text.replace(task.workspace, ws)
+            return text.replace(task.workspace, ws).replace(WORKER_DIR, mine)
 
         env = dict(os.environ if base_env is None else base_env)
         env.update({k: local(v) for k, v in task.env.items()})
         env[WORKER_ENV] = where
-        steps = [Step(tuple(local(a) for a in argv), *flags) for argv, *flags in task.steps]
+        steps, holds = [], []
+        for argv, *flags in task.steps:
+            argv, names = _cluster_locks(_own_tools(task, tuple(local(a) for a in argv)))
+            steps.append(Step(argv, *flags))
+            holds.append(names)
+        plan = _Plan(steps, holds, hold or _local_hold)
         cwd = local(task.cwd)
+        missing = _missing_tool(steps, env, where)
+        if missing:
+            log.write(mask(missing) + "\n")
+            return Result(FAILED, None, mask(missing), where, log.getvalue(), started=started,
+                          finished=time.time())
+        for name, value in task.env.items():  # WORKER_DIR in the env names directories: made here
+            if WORKER_DIR in value:
+                os.makedirs(env[name], exist_ok=True)
         attempt = 0
-        status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)
+        status, code, message, captured = _attempt(task, running, plan, cwd, env, log, mask, stream)
         while retry_again(status, attempt, task.retries) and not running.stopping():
             attempt += 1
             note = f"retry {attempt}/{task.retries} ({message})"
             log.write(f"--- {note}\n")
             stream.show(note)
-            status, code, message, captured = _attempt(task, running, steps, cwd, env, log, mask, stream)
+            status, code, message, captured = _attempt(task, running, plan, cwd, env, log, mask, stream)
         outputs = None
         if status == SUCCEEDED:
             try:
@@ -229,10 +271,20 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
                 pass
             except OSError as exc:
                 status, message = FAILED, f"cannot read the outputs file on {where}: {exc.strerror}"
+        returned = {}
+        if status == SUCCEEDED:
+            for path in task.returns:
+                try:
+                    with open(local(path), "rb") as fh:
+                        returned[path] = fh.read()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    status, message = FAILED, f"cannot read {os.path.basename(path)} on {where}: {exc.strerror}"
         stream.close()
         stream.flush()
         return Result(status, code, mask(message), where, log.getvalue(), list(stream.lines), captured,
-                      outputs, attempt + 1, started, time.time())
+                      outputs, returned, attempt + 1, started, time.time())
     finally:
         stream.close()
         with _LOCK:
@@ -240,6 +292,72 @@ def execute(task: Task, *, where: str, local_dir: str | None = None,
             for alarm in running.alarms:
                 alarm.cancel()
         _JANITOR.remove(ws)
+
+
+_HELPERS = ("flockrun.py", "exitmap.py")  # our wrappers: `python -S -E HELPER ... -- ARGV`
+
+
+def _own_tools(task: Task, argv: tuple) -> tuple:
+    """The client's interpreter and our helper scripts in `argv` become this
+    worker's (the same atmosbuild, installed elsewhere maybe)."""
+    if not task.python or not argv or argv[0] != task.python:
+        return argv
+    import sys
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the atmosbuild package
+    return (sys.executable, *(here + a[len(task.package):] if task.package and a.startswith(task.package + os.sep)
+                              else a for a in argv[1:]))
+
+
+def _wrapped(argv: tuple) -> int | None:
+    """Where the wrapped argv starts, if `argv` is one of our wrappers."""
+    if len(argv) > 2 and "--" in argv and any(a.endswith(os.sep + h) for a in argv[1:4] for h in _HELPERS):
+        return argv.index("--") + 1
+    return None
+
+
+def _tool(argv: tuple) -> str:
+    """The program a step runs: argv[0], or what our wrappers around it run."""
+    start = _wrapped(argv)
+    while start is not None and start < len(argv):
+        argv = argv[start:]
+        start = _wrapped(argv)
+    return argv[0]
+
+
+def _cluster_locks(argv: tuple) -> tuple[tuple, tuple[str, ...]]:
+    """flockrun.py's CLUSTER_LOCK arguments are locks of the cluster (held
+    by `hold` around the step, so steps on every worker take turns), not
+    files: (argv without them, their names)."""
+    start = _wrapped(argv)
+    if start is None:
+        return argv, ()
+    head, rest = argv[:start - 1], argv[start:]  # (python, -S, -E, flockrun.py, LOCK...), ARGV
+    names = tuple(a[len(CLUSTER_LOCK):] for a in head if a.startswith(CLUSTER_LOCK))
+    if not names:
+        return argv, ()
+    kept = tuple(a for a in head if not a.startswith(CLUSTER_LOCK))
+    if kept[-1].endswith(os.sep + "flockrun.py"):
+        return rest, names  # no file lock left for flockrun: the command itself
+    return kept + ("--",) + rest, names
+
+
+def _missing_tool(steps: Sequence[Step], env: dict, where: str) -> str:
+    """Why a step cannot start on this worker (its program is not here), or "".
+    (A PATH with relative entries depends on each step's cwd: the exec tells.)"""
+    if not all(os.path.isabs(d) for d in env.get("PATH", "").split(os.pathsep) if d):
+        return ""
+    for step in steps:
+        tool = _tool(step.argv)
+        if os.sep in tool:
+            if os.path.isabs(tool) and not os.access(tool, os.X_OK):
+                return (f"{tool} is not on worker {where} (or is not executable there): install it "
+                        "there, or give the component `resources:` that only workers with it offer")
+            continue
+        if _EXECUTABLES.find(tool, env.get("PATH")) is None and shutil.which(tool, path=env.get("PATH")) is None:
+            return (f"{tool!r} was not found on PATH on worker {where}: install it there, or give the "
+                    "component `resources:` that only workers with it offer")
+    return ""
 
 
 class _Janitor:
@@ -280,7 +398,36 @@ class _Janitor:
 _JANITOR = _Janitor()
 
 
-def _attempt(task: Task, running: _Running, steps: list[Step], cwd: str, env: dict, log, mask,
+@dataclass
+class _Plan:
+    steps: list  # step.Step
+    holds: list  # per step: the cluster locks it holds while it runs
+    hold: Callable  # (names, give_up) -> context manager (see execute)
+
+
+_LOCAL_HOLDS: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def _local_hold(names: Sequence[str], give_up: Callable[[], bool]):
+    """`hold` without a cluster: the named locks of this process."""
+    with _LOCK:
+        locks = [_LOCAL_HOLDS.setdefault(n, threading.Lock()) for n in sorted(names)]
+    held = []
+    try:
+        for lock in locks:
+            while not lock.acquire(timeout=0.2):
+                if give_up():
+                    yield False
+                    return
+            held.append(lock)
+        yield True
+    finally:
+        for lock in reversed(held):
+            lock.release()
+
+
+def _attempt(task: Task, running: _Running, plan: _Plan, cwd: str, env: dict, log, mask,
              stream: _Stream) -> tuple[str, int | None, str, str | None]:
     with _LOCK:
         running.attempt, running.timed_out = running.attempt + 1, False
@@ -292,14 +439,20 @@ def _attempt(task: Task, running: _Running, steps: list[Step], cwd: str, env: di
         except Exception:
             pass
     captured: list[bytes] | None = None
-    for step in steps:
+    for step, names in zip(plan.steps, plan.holds):
         if running.stopping():
             return CANCELLED, None, "cancelled", None
         if running.timed_out:
             break
-        code, message, out = run_step(
-            step, cwd=cwd, env=env, log=log, mask=mask, show=stream.show, supervisor=running,
-            executable=_EXECUTABLES.find(step.argv[0], env.get("PATH")))
+        with plan.hold(names, lambda: running.stopping() or running.timed_out) if names \
+                else nullcontext(True) as held:
+            if not held:
+                if running.stopping():
+                    return CANCELLED, None, "cancelled", None
+                break  # timed out while it waited
+            code, message, out = run_step(
+                step, cwd=cwd, env=env, log=log, mask=mask, show=stream.show, supervisor=running,
+                executable=_EXECUTABLES.find(step.argv[0], env.get("PATH")))
         if running.stopping():
             return CANCELLED, code, "cancelled", None
         if running.timed_out:
@@ -331,7 +484,46 @@ def _kill(running: _Running, proc: subprocess.Popen | None = None) -> None:
             killpg(running.proc.pid, signal.SIGKILL)
 
 
-def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: float = 10.0) -> int:
+class _Watcher:
+    """One thread per worker process, started with the first action that has
+    a client to outlive: stops the running actions no client wants."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def ensure(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="atmosbuild wanted", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(WANTED_SECONDS)
+            with _LOCK:
+                watched = [r for r in _RUNNING.values() if r.wanted is not None and r.stop_signal is None]
+            for running in watched:
+                try:
+                    gone = not running.wanted()
+                except Exception:
+                    gone = False  # cannot tell: keep it (the client's stop still reaches it)
+                if gone:
+                    stop_action([running.token], signal.SIGTERM, running.grace, remember=False)
+
+
+_WATCHER = _Watcher()
+
+
+def running_tokens(prefix: str) -> list[tuple[str, str]]:
+    """(token, node) of the actions running here whose token starts with
+    `prefix` (one rollout's: its topic). Called via Client.run."""
+    with _LOCK:
+        return sorted((t, r.node) for t, r in _RUNNING.items() if t.startswith(prefix))
+
+
+def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: float = 10.0, *,
+                remember: bool = True) -> int:
     """Stop the actions running here under `tokens`: signal each step's
     group once, SIGKILL it after `grace` seconds. A token not running here
     is remembered, so that run ends at once if it starts later. Returns how
@@ -342,7 +534,8 @@ def stop_action(tokens: Sequence[str], signum: int = signal.SIGTERM, grace: floa
         for token in tokens:
             running = _RUNNING.get(token)
             if running is None:
-                _STOPPED[token] = now
+                if remember:
+                    _STOPPED[token] = now
                 continue
             found += 1
             if running.stop_signal is None or signum == signal.SIGKILL:
@@ -377,6 +570,14 @@ def run_action(task: Task) -> Result:
 
     worker = get_worker()
     where = worker.address
+    key = worker.get_current_task()
+
+    def wanted() -> bool:
+        # executing (or resumed: released, then wanted again); `cancelled`
+        # once no client wants the key, e.g. when its client died.
+        state = worker.state.tasks.get(key)
+        return state is not None and state.state in ("executing", "long-running", "resumed")
+
     gate = None
     if task.claim:
         claim = _claim(worker, task.claim)
@@ -390,13 +591,38 @@ def run_action(task: Task) -> Result:
             worker.log_event(task.topic, msg)
 
         publish(["start", task.token, where])
-    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate)
+    result = execute(task, where=where, local_dir=worker.local_directory, publish=publish, gate=gate,
+                     wanted=wanted, hold=_cluster_hold)
     if publish is not None and _size(result) <= PUSH_LIMIT:
         try:
             publish(["result", task.token, asdict(result)])
         except Exception:
             pass  # the client fetches it
     return result
+
+
+@contextmanager
+def _cluster_hold(names: Sequence[str], give_up: Callable[[], bool]):
+    """Dask Locks (on the scheduler: every worker sees them), in sorted
+    order; a worker that dies loses its leases after Dask's lease timeout."""
+    from distributed import Lock
+
+    held = []
+    try:
+        for name in sorted(names):
+            lock = Lock("atmosbuild-" + name)
+            while not lock.acquire(timeout=0.5):
+                if give_up():
+                    yield False
+                    return
+            held.append(lock)
+        yield True
+    finally:
+        for lock in reversed(held):
+            try:
+                lock.release()
+            except Exception:
+                pass  # (lost with the scheduler: nobody holds it any more)
 
 
 def _claim(worker, name: str):

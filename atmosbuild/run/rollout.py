@@ -208,12 +208,14 @@ class ActionSite(NamedTuple):
     settings: Mapping[str, Any]  # atmos.yaml per component type
     color: bool
     verb: str  # options.verb
+    executor: str  # options.executor
 
 
 class Prepared(NamedTuple):
     ctx: "ActionContext"
     env: dict
     steps: list
+    returns: Any  # the files a remote executor brings back (the type's returned_files)
 
 
 def _local_component(root: str, comp, src_dir: str | None):
@@ -248,7 +250,7 @@ def action_context(node, key: str, vars_, site: ActionSite, plan_file: str = "",
         state_dir=os.path.abspath(site.state_dir), root=site.root,
         component=_local_component(site.root, comp, src_dir),
         ingredients=node.local, extra=node.extra, settings=site.settings.get(comp.type, {}),
-        color=site.color, verb=site.verb, plan_file=plan_file)
+        color=site.color, verb=site.verb, plan_file=plan_file, executor=site.executor)
 
 
 def prepare_action(node, decision: "Decision", site: ActionSite, outputs: Mapping[str, Any], *,
@@ -299,7 +301,7 @@ def prepare_action(node, decision: "Decision", site: ActionSite, outputs: Mappin
         "ATMOS_VARS_FILE": ctx.vars_path, "ATMOS_OUTPUTS": ctx.outputs_path,
     })
     steps = [Step(tuple(i.argv), i.capture, i.log) for i in verb.invocations(node, ctx)]
-    return Prepared(ctx, full_env, steps)
+    return Prepared(ctx, full_env, steps, node.ctype.returned_files(ctx))
 
 
 # -- the rollout ---------------------------------------------------------------------------
@@ -352,6 +354,8 @@ class Rollout(ScheduleHooks):
     # -- the run ----------------------------------------------------------------
 
     def run(self) -> int:
+        if self.options.executor != "local":
+            self._check_remote()
         with ExitStack() as stack:
             stack.callback(self.console.flush)  # whatever happens, no line is held back
             for label in sorted(self.graph.labels, key=lambda l: (self.graph.specs[l].name, l.target)):
@@ -377,6 +381,24 @@ class Rollout(ScheduleHooks):
                 except StoreLost:
                     pass  # (the run is recorded; only the shortcut for the next one is lost)
             return code
+
+    def _check_remote(self) -> None:
+        """Before anything runs or is recorded: every component can run on
+        the remote executor (a terraform one on the default local backend
+        would leave its state on a worker)."""
+        from ..errors import ConfigError
+
+        verb = "apply --from-preview" if self.options.from_preview else self.options.verb
+        for nid in sorted(self.graph.nodes):
+            node = self.graph.nodes[nid]
+            if getattr(node, "ctype", None) is None:
+                continue  # (a recorded node: its record only)
+            comp = node.component
+            problem = node.ctype.remote_problem(comp, self.options.settings.get(comp.type, {}),
+                                                node.deployment, node.target, verb)
+            if problem:
+                raise ConfigError(f"{node.cid} at {node.label} cannot run on executor "
+                                  f"{self.options.executor}: {problem}")
 
     def _lock(self, stack: ExitStack, deployment: str, target: str, label: str) -> None:
         """This machine's lock (held by the actions too, even past a kill -9
@@ -413,7 +435,7 @@ class Rollout(ScheduleHooks):
         # flock, a shared store's session): the locks stay held until the
         # last of them exits, even if we are killed (lock.py, postgres.py).
         runner.setup(keep_fds=[fd for lock in self.locks for fd in getattr(lock, "fds", ())],
-                     on_processes=self._note_processes)
+                     on_processes=self._note_processes, on_remote=self._note_remote)
         unwatch = None
         watch = getattr(self.store, "watch", None)  # a shared store's session
         if watch is not None and isinstance(runner, ProcessRunner):
@@ -442,6 +464,13 @@ class Rollout(ScheduleHooks):
             note = getattr(lock, "note_running", None)
             if note is not None:
                 note(processes)
+
+    def _note_remote(self, where: str) -> None:
+        """The actions run on a cluster (lock.py: a rollout after a kill -9 of this one waits for them)."""
+        for lock in self.locks:
+            note = getattr(lock, "note_remote", None)
+            if note is not None:
+                note(where)
 
     # -- deciding (for the verb) --------------------------------------------------
 
@@ -576,7 +605,8 @@ class Rollout(ScheduleHooks):
     def site(self, node) -> ActionSite:
         return ActionSite(self.root, self.state_dir, self.workspaces[node.label], self.base_env,
                           self.options.toolchain, self.options.settings,
-                          bool(getattr(self.console, "color", False)), self.options.verb)
+                          bool(getattr(self.console, "color", False)), self.options.verb,
+                          self.options.executor)
 
     def materialize(self, node, workdir: str) -> str | None:
         """Copy the node's source into `workdir`; its source directory. A
@@ -707,7 +737,12 @@ class Rollout(ScheduleHooks):
 
             src = source_dir(self.root, self.state_dir, node.component.source, node.local)
             ctx = action_context(node, last.key, dict(node.component.vars), self.site(node), "", src)
-            outputs = node.ctype.recover_outputs(ctx) or {}
+            recovered = node.ctype.recover_outputs(ctx)
+            if recovered is None and ctx.remote:  # unmasked on the worker otherwise
+                raise ValueError(f"its sensitive outputs ({', '.join(sorted(names))}) must be masked in "
+                                 f"what it prints, and cannot be read back here to know them: run it "
+                                 f"with the local executor, or install {node.ctype.name} here")
+            outputs = recovered or {}
         texts: list[str] = []
         for name in names:
             if outputs.get(name) is not None and not is_marker(outputs[name]):
@@ -723,7 +758,7 @@ class Rollout(ScheduleHooks):
             plan_file=self.verb.plan_file(nid), ids=self.graph.specs[node.label].components,
             refs=refs, secrets=self.secrets[nid], materialize=self.materialize)
         self.contexts[nid] = prepared.ctx
-        spec.env, spec.steps = prepared.env, prepared.steps
+        spec.env, spec.steps, spec.returns = prepared.env, prepared.steps, prepared.returns
 
     def _collect(self, nid: str, captured: str | None):
         return self.verb.collect(nid, self.graph.nodes[nid], self.contexts[nid], captured)

@@ -43,12 +43,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
 from .. import clock
+from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
 from ..state.files import FileDigester, changed_in, file_digest, signature, signature_since
-from ..state.store import BUILD
 from .decide import Decider, Stale
 
 VERSION = 5
@@ -651,7 +651,10 @@ def check_record(keys: Keys | None, root: str, state_dir: str) -> Checked | None
     trees: dict = {}
     digester = FileDigester(root, cache={}, trees=trees)
     names = {label: spec.name for label, spec in record.graph.specs.items()}
-    compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
+    from ..config.workspace import load_settings
+
+    compiler = NodeCompiler(root, None, pack.get, dag, digester, lambda: load_settings(root),
+                            names=names)
     try:
         compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
     except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where
