@@ -553,8 +553,9 @@ def test_a_new_verb_is_a_verb_handed_to_the_one_rollout(ws):
     first, nothing recorded, exit 7."""
     import io
 
+    from atmosbuild.components import TYPES
     from atmosbuild.config.labels import parse_label
-    from atmosbuild.config.workspace import expand
+    from atmosbuild.config.workspace import expand, load_settings, load_specs
     from atmosbuild.graph.actions import compile_graph
     from atmosbuild.run.lifecycle import reversed_dag
     from atmosbuild.run.rollout import Rollout, RolloutOptions, Verb
@@ -581,7 +582,9 @@ def test_a_new_verb_is_a_verb_handed_to_the_one_rollout(ws):
     deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
     root, state = str(ws.root), str(ws.state)
     store = MemoryStore()
-    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    labels = expand(root, [parse_label("//app:dev")], TYPES)
+    graph = compile_graph(root, labels, FileDigester(root, store.file_cache()),
+                          specs=lambda: load_specs(root, labels, TYPES), settings=lambda: load_settings(root))
     factory = FakeRunnerFactory()
     console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
     rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
