@@ -368,6 +368,22 @@ def test_a_sqlite_rollout_never_imports_the_postgres_driver(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_postgres_rollout_never_imports_psycopg(tmp_path, pg_url):
+    """The store talks to libpq itself (state/pq.py): importing psycopg
+    would cost a no-op 0.1 s, half of it."""
+    ws = team_repo(tmp_path / "repo", pg_url)
+    code = ("import sys\nfrom atmosbuild.cli import main\n"
+            f"for _ in range(2):\n  try:\n    main(['-C', {str(ws.root)!r}, 'rollout', '//app:dev'])\n"
+            "  except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'atmosbuild.state.postgres' in sys.modules\n"
+            "bad = [m for m in ('psycopg', 'asyncio') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ["command/api", "command/base", "command/solo", "command/web"]  # once
+
+
 @pytest.mark.parametrize("url, shown, conninfo, password, schema", [
     ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db", "postgresql://u@h:5432/db", "p@ss", "atmosbuild"),
     ("postgres://u@h/db?schema=team&sslmode=require", "postgres://u@h/db?schema=team&sslmode=require",
