@@ -145,6 +145,22 @@ def test_the_lock_names_its_holder_across_machines_and_wait_waits(tmp_path, pg_u
     assert "0 ran, 4 cached" in out  # it read what the holder recorded
 
 
+def wait_until_zombie(proc: subprocess.Popen) -> None:
+    """Until `proc` has exited but is not reaped (a zombie); reaped where
+    there is no /proc to tell."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            proc.wait()
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {proc.pid} did not exit")
+
+
 def test_kill_9_of_the_holder_keeps_the_lock_until_its_action_exits(tmp_path, pg_url):
     """SPEC 6 across machines: the killed holder's action still runs, so no
     other machine may start; once it exits the lock is free within seconds."""
@@ -155,12 +171,13 @@ def test_kill_9_of_the_holder_keeps_the_lock_until_its_action_exits(tmp_path, pg
     wait_for(a.root / "api.started")
     action = int((a.root / "api.pid").read_text())
     holder.kill()
-    holder.wait()
+    wait_until_zombie(holder)  # killed, not yet reaped: it has exited all the same
     try:
         locked = b.run("rollout", "//app:dev")
         assert locked.returncode == 3, locked.stderr
         assert f"pid {holder.pid} on host" in locked.stderr
         assert "which has exited, but actions it started still run" in locked.stderr
+        holder.wait()
         os.killpg(action, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while True:

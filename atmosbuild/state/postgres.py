@@ -155,16 +155,6 @@ class StateURL:
         return self.scrub("; ".join(lines) or type(exc).__name__)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # somebody else's: it runs
-    return True
-
-
 def _version(meta: Mapping[str, str]) -> int:
     try:
         return int(meta.get("version", ""))
@@ -615,7 +605,9 @@ class PostgresStore:
         host, pid, started, holder_label = row[0]
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started))
         holder = f"pid {pid} on host {host} (started {when}, {holder_label})"
-        if host == socket.gethostname() and not _alive(pid):
+        from ..procs import alive
+
+        if host == socket.gethostname() and not alive(pid):
             holder += ", which has exited, but actions it started still run"
         return holder
 
