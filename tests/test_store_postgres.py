@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import REPO, RECORD, Workspace, wait_for
 from pgserver import PASSWORD
@@ -494,3 +495,50 @@ def test_a_destroy_on_one_machine_is_seen_by_the_other(tmp_path, pg_url):
     assert again.returncode == 0, again.stderr
     assert ran(b) == ALL  # applied again, from the other machine
     assert "0 ran, 4 cached" in a.run("rollout", "//app:dev").stdout
+
+
+# -- atmos.yaml with a state URL: cached masked, read as written -------------------------
+
+_PASSWORD_CHARS = st.text(alphabet="aZ9%@:/?#&=+!$' \"\\,[]{}é-_.~", min_size=0, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(password=_PASSWORD_CHARS, style=st.sampled_from(["plain", "single", "double"]),
+       param=st.booleans(), comment=st.booleans(), second=st.booleans())
+def test_settings_with_a_state_url_read_as_written_and_cache_no_password(
+        tmp_path_factory, password, style, param, comment, second):
+    """The settings parse cache sees atmos.yaml with every postgresql:// URL
+    masked (workspace._load_masking_urls): the values are the file's, and no
+    cache entry holds the password, whatever its characters and quoting."""
+    import yaml as pyyaml
+
+    from atmosbuild.config import workspace
+    from atmosbuild.config.yaml import parse_yaml
+
+    secret = "Sx7q" + password
+    url = f"postgresql://atmos:{secret}@db.example:5432/team"
+    if param:
+        url = f"postgresql://atmos@h1:1,h2:2/team?sslmode=require&password={secret}"
+    scalar = {"plain": url, "single": "'" + url.replace("'", "''") + "'",
+              "double": json.dumps(url)}[style]
+    text = f"state: {scalar}\n" + ("# the team's store\n" if comment else "")
+    if second:
+        text += f"terraform:\n  backend:\n    conn_str: {json.dumps(url)}\n"
+    try:
+        expected = parse_yaml(text, "atmos.yaml").data
+    except Exception:  # not YAML as written (a plain scalar with ': ', ' #'...)
+        return
+    if pyyaml.safe_load(text) != expected:
+        return
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        for _ in range(2):  # a miss, then a hit
+            assert workspace._load_masking_urls(text, "atmos.yaml").data == expected
+    finally:
+        os.environ["XDG_CACHE_HOME"] = old
+    for dirpath, _, files in os.walk(cache):
+        for name in files:
+            data = Path(dirpath, name).read_bytes()
+            assert secret.encode() not in data and secret.encode("unicode_escape") not in data
