@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import time
 from typing import Callable, Iterator, Mapping
 
@@ -155,6 +154,15 @@ class StateURL:
         return self.scrub("; ".join(lines) or type(exc).__name__)
 
 
+def _hostname() -> str:
+    """This machine's name (as socket.gethostname, without importing socket)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def _version(meta: Mapping[str, str]) -> int:
     try:
         return int(meta.get("version", ""))
@@ -223,7 +231,7 @@ class PostgresStore:
             self.db = pq.Connection({
                 "dbname": self.url.conninfo,  # (expanded by libpq; what follows overrides it)
                 "password": self.url.password, "connect_timeout": "10",
-                "application_name": f"atmosbuild {socket.gethostname()} pid {os.getpid()}"[:63],
+                "application_name": f"atmosbuild {_hostname()} pid {os.getpid()}"[:63],
                 "options": SESSION_OPTIONS, "client_encoding": "UTF8",
                 # (client side too: a query to a vanished server fails in ~25 s)
                 "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
@@ -380,10 +388,30 @@ class PostgresStore:
         return snap
 
     def applied_summary(self, deployment: str, target: str) -> dict[str, tuple[str, str, float]]:
+        """Every no-op reads this: thousands of rows as one text value (one
+        libpq call, then str.split, instead of a call per value, ~20 ms at
+        5,000 rows), fields and rows joined by ASCII's unit and record
+        separators. The server says whether any value holds one of them
+        (none of ours does: ids have no control characters, keys and
+        digests are hex); then the rows come one by one instead."""
+        where = "FROM {}.applied WHERE deployment = %s AND target = %s".format(self.s)
+        args = (deployment, target)
         with self._query("reading the applied records"):
-            return {row[0]: row[1:] for row in self.db.execute(
-                f"SELECT component, key, result, duration FROM {self.s}.applied "
-                "WHERE deployment = %s AND target = %s", (deployment, target))}
+            [(clash, text)] = self.db.execute(
+                "SELECT coalesce(bool_or(strpos(component || key || result, E'\\x1f') > 0 "
+                "OR strpos(component || key || result, E'\\x1e') > 0), false), "
+                "string_agg(concat_ws(E'\\x1f', component, key, result, duration), E'\\x1e') "
+                + where, args)
+            if clash:
+                return {row[0]: row[1:] for row in self.db.execute(
+                    "SELECT component, key, result, duration " + where, args)}
+        if text is None:
+            return {}
+        out = {}
+        for record in text.split("\x1e"):
+            component, key, result, duration = record.split("\x1f")
+            out[component] = (key, result, float(duration))
+        return out
 
     def builds(self, keys: list[str]) -> dict[str, Built]:
         import json
@@ -525,7 +553,7 @@ class PostgresStore:
     def deployment_lock(self, deployment: str, target: str, label: str, *, wait: bool = False,
                         on_wait: Callable[[str], None] | None = None) -> Iterator["HeldSession"]:
         key = lock_key(self.url.schema, deployment, target)
-        who = (deployment, target, socket.gethostname(), os.getpid(), time.time(), label)
+        who = (deployment, target, _hostname(), os.getpid(), time.time(), label)
         got = self._try_lock(key, who, "taking the lock")
         if not got:
             holder = self._holder(deployment, target, key)
@@ -607,7 +635,7 @@ class PostgresStore:
         holder = f"pid {pid} on host {host} (started {when}, {holder_label})"
         from ..procs import alive
 
-        if host == socket.gethostname() and not alive(pid):
+        if host == _hostname() and not alive(pid):
             holder += ", which has exited, but actions it started still run"
         return holder
 
