@@ -201,7 +201,10 @@ def _driver():
 
     try:
         pq.load()
-    except pq.Missing:
+    except pq.Missing as exc:
+        if str(exc):
+            raise StateError(f"state: a postgresql:// URL needs libpq, which psycopg is installed "
+                             f"without ({exc}): {INSTALL_HINT}") from None
         raise StateError(f"state: a postgresql:// URL needs psycopg: {INSTALL_HINT}") from None
     return pq
 

@@ -50,7 +50,8 @@ class Error(Exception):
 
 
 class Missing(Exception):
-    """No libpq to be found (psycopg is not installed)."""
+    """No libpq to be found: psycopg is not installed (empty message), or it
+    is and its libpq is not where psycopg would load it from."""
 
 
 # -- finding and binding libpq ---------------------------------------------------------
@@ -111,7 +112,7 @@ def load():
                 except OSError:
                     pass
         if lib is None:
-            raise Missing()
+            raise Missing("no libpq found" if importlib.util.find_spec("psycopg") else "")
     P, I, S = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
     signatures = {
         "PQconnectStartParams": (P, [P, P, I]),
