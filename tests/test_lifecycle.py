@@ -262,3 +262,153 @@ def test_output_prints_recorded_outputs_and_one_raw(ws, tf, env):
     for args in (("terraform/nope",), ("terraform/b", "nope")):
         bad = run(ws, env, "output", "//app:dev", *args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+
+
+# -- destroy and an upstream's sensitive output ------------------------------------------
+
+SECRET = "pw-db-Zq8"
+SECRET_MODULE = """\
+variable "name" {}
+resource "terraform_data" "pw" { input = sensitive("pw-${var.name}-Zq8") }
+output "password" {
+  value     = terraform_data.pw.output
+  sensitive = true
+}
+output "plain" { value = "plain-${var.name}" }
+"""
+# Its destroy needs the real password: the marker state holds (an object)
+# fails the type, another string fails the validation. (The module holds
+# only the password's digest, so the secret is in no file of the source.)
+USES_SECRET_MODULE = """\
+variable "n" {}
+variable "pw" {
+  type      = string
+  sensitive = true
+  validation {
+    condition     = sha256(var.pw) == "%s"
+    error_message = "pw is not the upstream's password."
+  }
+}
+resource "terraform_data" "u" { input = var.n }
+""" % __import__("hashlib").sha256(SECRET.encode()).hexdigest()
+
+
+def secret_chain(ws, out):
+    """terraform/db (a sensitive `password`) <- terraform/use (a var) and
+    <- command/notify (its `destroy:` argv writes the password to a file)."""
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    ws.write("modules/use/main.tf", USES_SECRET_MODULE)
+    doc = {"deployment": {"targets": {"dev": {}}, "components": {
+        "terraform": {
+            "db": {"source": "modules/secret", "vars": {"name": "db"}},
+            "use": {"source": "modules/use", "vars": {"n": "1", "pw": "${outputs.terraform/db.password}"}},
+        },
+        "command": {
+            "notify": {"run": ["true"],
+                       "destroy": ["sh", "-c", 'printf %s "$1" > "$2"', "sh",
+                                   "${outputs.terraform/db.password}", str(out / "seen.txt")]},
+        },
+    }}}
+    ws.write("app/deployment.yaml", json.dumps(doc, indent=1))
+
+
+def no_secret_anywhere(ws, *procs) -> None:
+    """Not on any output stream, in no log, in no byte under STATE_DIR but
+    Terraform's own state files (Terraform keeps outputs in clear there)."""
+    for proc in procs:
+        assert SECRET not in proc.stdout + proc.stderr
+    leaked = [str(p) for p in ws.state.rglob("*") if p.is_file()
+              and not p.name.endswith((".tfstate", ".tfstate.backup")) and SECRET.encode() in p.read_bytes()]
+    assert not leaked
+
+
+@pytest.mark.parametrize("standing", [False, True], ids=["whole-chain", "upstream-standing"])
+def test_destroy_reads_an_upstreams_sensitive_output_back_from_its_state(ws, tf, env, standing):
+    out = ws.root.parent / "out"
+    out.mkdir()
+    secret_chain(ws, out)
+    first = run(ws, env, "rollout", "//app:dev", "-j2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert outputs_of(ws, "terraform/db")["password"] == {"$atmosbuild": "sensitive"}
+    only = ["--only", "terraform/use", "--only", "command/notify"] if standing else []
+    proc = run(ws, env, "destroy", "//app:dev", "--yes", "-j2", *only,
+               "--report", str(ws.root.parent / "d.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The dependents' destroys got the real password, not the marker.
+    assert (out / "seen.txt").read_text() == SECRET
+    report = {n["id"]: n["status"] for n in json.loads((ws.root.parent / "d.json").read_text())["nodes"]}
+    gone = {"terraform/use", "command/notify"} | (set() if standing else {"terraform/db"})
+    assert report == {n: "destroyed" for n in gone}
+    status = run(ws, env, "status", "//app:dev")
+    rows = {line.split()[0]: line for line in status.stdout.splitlines() if "/" in line.split()[0]}
+    assert all("destroyed (by run" in rows[n] for n in gone)
+    if standing:
+        assert "destroyed" not in rows["terraform/db"]
+    no_secret_anywhere(ws, first, proc, status)
+    assert SECRET not in "\n".join(p.read_text(errors="replace") for p in (ws.state / "logs").rglob("*.log"))
+
+
+def test_destroy_refuses_a_sensitive_output_that_changed_outside_atmosbuild(ws, tf, env):
+    """The value read back is checked against the result recorded at apply:
+    an upstream state edited since (here: its password) fails the
+    dependent's destroy, naming why, and destroys nothing."""
+    out = ws.root.parent / "out"
+    out.mkdir()
+    secret_chain(ws, out)
+    assert run(ws, env, "rollout", "//app:dev").returncode == 0
+    path = ws.state / "tfstate" / "app" / "terraform" / "db" / "dev" / "terraform.tfstate"
+    state = json.loads(path.read_text())
+    state["outputs"]["password"]["value"] = "pw-edited-by-hand"
+    path.write_text(json.dumps(state))
+    proc = run(ws, env, "destroy", "//app:dev", "--yes", "-j1", "--only", "command/notify")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "differ from the recorded ones" in proc.stdout + proc.stderr
+    assert not (out / "seen.txt").exists()
+    status = run(ws, env, "status", "//app:dev")
+    assert "destroyed" not in status.stdout
+    assert "pw-edited-by-hand" not in proc.stdout + proc.stderr
+
+
+def test_output_masks_sensitive_values_unless_asked_then_reads_them_from_the_state(ws, tf, env):
+    out = ws.root.parent / "out"
+    out.mkdir()
+    secret_chain(ws, out)
+    assert run(ws, env, "rollout", "//app:dev").returncode == 0
+    listed = run(ws, env, "output", "//app:dev", "terraform/db")
+    assert listed.returncode == 0 and listed.stdout == 'password = <sensitive>\nplain = "plain-db"\n'
+    masked = run(ws, env, "output", "//app:dev", "terraform/db", "--json")
+    assert json.loads(masked.stdout) == {"password": "<sensitive>", "plain": "plain-db"}
+    refused = run(ws, env, "output", "//app:dev", "terraform/db", "password")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--show-sensitive" in refused.stderr
+    no_secret_anywhere(ws, listed, masked, refused)
+    one = run(ws, env, "output", "//app:dev", "terraform/db", "password", "--show-sensitive")
+    assert one.returncode == 0 and one.stdout == SECRET + "\n"
+    every = run(ws, env, "output", "//app:dev", "terraform/db", "--json", "--show-sensitive")
+    assert json.loads(every.stdout) == {"password": SECRET, "plain": "plain-db"}
+    # Asked for, printed; still written nowhere.
+    no_secret_anywhere(ws)
+
+
+def test_a_components_own_sensitive_outputs_are_masked_when_terraform_plans_it_again(ws, tf, env):
+    """Terraform's plan of a component that is already applied (a preview,
+    a re-apply, a destroy) prints the attributes its sensitive outputs were
+    built from, in clear (terraform_data's `output` here): atmosbuild reads
+    the recorded ones back from the state and masks them."""
+    ws.write("modules/secret/main.tf", SECRET_MODULE)
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db"}}})
+    first = run(ws, env, "rollout", "//app:dev")
+    assert first.returncode == 0, first.stdout + first.stderr
+    deployment(ws, {"db": {"source": "modules/secret", "vars": {"name": "db2"}}})
+    preview = run(ws, env, "preview", "//app:dev")
+    assert preview.returncode == 0 and "would-change" in preview.stdout, preview.stdout + preview.stderr
+    assert "***" in preview.stdout  # (the old value was there: it is masked)
+    again = run(ws, env, "rollout", "//app:dev")
+    assert again.returncode == 0 and "1 to change" in again.stdout, again.stdout + again.stderr
+    assert "***" in again.stdout
+    gone = run(ws, env, "destroy", "//app:dev", "--yes")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    for proc in (preview, again, gone):
+        assert "pw-db-Zq8" not in proc.stdout + proc.stderr and "pw-db2-Zq8" not in proc.stdout + proc.stderr
+    logs_text = "\n".join(p.read_text(errors="replace") for p in (ws.state / "logs").rglob("*.log"))
+    assert "pw-db-Zq8" not in logs_text and "pw-db2-Zq8" not in logs_text
+    no_secret_anywhere(ws)

@@ -190,3 +190,43 @@ def test_ctrl_c_during_destroy_stops_it_and_records_only_what_finished(ws):
     rows = {line.split()[0]: line for line in status.splitlines() if line.startswith("command/")}
     assert "destroyed" not in rows["command/app"] and "destroyed" not in rows["command/base"]
     assert lines(ws, "destroyed") == [], "base must not go while app (which needs it) stands"
+
+
+def test_bad_lifecycle_input_leaves_every_file_as_it_was(ws):
+    """Unknown preview id, stale preview, destroy without --yes off a
+    terminal, `output` of an unknown component or key: exit 2, one `error:`
+    line, and not a byte under the root (state, logs, previews, workspaces)
+    created or changed."""
+    write(ws)
+    assert ws.run("rollout", "//app:dev").returncode == 0
+    ws.write("app/deployment.yaml", YAML.replace('["true"]', '["true", "1"]'))
+    pid = re.search(r"^Saved preview (\S+):", ws.run("preview", "//app:dev").stdout, re.M).group(1)
+    ws.write("app/deployment.yaml", YAML.replace('["true"]', '["true", "2"]'))  # the preview is stale now
+    # (Left out: .atmos/cache/, the parse and structure caches of the valid
+    # config, which any command that reads it -- validate, plan -- writes;
+    # and the lock files' contents: the stale check runs under the lock,
+    # which names its holder there. Neither is state.)
+    def snapshot():
+        return {p: (b"" if p.startswith(".atmos/locks/") else b) for p, b in ws.snapshot_tree().items()
+                if not p.startswith(".atmos/cache/")}
+
+    before = snapshot()
+    assert any(p.startswith(".atmos/previews/") for p in before)
+    for args in (("rollout", "//app:dev", "--from-preview", "20990101-000000-deadbeef"),
+                 ("rollout", "//app:dev", "--from-preview", "../../etc"),
+                 ("rollout", "//app:dev", "--from-preview", pid),
+                 ("destroy", "//app:dev"),
+                 ("destroy", "//app:dev", "-j2", "--only", "command/app"),
+                 ("output", "//app:dev", "command/nope"),
+                 ("output", "//app:dev", "command/base", "nope"),
+                 ("output", "//app:dev", "command/solo", "x")):
+        proc = ws.run(*args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert proc.stdout == "", (args, proc.stdout)
+        after = snapshot()
+        assert after.keys() == before.keys(), (args, sorted(after.keys() ^ before.keys()))
+        assert [p for p in after if after[p] != before[p]] == [], args
+    stale = ws.run("rollout", "//app:dev", "--from-preview", pid)
+    assert "command/solo" in stale.stderr and "nothing was run" in stale.stderr
+    assert lines(ws, "destroyed") == [] and lines(ws, "applied") == ["base", "app", "u1"]

@@ -390,8 +390,26 @@ class Destroy(Rollout):
             self.results[nid] = _Result(last.result, dict(last.outputs)) if last else _Result("", {})
 
     def dep_outputs(self, node) -> dict:
-        return {(self.graph.nodes.get(d) or self.standing[d]).cid: self.results[d].outputs
-                for d in node.deps}
+        return {self.dep_node(d).cid: self.results[d].outputs for d in node.deps}
+
+    def dep_node(self, dep: str):
+        return self.graph.nodes.get(dep) or self.standing.get(dep)
+
+    def _upstream_key(self, dep: str) -> str:
+        # A sensitive output an upstream's state holds only a marker for is
+        # read back from its Terraform state (Rollout._recover) and checked
+        # against the result recorded with this key: its upstreams go after
+        # it, so the key is the applied one, not a decision of this run.
+        return self.rebuilder.applied(self.dep_node(dep)).key
+
+    def _materialize(self, node, workdir: str):
+        # That read-back copied the upstream's source here first; its own
+        # destroy comes later and copies it afresh.
+        if os.path.isdir(workdir):
+            import shutil
+
+            shutil.rmtree(workdir)
+        return super()._materialize(node, workdir)
 
     def verb_run(self, comp):
         return getattr(comp, "destroy", None)

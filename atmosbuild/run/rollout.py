@@ -200,6 +200,11 @@ class Rollout(ScheduleHooks):
         """Upstream id -> outputs, for rendering the node's vars, env and run."""
         return {self.graph.nodes[d].cid: self.results[d].outputs for d in node.deps}
 
+    def dep_node(self, dep: str):
+        """The action node of dependency `dep` (destroy: also one outside
+        the selection, left standing), or None."""
+        return self.graph.nodes.get(dep)
+
     def verb_invocations(self, node, ctx):
         return node.ctype.invocations(ctx)
 
@@ -440,7 +445,7 @@ class Rollout(ScheduleHooks):
         if not refs:
             return outputs
         for dep in node.deps:
-            up = self.graph.nodes.get(dep)
+            up = self.dep_node(dep)
             res = self.results.get(dep)
             if up is None or res is None:
                 continue
@@ -476,6 +481,32 @@ class Rollout(ScheduleHooks):
         fresh = _Result(res.result, dict(recovered), res.sensitive)
         self.results[dep] = fresh
         return fresh
+
+    def _recorded_secrets(self, nid: str) -> list[str]:
+        """The node's own sensitive outputs as its last apply left them
+        (state holds markers), read back from its type: Terraform's plan of
+        it -- an apply, a preview, a check, a destroy -- prints the
+        attributes they were built from, in clear."""
+        from ..state.rebuild import _texts, is_marker, marked_outputs
+
+        node = self.graph.nodes[nid]
+        last = self.rebuilder.applied(node) if getattr(node, "ctype", None) is not None else None
+        names = marked_outputs(last.outputs) if last is not None else ()
+        if not names:
+            return []
+        res = self.results.get(nid)  # (destroy: a dependent may have read them back already)
+        outputs = res.outputs if res is not None else {}
+        if any(outputs.get(n) is None or is_marker(outputs.get(n)) for n in names):
+            from ..sources import source_dir
+
+            src = source_dir(self.root, self.state_dir, node.component.source, node.local)
+            ctx = self._context(node, last.key, dict(node.component.vars), "", src)
+            outputs = node.ctype.recover_outputs(ctx) or {}
+        texts: list[str] = []
+        for name in names:
+            if outputs.get(name) is not None and not is_marker(outputs[name]):
+                _texts(outputs[name], texts)
+        return texts + [json.dumps(t)[1:-1] for t in texts]
 
     def _compiled_upstream(self, dep: str, up):
         """The action node of dependency `dep` (a recorded rollout may hold
@@ -526,6 +557,7 @@ class Rollout(ScheduleHooks):
             return state["ctx"]
 
         def prepare() -> None:
+            secrets.extend(self._recorded_secrets(nid))
             outputs = self._upstream_outputs(node, refs)
             try:
                 vars_ = render(comp.vars, outputs, ids)
