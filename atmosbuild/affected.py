@@ -117,6 +117,7 @@ def labels_in(root: str, patterns: list) -> list[Label]:
     """The labels the patterns name in the tree at `root` (none: every
     target of every package). A label whose package or target the tree does
     not have is left out: at that side it is added or removed."""
+    from .components import TYPES
     from .config.workspace import discover_packages, load_package, package_file
 
     if not os.path.isdir(root):
@@ -125,7 +126,7 @@ def labels_in(root: str, patterns: list) -> list[Label]:
 
     def spec(pkg):
         if pkg not in specs:
-            specs[pkg] = load_package(root, pkg)
+            specs[pkg] = load_package(root, pkg, TYPES)
         return specs[pkg]
 
     out: list[Label] = []
@@ -143,15 +144,18 @@ def labels_in(root: str, patterns: list) -> list[Label]:
 def compile_side(root: str, patterns: list, remote, where: str) -> _Side:
     """Compile every selected label in the tree at `root`; errors are named
     by the side they come from (`where`) and the file's path in the tree."""
-    from .graph.actions import compile_graph, load_specs
+    from .components import TYPES
+    from .config.workspace import load_settings, load_specs
+    from .graph.actions import compile_graph
     from .state.files import FileDigester
 
     try:
         labels = labels_in(root, patterns)
         nodes, order = {}, []
         for label in labels:  # one by one: node ids are plain component ids
-            specs = load_specs(root, [label])
-            graph = compile_graph(root, [label], FileDigester(root, cache={}), specs=specs,
+            specs = load_specs(root, [label], TYPES)
+            graph = compile_graph(root, [label], FileDigester(root, cache={}),
+                                  specs=lambda: specs, settings=lambda: load_settings(root),
                                   remote=remote)
             for nid in graph.dag.order:
                 key = (str(label), graph.nodes[nid].cid)

@@ -77,23 +77,25 @@ class Workspace:
 
     def labels(self, texts: Sequence[str], *, allow_pattern: bool = True, single: bool = False) -> list:
         """The labels LABEL/PATTERN texts name (patterns expanded)."""
+        from .components import TYPES
         from .config.labels import parse_label
         from .config.workspace import expand
 
         if single and len(texts) != 1:
             raise UsageError("exactly one label is needed")
         parsed = [parse_label(t, allow_pattern=allow_pattern) for t in texts]
-        return expand(self.root, parsed)
+        return expand(self.root, parsed, TYPES)
 
     def every_label(self, texts: Sequence[str]) -> list:
         """Labels for LABEL/PATTERN texts; none given: every target of every package."""
+        from .components import TYPES
         from .config.labels import Label
         from .config.workspace import discover_packages, load_package
 
         if texts:
             return self.labels(texts)
         return [Label(pkg, target) for pkg in discover_packages(self.root)
-                for target in load_package(self.root, pkg).targets]
+                for target in load_package(self.root, pkg, TYPES).targets]
 
     def parallelism(self, parallelism: int | None = None) -> int:
         """-j: given, else the `parallelism` setting, else the CPU count."""
@@ -122,6 +124,8 @@ class Workspace:
         """(graph, store, digester) for resolved `labels`: the compiled
         ActionGraph, the store it was decided against (open: close it) and
         the file digester holding what it read."""
+        from .components import TYPES
+        from .config.workspace import load_specs
         from .graph.actions import compile_graph
         from .graph.cache import StructureCache
         from .state.files import FileDigester, load_trees
@@ -130,6 +134,8 @@ class Workspace:
         digester = FileDigester(self.root, load_cache=store.file_cache,
                                 trees=load_trees(self.state_dir, self.root))
         graph = compile_graph(self.root, labels, digester, only=only,
+                              specs=lambda: load_specs(self.root, labels, TYPES),
+                              settings=lambda: self.settings,
                               cache=StructureCache(self.state_dir), write_cache=write_cache,
                               remote=self.remote())
         if write_cache:  # a run, past every check of its input: the state dir, marked
@@ -563,8 +569,8 @@ def validate(ws: Workspace, labels: Sequence[str] = ()) -> Iterator[Validated]:
     problem raises (a ConfigError pointing at it)."""
     from .components import TYPES, ComponentType
     from .config.labels import Label
-    from .config.workspace import discover_packages, load_package
-    from .graph.actions import SourceChecker, build_structure, compile_graph, load_specs
+    from .config.workspace import discover_packages, load_package, load_specs
+    from .graph.actions import SourceChecker, build_structure, compile_graph
     from .state.files import FileDigester
 
     if labels:
@@ -577,11 +583,11 @@ def validate(ws: Workspace, labels: Sequence[str] = ()) -> Iterator[Validated]:
             raise UsageError(f"no packages (BUILD.atmos or deployment.yaml) under {ws.root}")
     sources = SourceChecker(ws.root)
     for pkg in packages:
-        spec = load_package(ws.root, pkg)
+        spec = load_package(ws.root, pkg, TYPES)
         names = [l.target for l in targets if l.package == pkg] if targets else list(spec.targets)
         for target in names:
             label = Label(pkg, target)
-            specs = load_specs(ws.root, [label], {pkg: spec})
+            specs = load_specs(ws.root, [label], TYPES, {pkg: spec})
             st = build_structure(specs, [label])
             for comp in st.resolved[label].values():
                 sources.check(spec, comp, label)
@@ -589,7 +595,8 @@ def validate(ws: Workspace, labels: Sequence[str] = ()) -> Iterator[Validated]:
                    for c in st.resolved[label].values()):
                 # A type that reads its sources (terraform: declared vars,
                 # local modules) finds its errors only with them at hand.
-                compile_graph(ws.root, [label], FileDigester(ws.root, cache={}), specs=specs)
+                compile_graph(ws.root, [label], FileDigester(ws.root, cache={}), specs=lambda: specs,
+                              settings=lambda: ws.settings)
         yield Validated(pkg, spec.name, len(spec.components), names)
 
 
@@ -679,11 +686,12 @@ def _read_document(path: str):
 
 def convert(path: str, to: str) -> str:
     """A valid deployment file converted to the DSL (`to="dsl"`) or YAML, losslessly."""
+    from .components import TYPES
     from .config.fmt import format_dsl, format_yaml
     from .config.model import compile_document
 
     doc = _read_document(path)
-    compile_document(doc, "", "converted")  # convert valid deployments only
+    compile_document(doc, "", "converted", TYPES)  # convert valid deployments only
     return format_dsl(doc.data) if to == "dsl" else format_yaml(doc.data)
 
 
@@ -703,14 +711,16 @@ class Fetched(NamedTuple):
 def vendor_pull(ws: Workspace, labels: Sequence[str] = ()) -> Iterator[Fetched]:
     """Fetch the git sources of LABEL/PATTERN... (default: every package and
     target) into the vendor cache, each yielded as it is there."""
-    from .graph.actions import build_structure, load_specs, source_error
+    from .components import TYPES
+    from .config.workspace import load_specs
+    from .graph.actions import build_structure, source_error
     from .sources import is_remote
     from .sources.git import SourceError, parse_git_source
 
     vendor_ = ws.remote()
     seen = set()
     for label in ws.every_label(labels):
-        specs = load_specs(ws.root, [label])
+        specs = load_specs(ws.root, [label], TYPES)
         st = build_structure(specs, [label])
         spec = specs[label]
         for comp in st.resolved[label].values():
@@ -828,13 +838,14 @@ def _lockable(ws: Workspace) -> list[tuple[str, str, str]]:
     """Every deployment+target a rollout could hold while clean deletes, as
     (deployment, target, label): each lock file there is, and each target of
     every package here that loads (one that does not cannot roll out)."""
+    from .components import TYPES
     from .config.workspace import discover_packages, load_package
     from .errors import AtmosError
 
     found: dict[tuple[str, str], str] = {}
     for package in discover_packages(ws.root):
         try:
-            spec = load_package(ws.root, package)
+            spec = load_package(ws.root, package, TYPES)
         except AtmosError:
             continue
         for target in spec.targets:

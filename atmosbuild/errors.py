@@ -86,12 +86,6 @@ class LockedError(AtmosError):
     exit_code = 3
 
 
-class Interrupted(AtmosError):
-    """The run was interrupted by SIGINT/SIGTERM."""
-
-    exit_code = 130
-
-
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest candidate, or ''."""
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import RECORD, REPO, ran, settle, write_chain
+from atmosbuild.components import TYPES
 from atmosbuild.fileops import load_plain, plain_data
 
 
@@ -184,7 +185,8 @@ def test_the_structure_cache_keeps_every_field_and_type(tmp_path):
     """The encoding round-trips what the structure holds, exactly: tuples
     stay tuples, keys stay Labels, documents come back lazily."""
     from atmosbuild.config.labels import Label
-    from atmosbuild.graph.actions import build_structure, load_specs
+    from atmosbuild.config.workspace import load_specs
+    from atmosbuild.graph.actions import build_structure
     from atmosbuild.graph.cache import decode, encode
 
     root = tmp_path / "ws"
@@ -195,7 +197,7 @@ def test_the_structure_cache_keeps_every_field_and_type(tmp_path):
         '  command "a" {\n    run = ["echo", "${var.region}"]\n    inputs = ["x/*"]\n  }\n'
         '  command "b" {\n    run = "echo b"\n    depends_on = ["command/a"]\n    timeout = 1.5\n  }\n}\n')
     labels = [Label("app", "dev"), Label("app", "prod")]
-    specs = load_specs(str(root), labels)
+    specs = load_specs(str(root), labels, TYPES)
     st_ = build_structure(specs, labels)
     back = decode(load_plain(marshal.dumps(encode(st_))))
     assert back.resolved == st_.resolved and back.where == st_.where and back.specs == st_.specs
@@ -213,16 +215,16 @@ def test_every_example_deployment_is_cached_not_skipped():
     component) would silently switch the structure cache off: every example
     (command, terraform, nixpack; YAML and DSL) must encode and read back."""
     from atmosbuild.config.labels import Label
-    from atmosbuild.config.workspace import discover_packages, load_package
-    from atmosbuild.graph.actions import build_structure, load_specs
+    from atmosbuild.config.workspace import discover_packages, load_package, load_specs
+    from atmosbuild.graph.actions import build_structure
     from atmosbuild.graph.cache import decode, encode
 
     root = str(REPO / "examples")
     packages = discover_packages(root)
     assert len(packages) >= 3
     for package in packages:
-        spec = load_package(root, package)
+        spec = load_package(root, package, TYPES)
         labels = [Label(package, target) for target in spec.targets]
-        st_ = build_structure(load_specs(root, labels), labels)
+        st_ = build_structure(load_specs(root, labels, TYPES), labels)
         back = decode(load_plain(marshal.dumps(encode(st_))))
         assert back.resolved == st_.resolved and back.specs == st_.specs, package

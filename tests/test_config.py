@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import Label, Pattern, parse_label
 from atmosbuild.config.model import compile_document
 from atmosbuild.config.workspace import (discover_packages, expand, find_root, load_package,
@@ -57,7 +58,7 @@ deployment:
 
 
 def compile_yaml(text: str, package: str = "api", default_name: str = "api"):
-    return compile_document(parse_yaml(textwrap.dedent(text), "deployment.yaml"), package, default_name)
+    return compile_document(parse_yaml(textwrap.dedent(text), "deployment.yaml"), package, default_name, TYPES)
 
 
 def refused(text: str) -> ConfigError:
@@ -120,7 +121,7 @@ deployment "api" {
   }
 }
 """
-    from_dsl = compile_document(dsl.parse_dsl(text, "BUILD.atmos"), "api", "api")
+    from_dsl = compile_document(dsl.parse_dsl(text, "BUILD.atmos"), "api", "api", TYPES)
     from_yaml = compile_yaml(SPEC_EXAMPLE)
     for attr in ("name", "description", "labels", "vars", "env", "targets", "components"):
         assert getattr(from_dsl, attr) == getattr(from_yaml, attr), attr
@@ -218,10 +219,10 @@ def test_the_deployment_is_named_after_its_package_unless_named(tmp_path):
                       "named/deployment.yaml": "deployment: {name: storefront}\n"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(body)
-    assert load_package(str(root), "").name == "shop"
-    assert load_package(str(root), "api").name == "api"
-    assert load_package(str(root), "services/web").name == "services/web"
-    assert load_package(str(root), "named").name == "storefront"
+    assert load_package(str(root), "", TYPES).name == "shop"
+    assert load_package(str(root), "api", TYPES).name == "api"
+    assert load_package(str(root), "services/web", TYPES).name == "services/web"
+    assert load_package(str(root), "named", TYPES).name == "storefront"
 
 
 def test_the_root_package_works_from_the_cli(ws):
@@ -303,15 +304,15 @@ def test_package_discovery_skips_vcs_state_and_dependency_dirs(tree):
 
 def test_patterns_expand_to_the_packages_having_the_target(tree):
     root = str(tree)
-    assert expand(root, [parse_label("//...:dev")]) == [
+    assert expand(root, [parse_label("//...:dev")], TYPES) == [
         Label("api", "dev"), Label("infra/net", "dev"), Label("infrastructure", "dev")]
-    assert expand(root, [parse_label("//infra/...:dev")]) == [Label("infra/net", "dev")]
-    assert expand(root, [parse_label("//...:ci")]) == [Label("", "ci")]
+    assert expand(root, [parse_label("//infra/...:dev")], TYPES) == [Label("infra/net", "dev")]
+    assert expand(root, [parse_label("//...:ci")], TYPES) == [Label("", "ci")]
     # labels keep their order, and each appears once
-    assert expand(root, [parse_label("//api:prod"), parse_label("//...:prod"), parse_label("//api:dev")]) == [
+    assert expand(root, [parse_label("//api:prod"), parse_label("//...:prod"), parse_label("//api:dev")], TYPES) == [
         Label("api", "prod"), Label("infra/db", "prod"), Label("api", "dev")]
     with pytest.raises(UsageError, match="matches no package"):
-        expand(root, [parse_label("//infra/...:staging")])
+        expand(root, [parse_label("//infra/...:staging")], TYPES)
 
 
 def test_patterns_from_the_cli(tree):
@@ -358,4 +359,4 @@ def test_a_directory_with_its_own_atmos_yaml_is_another_workspace(tree):
     (tree / "vendor-ws" / "atmos.yaml").write_text("{}\n")
     (tree / "vendor-ws" / "svc" / "deployment.yaml").write_text("deployment: {targets: {dev: {}}}\n")
     assert "vendor-ws/svc" not in discover_packages(str(tree))
-    assert Label("vendor-ws/svc", "dev") not in expand(str(tree), [parse_label("//...:dev")])
+    assert Label("vendor-ws/svc", "dev") not in expand(str(tree), [parse_label("//...:dev")], TYPES)

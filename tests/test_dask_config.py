@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.dsl import parse_dsl
 from atmosbuild.config.model import compile_document
 from atmosbuild.config.resolve import resolve_target
@@ -42,14 +43,14 @@ DSL = textwrap.dedent("""\
 def test_resources_are_the_same_in_yaml_and_the_dsl():
     from_yaml, from_dsl = parse_yaml(YAML, "d.yaml"), parse_dsl(DSL, "BUILD.atmos")
     assert from_yaml.data == from_dsl.data
-    spec = compile_document(from_dsl, "", "x")
+    spec = compile_document(from_dsl, "", "x", TYPES)
     assert resolve_target(spec, "dev")["terraform/net"].resources == {"terraform": 1, "memory_gb": 2.5}
 
 
 def test_a_target_override_replaces_the_resources():
     text = YAML.replace("    dev: {}\n", "    dev: {}\n    prod:\n      components:\n"
                         "        terraform:\n          net: {resources: {big: 1}}\n")
-    spec = compile_document(parse_yaml(text, "d.yaml"), "", "x")
+    spec = compile_document(parse_yaml(text, "d.yaml"), "", "x", TYPES)
     assert resolve_target(spec, "prod")["terraform/net"].resources == {"big": 1}
     assert resolve_target(spec, "dev")["terraform/net"].resources == {"terraform": 1, "memory_gb": 2.5}
 
@@ -64,7 +65,7 @@ def test_a_target_override_replaces_the_resources():
 def test_bad_resources_are_an_error_at_their_position(value, message):
     text = YAML.replace("{terraform: 1, memory_gb: 2.5}", value)
     with pytest.raises(ConfigError) as err:
-        compile_document(parse_yaml(text, "d.yaml"), "", "x")
+        compile_document(parse_yaml(text, "d.yaml"), "", "x", TYPES)
     assert message in err.value.message
     assert err.value.file == "d.yaml" and err.value.line == 7
 

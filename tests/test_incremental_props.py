@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
-from atmosbuild.config.workspace import expand
+from atmosbuild.config.workspace import expand, load_settings, load_specs
 from atmosbuild.graph.actions import compile_graph
 from atmosbuild.run.rollout import Rollout, RolloutOptions
 from atmosbuild.run.ui import Console
@@ -120,9 +121,11 @@ class World:
 
     def rollout(self) -> tuple[list[str], dict[str, str], Rollout]:
         """One rollout: (nodes executed, key of every node, the rollout)."""
-        labels = expand(self.root, [parse_label("//app:dev")])
+        labels = expand(self.root, [parse_label("//app:dev")], TYPES)
         digester = FileDigester(self.root, self.store.file_cache())
-        graph = compile_graph(self.root, labels, digester)
+        graph = compile_graph(self.root, labels, digester,
+                              specs=lambda: load_specs(self.root, labels, TYPES),
+                              settings=lambda: load_settings(self.root))
         self.store.save_file_cache(digester.changed)
         factory = FakeRunnerFactory(outputs=self.outputs())
         options = RolloutOptions(parallelism=self.sc.parallelism, schedule=self.sc.policy)

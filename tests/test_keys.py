@@ -22,8 +22,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
 from atmosbuild.config.model import compile_document
+from atmosbuild.config.workspace import load_settings, load_specs
 from atmosbuild.config.resolve import resolve_target
 from atmosbuild.config.yaml import parse_yaml
 from atmosbuild.graph.actions import compile_graph
@@ -54,12 +56,18 @@ deployment:
 """
 
 
+def compiled(root: str, labels, digester):
+    """The action graph of `labels`, packages and atmos.yaml read from `root`."""
+    return compile_graph(root, labels, digester, specs=lambda: load_specs(root, labels, TYPES),
+                         settings=lambda: load_settings(root))
+
+
 def keys_of(root, label: str = "//api:dev", outputs: dict | None = None,
             digester: FileDigester | None = None) -> dict[str, str]:
     """Every node's key, upstreams first; an upstream's result digest is its
     key, or the digest of `outputs[id]` when given (SPEC 5)."""
     root = str(root)
-    graph = compile_graph(root, [parse_label(label)], digester or FileDigester(root))
+    graph = compiled(root, [parse_label(label)], digester or FileDigester(root))
     keys: dict[str, str] = {}
     results: dict[str, str] = {}
     for nid in graph.dag.order:
@@ -239,7 +247,7 @@ def test_inputs_are_found_under_a_root_whose_path_looks_like_a_glob(tmp_path):
     odd.write("api/deployment.yaml", DEPLOYMENT)
     odd.write("src/build.sh", "echo building\n", mode=0o755)
     odd.write("tools/gen.py", "print('gen')\n")
-    graph = compile_graph(str(odd.root), [parse_label("//api:dev")], FileDigester(str(odd.root)))
+    graph = compiled(str(odd.root), [parse_label("//api:dev")], FileDigester(str(odd.root)))
     assert "inputs:tools/gen.py" in graph.nodes["command/build"].local["files"]
     before = keys_of(odd.root)
     odd.write("tools/gen.py", "print('gen2')\n")
@@ -274,7 +282,7 @@ def test_sensitive_values_change_the_key_but_never_appear_in_it(repo):
     text = (repo.root / "api/deployment.yaml").read_text()
     repo.write("api/deployment.yaml", text.replace("vars: {replicas: 3}",
                                                    "vars: {replicas: 3, db_password: hunter2}"))
-    graph = compile_graph(str(repo.root), [parse_label("//api:dev")], FileDigester(str(repo.root)))
+    graph = compiled(str(repo.root), [parse_label("//api:dev")], FileDigester(str(repo.root)))
     assert "hunter2" not in graph.nodes["command/deploy"].local_canonical
     before = keys_of(repo.root)
     repo.write("api/deployment.yaml", text.replace("vars: {replicas: 3}",
@@ -305,7 +313,7 @@ def _local_key(deployment_vars: dict, style: str) -> str:
     doc = {"deployment": {"vars": deployment_vars, "targets": {"dev": {}},
                           "components": {"command": {"c": {"run": ["echo"]}}}}}
     text = yaml.safe_dump(doc, default_flow_style=(style == "flow"), sort_keys=False)
-    spec = compile_document(parse_yaml(text, "deployment.yaml"), "p", "p")
+    spec = compile_document(parse_yaml(text, "deployment.yaml"), "p", "p", TYPES)
     comp = resolve_target(spec, "dev")["command/c"]
     return action_key(canonical(local_ingredients(comp, "1", FileDigester("/nonexistent"))), {})
 
@@ -391,7 +399,7 @@ def _nixpack_key(deployment_vars: dict, image_name: str) -> str:
 
     doc = {"deployment": {"vars": deployment_vars, "targets": {"dev": {}},
                           "components": {"nixpack": {"api": {"vars": {"image": {"name": image_name}}}}}}}
-    spec = compile_document(parse_yaml(yaml.safe_dump(doc), "deployment.yaml"), "p", "p")
+    spec = compile_document(parse_yaml(yaml.safe_dump(doc), "deployment.yaml"), "p", "p", TYPES)
     comp = resolve_target(spec, "dev")["nixpack/api"]
     nixpack = TYPES["nixpack"]
     return action_key(canonical(local_ingredients(comp, nixpack.version, FileDigester("/nonexistent"),

@@ -18,8 +18,9 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.labels import parse_label
-from atmosbuild.config.workspace import expand
+from atmosbuild.config.workspace import expand, load_settings, load_specs
 from atmosbuild.graph.actions import compile_graph
 from atmosbuild.run.lifecycle import Destroy
 from atmosbuild.run.rollout import Rollout, RolloutOptions
@@ -58,8 +59,9 @@ def write(root: str, deps) -> None:
 
 
 def run(cls, root, store, sc, factory):
-    labels = expand(root, [parse_label("//app:dev")])
-    graph = compile_graph(root, labels, FileDigester(root, {}))
+    labels = expand(root, [parse_label("//app:dev")], TYPES)
+    graph = compile_graph(root, labels, FileDigester(root, {}), specs=lambda: load_specs(root, labels, TYPES),
+                          settings=lambda: load_settings(root))
     options = RolloutOptions(parallelism=sc["parallelism"], schedule=sc["policy"],
                              keep_going=sc["keep_going"], verb="destroy" if cls is Destroy else "apply")
     console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)

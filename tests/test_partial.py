@@ -314,10 +314,11 @@ def test_a_delta_for_another_record_file_is_ignored(ws):
 
 
 def _record(ws):
+    from atmosbuild.components import TYPES
     from atmosbuild.config.labels import parse_label
     from atmosbuild.config.workspace import expand
 
-    labels = expand(str(ws.root), [parse_label("//app:dev")])
+    labels = expand(str(ws.root), [parse_label("//app:dev")], TYPES)
     return uptodate.load(str(ws.state), uptodate.record_key(str(ws.state), str(ws.root), labels, []))
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.document import Document
 from atmosbuild.config.model import compile_document
 from atmosbuild.config.resolve import RenderError, render, resolve_target
@@ -21,7 +22,7 @@ from atmosbuild.errors import ConfigError
 
 
 def spec_of(text: str, name: str = "api"):
-    return compile_document(parse_yaml(textwrap.dedent(text), "api/deployment.yaml"), "api", name)
+    return compile_document(parse_yaml(textwrap.dedent(text), "api/deployment.yaml"), "api", name, TYPES)
 
 
 def resolve(text: str, target: str = "dev", name: str = "api"):
@@ -151,7 +152,7 @@ def test_merging_obeys_the_precedence_order(layers, envs):
             "command": {"c": {"vars": override_vars, "env": envs[3]}}}}},
         "components": {"command": {"c": {"run": ["true"], "vars": component_vars, "env": envs[2]}}},
     }}
-    spec = compile_document(Document(data=data, file="generated"), "p", "p")
+    spec = compile_document(Document(data=data, file="generated"), "p", "p", TYPES)
     comp = resolve_target(spec, "dev")["command/c"]
     lowest_first = [deployment_vars, target_vars, component_vars, override_vars]
 

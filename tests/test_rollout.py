@@ -519,8 +519,9 @@ def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_d
     locks it must keep held, and teardown() once the schedule is over."""
     import io
 
+    from atmosbuild.components import TYPES
     from atmosbuild.config.labels import parse_label
-    from atmosbuild.config.workspace import expand
+    from atmosbuild.config.workspace import expand, load_settings, load_specs
     from atmosbuild.graph.actions import compile_graph
     from atmosbuild.run.rollout import Rollout, RolloutOptions
     from atmosbuild.run.ui import Console
@@ -531,7 +532,9 @@ def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_d
     deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
     root, state = str(ws.root), str(ws.state)
     store = MemoryStore()
-    graph = compile_graph(root, expand(root, [parse_label("//app:dev")]), FileDigester(root, store.file_cache()))
+    labels = expand(root, [parse_label("//app:dev")], TYPES)
+    graph = compile_graph(root, labels, FileDigester(root, store.file_cache()),
+                          specs=lambda: load_specs(root, labels, TYPES), settings=lambda: load_settings(root))
     factory = FakeRunnerFactory()
     console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
     rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,

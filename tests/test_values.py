@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
+from atmosbuild.components import TYPES
 from atmosbuild.config.model import compile_document
 from atmosbuild.config.resolve import render, resolve_target
 from atmosbuild.config.shell import BARE, DQ, Ref, ShellContextError, classify
@@ -55,7 +56,7 @@ def _resolve_run(run, value: str):
     doc = parse_yaml(json.dumps({"deployment": {
         "vars": {"v": _escaped(value)}, "targets": {"dev": {}},
         "components": {"command": {"c": {"run": run}}}}}, ensure_ascii=False), "app/deployment.yaml")
-    spec = compile_document(doc, "app", "app")
+    spec = compile_document(doc, "app", "app", TYPES)
     return spec, resolve_target(spec, "dev")["command/c"]
 
 
@@ -166,7 +167,7 @@ def test_keys_change_with_a_value_passed_through_the_environment_and_yaml_equals
     dsl.write_text('deployment "app" {\n  vars { v = "a" }\n  target "dev" {}\n'
                    '  command "c" { run = "echo \\"${var.v}\\" $${HOME}" }\n}\n')
     from atmosbuild.config.workspace import load_package
-    spec = load_package(str(tmp_path), "app")
+    spec = load_package(str(tmp_path), "app", TYPES)
     from_dsl = resolve_target(spec, "dev")["command/c"]
     _, from_yaml = _resolve_run('echo "${var.v}" $${HOME}', "a")
     assert config_ingredients(from_dsl, "1") == config_ingredients(from_yaml, "1")
@@ -177,7 +178,7 @@ def test_env_and_vars_interpolation_stays_plain_data():
     doc = parse_yaml(json.dumps({"deployment": {
         "vars": {"v": "it's $(x)", "w": "<${var.v}>"}, "env": {"E": "${var.w}"},
         "targets": {"dev": {}}, "components": {"command": {"c": {"run": ["true"]}}}}}), "d.yaml")
-    comp = resolve_target(compile_document(doc, "app", "app"), "dev")["command/c"]
+    comp = resolve_target(compile_document(doc, "app", "app", TYPES), "dev")["command/c"]
     assert comp.vars["w"] == "<it's $(x)>" and comp.env["E"] == "<it's $(x)>"
 
 
@@ -186,7 +187,7 @@ def test_atmos_v_names_are_reserved_in_env():
         "env": {"ATMOS_V_1": "x"}, "targets": {"dev": {}},
         "components": {"command": {"c": {"run": "echo hi"}}}}}), "d.yaml")
     with pytest.raises(ConfigError, match="ATMOS_V_"):
-        resolve_target(compile_document(doc, "app", "app"), "dev")
+        resolve_target(compile_document(doc, "app", "app", TYPES), "dev")
 
 
 # -- the real CLI ------------------------------------------------------------------------

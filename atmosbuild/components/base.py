@@ -13,9 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..state.store import APPLY, BUILD
+# The two modes a component type decides in (SPEC 4).
+APPLY = "apply"  # changes the world: skipped only if this key was last applied here
+BUILD = "build"  # pure: any earlier success with the same key is reused
 
-# (the modes are re-exported: component types import them from here)
 __all__ = ["APPLY", "BUILD", "ActionContext", "CompileEnv", "Compiled", "ComponentType", "Invocation",
            "parse_json_object",
            "read_outputs_file", "require_binary"]
@@ -94,7 +95,8 @@ class ComponentType:
     name: str = ""
     mode: str = APPLY
     version: str = "1"  # enters every key of this type: bump it when behaviour changes
-    #: component keys this type accepts besides the common ones
+    #: the component keys (config/document.py) a component of this type must
+    #: have, and may not have (read by config/model.py and config/resolve.py)
     required: Sequence[str] = ()
     forbidden: Sequence[str] = ()
     #: the vars that enter this type's action key; None = all of them

@@ -36,8 +36,8 @@ import threading
 
 from .base import (APPLY, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
-from .tfbackend import (BACKENDS, backend_ingredient, backend_problem, backend_secrets,  # noqa: F401
-                        chosen_backend, override_document, state_paths)
+from .tfbackend import (backend_ingredient, backend_secrets, chosen_backend,  # noqa: F401
+                        override_document, state_paths)
 from .tftoolchain import ToolchainCache, describe_toolchain, resolve_binary, toolchain_identity  # noqa: F401
 
 OVERRIDE_FILE = "atmos_backend_override.tf.json"
@@ -61,12 +61,11 @@ def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
 def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
     """One module directory's summaries (its top-level .tf/.tf.json files),
     digests through the keys' digester and parses through the cache."""
+    from ..config.workspace import outside_root
     from .tfmodule import Module, ModuleOutside, is_module_file
 
     base = root if rel_dir == "." else f"{root}/{rel_dir}"
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(base)
-    if real != real_root and not real.startswith(real_root + os.sep):
+    if outside_root(os.path.relpath(os.path.realpath(base), os.path.realpath(root))):
         raise ModuleOutside(rel_dir)
     files = {}
     for rel, kind, digest, _ in digester.tree(rel_dir):

@@ -6,70 +6,19 @@ ${deployment}, ${component} and ${target}; None is the embedded default, the
 local backend under STATE_DIR/tfstate/DEPLOYMENT/TYPE/NAME/ with one
 Terraform workspace per target. It reaches Terraform as an override file
 beside the module, and the key as an ingredient with secrets as digests.
+How a `backend:` block is written is checked by config (config/backend.py).
 """
 
 from __future__ import annotations
 
 import os
-import re
-
-# Terraform's own backends (1.x). `module` keeps the module's own backend block.
-BACKENDS = ("local", "remote", "azurerm", "consul", "cos", "gcs", "http", "kubernetes", "oss",
-            "pg", "s3", "module")
-_REF = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
-NAMES = ("deployment", "component", "target")
-
-
-def backend_problem(value) -> tuple[tuple, str] | None:
-    """What is wrong with a `backend:` value: (path below it, message), or None."""
-    if not isinstance(value, dict):
-        return (), "backend must be a map: {type: pg, config: {...}} (or {type: module})"
-    for key in value:
-        if key not in ("type", "config"):
-            from ..errors import did_you_mean
-
-            return (key,), f"unknown key '{key}' in backend" + did_you_mean(str(key), ("type", "config")) \
-                + "; allowed: type, config"
-    btype = value.get("type")
-    if not isinstance(btype, str):
-        return ("type",) if "type" in value else (), "backend needs a `type` (a Terraform backend name)"
-    if btype not in BACKENDS:
-        from ..errors import did_you_mean
-
-        return ("type",), f"unknown backend type '{btype}'" + did_you_mean(btype, BACKENDS) \
-            + f"; known: {', '.join(BACKENDS)}"
-    config = value.get("config", {})
-    if config is None:
-        config = {}
-    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
-        return ("config",), "backend config must be a map of settings"
-    if btype == "module" and config:
-        return ("config",), "backend {type: module} takes no config: the module's own backend block is used"
-    for key, item in config.items():
-        bad = _bad_value(item)
-        if bad:
-            return ("config", key), f"backend config '{key}': {bad}"
-    return None
-
-
-def _bad_value(value) -> str:
-    if value is None:
-        return "null is not a setting (leave it out)"
-    if isinstance(value, dict):
-        return next((b for b in map(_bad_value, value.values()) if b), "")
-    if isinstance(value, list):
-        return next((b for b in map(_bad_value, value) if b), "")
-    if isinstance(value, str):
-        for m in _REF.finditer(value):
-            if m.group(1) is not None and m.group(1).strip() not in NAMES:
-                return (f"unknown reference '${{{m.group(1).strip()}}}'; a backend config may use "
-                        "${deployment}, ${component} and ${target} ($${ for a literal ${)")
-    return ""
 
 
 def _interpolate(value, names: dict):
     if isinstance(value, str):
-        return _REF.sub(lambda m: "${" if m.group(1) is None else names[m.group(1).strip()], value)
+        from ..config.resolve import substitute
+
+        return substitute(value, names.__getitem__, "${")
     if isinstance(value, dict):
         return {k: _interpolate(v, names) for k, v in value.items()}
     if isinstance(value, list):

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from ..config.workspace import outside_root
 from ..fileops import JsonCache
 
 SUMMARY_VERSION = 2
@@ -245,7 +246,7 @@ def local_modules(root_dir: str, read_module: Callable[[str], Module]) -> list[M
                     continue
                 target = posixpath.normpath(posixpath.join(mod.dir, source))
                 line, col = where if where else (None, None)
-                if target == ".." or target.startswith("../") or posixpath.isabs(target):
+                if outside_root(target):
                     raise ModuleError(_join(mod.dir, name), line, col,
                                       f"module \"{mname}\": local source '{source}' resolves "
                                       "outside the workspace root")

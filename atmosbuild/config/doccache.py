@@ -20,7 +20,6 @@ from typing import Callable
 
 import xxhash
 
-from .. import __version__
 from ..fileops import keep_newest, load_plain, write_atomic
 from .document import Document
 
@@ -29,14 +28,15 @@ MAX_ENTRIES = 256
 
 @functools.lru_cache(maxsize=None)
 def code_stamp() -> str:
-    """This code's identity: the version and a digest of every source file
-    of the package (and of the grammar beside it), by (path, size, mtime_ns).
-    A cached entry made by other code (a checkout between releases, an edit
-    to any module, a component type's new version) is never reused. About
-    60 stats, once per process."""
+    """This code's identity: a digest of every source file of the package
+    (and of the grammar beside it), by (path, size, mtime_ns). A cached entry
+    made by other code (a checkout between releases, an edit to any module,
+    a component type's new version) is never reused. About 60 stats, once
+    per process. (The release is in it too: `__version__` is written in
+    atmosbuild/__init__.py, one of those files; config imports nothing of
+    the package above it.)"""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     h = xxhash.xxh3_64()
-    h.update(__version__.encode())
     for base in (package, os.path.join(os.path.dirname(package), "grammar")):
         stack = [base]
         while stack:
@@ -53,7 +53,7 @@ def code_stamp() -> str:
                 elif entry.name.endswith((".py", ".lark")):
                     st = entry.stat()
                     h.update(f"{entry.path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return f"{__version__}:{h.hexdigest()}"
+    return h.hexdigest()
 
 
 def cache_dir() -> str | None:

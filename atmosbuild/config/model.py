@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
-from ..components import TYPES
 from ..errors import ConfigError, caret_context, did_you_mean
+from .backend import backend_problem
 from .document import (COMPONENT_KEYS, DEPLOYMENT_KEYS, METADATA_KEYS, TARGET_KEYS,
                        Document)
 
 _TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _SEGMENT = re.compile(r"[^\s/\x00-\x1f\x7f]+\Z")
 _RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+
+class ComponentKeys(Protocol):
+    """What config reads of a component type (components/base.py
+    `ComponentType`; the registry `components.TYPES` is passed in, since
+    config imports nothing of the types): which of the component keys a
+    component of the type must have, and which it may not have."""
+
+    required: Sequence[str]
+    forbidden: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,9 @@ class ComponentSpec:
     type: str
     name: str
     fields: Mapping[str, Any]  # validated component keys, as written
+    # The keys its type requires: checked at each target, once the target's
+    # override is merged (resolve).
+    required: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,9 @@ def _kind(value) -> str:
             int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def compile_document(doc: Document, package: str, default_name: str) -> DeploymentSpec:
+def compile_document(doc: Document, package: str, default_name: str,
+                     types: Mapping[str, ComponentKeys]) -> DeploymentSpec:
+    """`types`: the component types by name (components.TYPES)."""
     v = _Validator(doc)
     top = v.mapping(doc.data, (), "the file")
     if "deployment" not in top:
@@ -169,14 +184,15 @@ def compile_document(doc: Document, package: str, default_name: str) -> Deployme
     by_type = v.mapping(dep.get("components"), root + ("components",), "components")
     for ctype, entries in by_type.items():
         tpath = root + ("components", ctype)
-        _check_type(v, ctype, tpath)
+        kind = _check_type(v, ctype, tpath, types)
         for cname, fields in v.mapping(entries, tpath, f"{ctype} components").items():
             cpath = tpath + (cname,)
             if not valid_component_name(cname):
                 raise v.fail(cpath, f"bad component name '{cname}': no empty, '.' or '..' "
                              "segments, no leading '/', no whitespace")
-            fields = _component_fields(v, fields, cpath, f"component {ctype}/{cname}", ctype)
-            components[f"{ctype}/{cname}"] = ComponentSpec(f"{ctype}/{cname}", ctype, cname, fields)
+            fields = _component_fields(v, fields, cpath, f"component {ctype}/{cname}", ctype, kind)
+            components[f"{ctype}/{cname}"] = ComponentSpec(f"{ctype}/{cname}", ctype, cname, fields,
+                                                           tuple(kind.required))
 
     targets: dict[str, TargetSpec] = {}
     for tname, tbody in v.mapping(dep.get("targets"), root + ("targets",), "targets").items():
@@ -189,14 +205,14 @@ def compile_document(doc: Document, package: str, default_name: str) -> Deployme
         ov_types = v.mapping(tbody.get("components"), tpath + ("components",), "components")
         for ctype, entries in ov_types.items():
             otpath = tpath + ("components", ctype)
-            _check_type(v, ctype, otpath)
+            kind = _check_type(v, ctype, otpath, types)
             for cname, fields in v.mapping(entries, otpath, f"{ctype} components").items():
                 cid = f"{ctype}/{cname}"
                 if cid not in components:
                     raise v.fail(otpath + (cname,), f"target '{tname}' overrides unknown component "
                                  f"'{cid}'" + did_you_mean(cid, components))
                 overrides[cid] = _component_fields(v, fields, otpath + (cname,),
-                                                   f"override of {cid} at target '{tname}'", ctype)
+                                                   f"override of {cid} at target '{tname}'", ctype, kind)
         targets[tname] = TargetSpec(
             tname,
             v.mapping(tbody.get("vars"), tpath + ("vars",), "vars"),
@@ -217,16 +233,17 @@ def compile_document(doc: Document, package: str, default_name: str) -> Deployme
                           components, doc)
 
 
-def _check_type(v: _Validator, ctype, path) -> None:
-    if ctype not in TYPES:
-        raise v.fail(path, f"unknown component type '{ctype}'" + did_you_mean(ctype, TYPES)
-                     + f"; known types: {', '.join(sorted(TYPES))}")
+def _check_type(v: _Validator, ctype, path, types: Mapping[str, ComponentKeys]) -> ComponentKeys:
+    if ctype not in types:
+        raise v.fail(path, f"unknown component type '{ctype}'" + did_you_mean(ctype, types)
+                     + f"; known types: {', '.join(sorted(types))}")
+    return types[ctype]
 
 
-def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
+def _component_fields(v: _Validator, fields, path, what, ctype, kind: ComponentKeys) -> dict:
     fields = v.mapping(fields, path, what)
     v.known_keys(fields, COMPONENT_KEYS, path, what)
-    for key in TYPES[ctype].forbidden:
+    for key in kind.forbidden:
         if key in fields:
             raise v.fail(path + (key,), f"'{key}' is not allowed in {ctype} components")
     if "source" in fields:
@@ -264,8 +281,6 @@ def _component_fields(v: _Validator, fields, path, what, ctype) -> dict:
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise v.fail(path + ("retries",), "retries must be a whole number >= 0")
     if "backend" in fields:
-        from ..components.tfbackend import backend_problem
-
         problem = backend_problem(fields["backend"])
         if problem:
             raise v.fail(path + ("backend", *problem[0]), problem[1])

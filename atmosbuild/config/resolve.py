@@ -28,16 +28,45 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError, caret_context
 from .model import DeploymentSpec
 from .shell import Ref, ShellContextError, classify, expansion
 from .values import as_text
+from .workspace import outside_root
 
+# The one scanner of `${...}` (SPEC 2): `_REF.split(text)` is [text, expr,
+# text, expr, ..., text], expr None for the escape `$${`; `substitute` and
+# `references` are the two ways it is read.
 _REF = re.compile(r"\$\$\{|\$\{([^{}]*)\}")
 _SENSITIVE_NAME = re.compile(r"secret|token|password|passwd|key", re.IGNORECASE)
 RUN_VAR_PREFIX = "ATMOS_V_"  # the environment variables that carry values into `sh -c`
+
+
+def substitute(text: str, expand: Callable[[str], Any], escape: str):
+    """`text` with each reference replaced by `expand(expression)` pasted as
+    text (`as_text`) and each `$${` by `escape`; a text that is exactly one
+    reference is `expand(expression)` itself, so it keeps the value's type.
+    Expressions are expanded in the order they are written."""
+    if "${" not in text:
+        return text
+    parts = _REF.split(text)
+    if len(parts) == 3 and parts[1] is not None and not parts[0] and not parts[2]:
+        return expand(parts[1].strip())
+    out = [parts[0]]
+    for i in range(1, len(parts), 2):
+        expr = parts[i]
+        out.append(escape if expr is None else as_text(expand(expr.strip())))
+        out.append(parts[i + 1])
+    return "".join(out)
+
+
+def references(text: str) -> list[str]:
+    """The expressions of the references in `text`, stripped, in order (no escapes)."""
+    if "${" not in text:
+        return []
+    return [expr.strip() for expr in _REF.split(text)[1::2] if expr is not None]
 
 
 @dataclass(frozen=True)
@@ -209,8 +238,9 @@ def _resolve_component(spec, target, comp, override, fields, enabled) -> Resolve
             if values:
                 verb_env[key] = values
         lifecycle[key] = argv
-    if run is None and comp.type == "command":
-        raise spec.fail(cpath, f"component {comp.id} has no `run`: command components need one")
+    for key in comp.required:  # (declared by the type: command's `run`)
+        if fields.get(key) is None:
+            raise spec.fail(cpath, f"component {comp.id} has no `{key}`: {comp.type} components need one")
 
     source = fields.get("source")
     if source is not None:
@@ -274,7 +304,7 @@ def _root_relative(spec, path: str, where: tuple, what: str) -> str:
     if not isinstance(path, str) or not path:
         raise spec.fail(where, f"{what} must be a non-empty path relative to the workspace root")
     norm = posixpath.normpath(path.replace("\\", "/"))
-    if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+    if outside_root(norm):
         raise spec.fail(where, f"{what} '{path}' resolves outside the workspace root")
     return norm
 
@@ -329,16 +359,14 @@ class _Interpolator:
             return text, {}, []
         items: list = []
         refs: list[str] = []
-        pos = 0
-        for m in _REF.finditer(text):
-            items.extend(text[pos:m.start()])
-            pos = m.end()
-            if m.group(1) is None:
+        for i, piece in enumerate(_REF.split(text)):
+            if i % 2 == 0:
+                items.extend(piece)
+            elif piece is None:
                 items.extend("${")  # what the shell will see
-                continue
-            refs.append(m.group(1).strip())
-            items.append(Ref(len(refs) - 1))
-        items.extend(text[pos:])
+            else:
+                refs.append(piece.strip())
+                items.append(Ref(len(refs) - 1))
         if not refs:
             return text, {}, []
         try:
@@ -359,17 +387,13 @@ class _Interpolator:
             run_env[name] = as_text(value)
             if tainted:
                 secret.append(name)
-        out, pos, k = [], 0, 0
-        for m in _REF.finditer(text):
-            out.append(text[pos:m.start()])
-            pos = m.end()
-            if m.group(1) is None:
-                out.append("$${")
-                continue
-            out.append(expansion(names[refs[k]], contexts[k]))
-            k += 1
-        out.append(text[pos:])
-        return "".join(out), run_env, secret
+        pending = iter(zip(refs, contexts))
+
+        def quoted(_expr: str) -> str:
+            expr, context = next(pending)
+            return expansion(names[expr], context)
+
+        return substitute(text, quoted, "$${"), run_env, secret
 
     def value(self, value, path: tuple):
         if isinstance(value, str):
@@ -381,40 +405,21 @@ class _Interpolator:
         return value
 
     def _string(self, text: str, path: tuple):
-        if "${" not in text:
-            return text
-        matches = list(_REF.finditer(text))
-        # A string that is exactly one ${var...} keeps the value's own type.
-        if (len(matches) == 1 and matches[0].group(1) is not None
-                and matches[0].span() == (0, len(text))):
-            expr = matches[0].group(1).strip()
-            if expr.startswith("var."):
-                return self._lookup_var(expr, path)
-        out, pos = [], 0
-        for m in matches:
-            out.append(text[pos:m.start()])
-            pos = m.end()
-            if m.group(1) is None:
-                out.append("$${")
-                continue
-            expr = m.group(1).strip()
-            if expr.startswith("outputs."):
-                self._outputs_ref(expr, path)
-                out.append("${" + expr + "}")
-                continue
-            if expr == "target":
-                piece = self.target
-            elif expr == "deployment":
-                piece = self.spec.name
-            elif expr.startswith("var."):
-                piece = as_text(self._lookup_var(expr, path))
-            else:
-                raise self.spec.fail(self.where(*path), f"unknown reference '${{{expr}}}' in "
-                                     f"{self.cid}; use ${{target}}, ${{deployment}}, ${{var.NAME}} "
-                                     "or ${outputs.TYPE/NAME.KEY} (write $${ for a literal ${)")
-            out.append(piece)
-        out.append(text[pos:])
-        return "".join(out)
+        return substitute(text, lambda expr: self._expand(expr, path), "$${")
+
+    def _expand(self, expr: str, path: tuple):
+        if expr.startswith("outputs."):
+            self._outputs_ref(expr, path)
+            return "${" + expr + "}"
+        if expr == "target":
+            return self.target
+        if expr == "deployment":
+            return self.spec.name
+        if expr.startswith("var."):
+            return self._lookup_var(expr, path)
+        raise self.spec.fail(self.where(*path), f"unknown reference '${{{expr}}}' in "
+                             f"{self.cid}; use ${{target}}, ${{deployment}}, ${{var.NAME}} "
+                             "or ${outputs.TYPE/NAME.KEY} (write $${ for a literal ${)")
 
     def _lookup_var(self, expr: str, path: tuple):
         parts = expr[len("var."):].split(".")
@@ -462,8 +467,7 @@ def parse_outputs_ref(expr: str, component_ids) -> tuple[str, str] | None:
 def _walk_refs(value, component_ids, found) -> None:
     if isinstance(value, str):
         if "${outputs." in value:
-            for m in _REF.finditer(value):
-                expr = (m.group(1) or "").strip()
+            for expr in references(value):
                 if expr.startswith("outputs."):
                     ref = parse_outputs_ref(expr, component_ids)
                     if ref:
@@ -481,24 +485,7 @@ def render(value, outputs: Mapping[str, Mapping[str, Any]], component_ids):
     Values are pasted as text: never into shell code (a string-form run holds
     only expansions of its `run_env`, see `_Interpolator.shell_run`)."""
     if isinstance(value, str):
-        if "${" not in value:
-            return value
-        matches = list(_REF.finditer(value))
-        if (len(matches) == 1 and matches[0].group(1) is not None
-                and matches[0].span() == (0, len(value))):
-            expr = matches[0].group(1).strip()
-            if expr.startswith("outputs."):
-                return _output_value(expr, outputs, component_ids)
-        out, pos = [], 0
-        for m in matches:
-            out.append(value[pos:m.start()])
-            pos = m.end()
-            if m.group(1) is None:
-                out.append("${")
-                continue
-            out.append(as_text(_output_value(m.group(1).strip(), outputs, component_ids)))
-        out.append(value[pos:])
-        return "".join(out)
+        return substitute(value, lambda expr: _output_value(expr, outputs, component_ids), "${")
     if isinstance(value, dict):
         return {k: render(v, outputs, component_ids) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

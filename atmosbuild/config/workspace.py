@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError, UsageError, did_you_mean
+from .backend import backend_problem
 from .document import Document
 from .labels import Label, Pattern
 
 if TYPE_CHECKING:
-    from .model import DeploymentSpec
+    from .model import ComponentKeys, DeploymentSpec
 
 DSL_FILE = "BUILD.atmos"
 YAML_FILE = "deployment.yaml"
@@ -192,8 +193,6 @@ def load_settings(root: str) -> Settings:
             raise fail(("terraform", key), f"unknown terraform setting '{key}'"
                        + did_you_mean(str(key), TERRAFORM_KEYS) + f"; known: {', '.join(TERRAFORM_KEYS)}")
     if "backend" in tf:
-        from ..components.tfbackend import backend_problem
-
         problem = backend_problem(tf["backend"])
         if problem:
             raise fail(("terraform", "backend", *problem[0]), problem[1])
@@ -210,6 +209,14 @@ def load_settings(root: str) -> Settings:
     return Settings(par, sched, kg, tc, state_dir, tf, executor, state)
 
 
+def outside_root(rel: str) -> bool:
+    """The one "inside the root" check, on a normalized path relative to the
+    root: it leaves the root when it is absolute, `..` or below `..`. A path
+    on disk is checked as it is once symlinks are followed:
+    `outside_root(os.path.relpath(os.path.realpath(path), real_root))`."""
+    return rel.startswith("/") or rel == ".." or rel.startswith("../")
+
+
 def state_dir_problem(root: str, state_dir: str) -> str | None:
     """Why `state_dir` cannot be the state directory of `root`, or None.
 
@@ -217,12 +224,12 @@ def state_dir_problem(root: str, state_dir: str) -> str | None:
     atmosbuild creates, locks and (`clean`) removes entries there, so the
     root itself, anything above or beside it, and a link that leads out are
     refused before any command does anything."""
-    real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(root, state_dir))
-    if real == real_root:
+    rel = os.path.relpath(real, os.path.realpath(root))
+    if rel == ".":
         return (f"state_dir '{state_dir}' is the workspace root itself; it must be a directory "
                 "inside the root, such as .atmos")
-    if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+    if outside_root(rel):
         shown = "" if os.path.normpath(os.path.join(root, state_dir)) == real else f" (to {real})"
         return (f"state_dir '{state_dir}' resolves outside the workspace root{shown}; it must be "
                 "a directory inside the root, such as .atmos")
@@ -296,12 +303,30 @@ def _parse_dsl(text: str, file: str) -> Document:
     return parse_dsl(text, file)
 
 
-def load_package(root: str, package: str) -> DeploymentSpec:
+def load_package(root: str, package: str, types: Mapping[str, ComponentKeys]) -> DeploymentSpec:
+    """`types`: the component types by name (components.TYPES)."""
     from .model import compile_document
 
     doc = load_document(root, package)
     default = package or os.path.basename(os.path.abspath(root))
-    return compile_document(doc, package, default)
+    return compile_document(doc, package, default, types)
+
+
+def load_specs(root: str, labels: list[Label], types: Mapping[str, ComponentKeys],
+               loaded: Mapping[str, DeploymentSpec] | None = None) -> dict[Label, DeploymentSpec]:
+    """The deployment spec of each label's package (`loaded`: packages
+    already loaded), checking that the label's target is there."""
+    specs: dict[Label, DeploymentSpec] = {}
+    by_package: dict[str, DeploymentSpec] = dict(loaded or {})
+    for label in labels:
+        spec = by_package.get(label.package) or load_package(root, label.package, types)
+        by_package[label.package] = spec
+        if label.target not in spec.targets:
+            known = ", ".join(spec.targets) or "none"
+            raise UsageError(f"unknown target '{label.target}' in //{label.package} ({spec.document.file})"
+                             + did_you_mean(label.target, spec.targets) + f"; targets: {known}")
+        specs[label] = spec
+    return specs
 
 
 def unknown_package(root: str, package: str) -> UsageError:
@@ -312,8 +337,9 @@ def unknown_package(root: str, package: str) -> UsageError:
                       f"'{package or '.'}'{hint}; packages here: {listing}")
 
 
-def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
-    """Labels for patterns, deduplicated, in the order given."""
+def expand(root: str, patterns: list[Label | Pattern], types: Mapping[str, ComponentKeys]) -> list[Label]:
+    """Labels for patterns, deduplicated, in the order given (`types`: the
+    component types, to load the packages a pattern matches)."""
     out: list[Label] = []
     for item in patterns:
         if isinstance(item, Label):
@@ -321,7 +347,7 @@ def expand(root: str, patterns: list[Label | Pattern]) -> list[Label]:
         else:
             labels = []
             for pkg in discover_packages(root, item.prefix):
-                spec = load_package(root, pkg)
+                spec = load_package(root, pkg, types)
                 if item.target in spec.targets:
                     labels.append(Label(pkg, item.target))
             if not labels:

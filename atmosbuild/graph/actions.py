@@ -11,12 +11,11 @@ from ..components import TYPES, ComponentType
 from ..config.labels import Label
 from ..config.model import DeploymentSpec
 from ..config.resolve import ResolvedComponent, resolve_target
-from ..config.workspace import load_package
+from ..config.workspace import Settings, outside_root
 from ..errors import CycleError, UsageError, did_you_mean
 from ..sources import is_remote
-from ..state.files import FileDigester
 from .dag import Dag, build_dag
-from .keys import (InputOutsideRoot, canonical, config_ingredients, file_ingredients,
+from .keys import (Digester, InputOutsideRoot, canonical, config_ingredients, file_ingredients,
                    local_canonical)
 
 if TYPE_CHECKING:
@@ -54,21 +53,6 @@ class ActionGraph:
 
 def node_id(label: Label, cid: str, multi: bool) -> str:
     return f"{label} {cid}" if multi else cid
-
-
-def load_specs(root: str, labels: list[Label],
-               loaded: Mapping[str, DeploymentSpec] | None = None) -> dict[Label, DeploymentSpec]:
-    specs: dict[Label, DeploymentSpec] = {}
-    by_package: dict[str, DeploymentSpec] = dict(loaded or {})
-    for label in labels:
-        spec = by_package.get(label.package) or load_package(root, label.package)
-        by_package[label.package] = spec
-        if label.target not in spec.targets:
-            known = ", ".join(spec.targets) or "none"
-            raise UsageError(f"unknown target '{label.target}' in //{label.package} ({spec.document.file})"
-                             + did_you_mean(label.target, spec.targets) + f"; targets: {known}")
-        specs[label] = spec
-    return specs
 
 
 @dataclass(frozen=True)
@@ -112,20 +96,24 @@ def build_structure(specs: Mapping[Label, DeploymentSpec], labels: list[Label],
     return Structure(specs, resolved, where, dag)
 
 
-def compile_graph(root: str, labels: list[Label], digester: FileDigester,
+def compile_graph(root: str, labels: list[Label], digester: Digester, *,
+                  specs: Callable[[], Mapping[Label, DeploymentSpec]],
+                  settings: Callable[[], Settings],
                   only: list[str] | None = None,
-                  specs: Mapping[Label, DeploymentSpec] | None = None,
                   cache: "StructureCache | None" = None, write_cache: bool = False,
                   remote=None) -> ActionGraph:
-    """`remote`: the git vendor cache (sources.git.GitVendor), needed when a
-    component has a git source."""
-    key = cache.key(root, labels, only) if cache is not None and specs is None else None
+    """Graph loads nothing itself: `specs` loads the labels' deployment specs
+    (config.workspace.load_specs), called only when `cache` has no structure
+    for them; `settings` reads atmos.yaml (config.workspace.load_settings),
+    called only when a type's `compile` first needs it. `remote`: the git
+    vendor cache (sources.git.GitVendor), needed when a component has a git
+    source."""
+    key = cache.key(root, labels, only) if cache is not None else None
     cached = cache.load(key) if key else None
     if cached is not None:
         st, configs = cached
     else:
-        specs = dict(specs) if specs is not None else load_specs(root, labels)
-        st = build_structure(specs, labels, only)
+        st = build_structure(dict(specs()), labels, only)
         configs = {}
         for nid in st.dag.order:
             label, cid = st.where[nid]
@@ -137,7 +125,7 @@ def compile_graph(root: str, labels: list[Label], digester: FileDigester,
         label, cid = st.where[nid]
         return label, cid, st.resolved[label][cid], configs[nid]
 
-    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester, remote=remote)
+    compiler = NodeCompiler(root, st.specs, lookup, st.dag, digester, settings, remote=remote)
     nodes = {nid: compiler.node(nid) for nid in st.dag.order}
     if write_cache:
         compiler.save_caches()
@@ -174,13 +162,17 @@ class NodeCompiler:
     and the caller compiles everything to report it where it is written."""
 
     def __init__(self, root: str, specs: Mapping[Label, DeploymentSpec] | None,
-                 lookup: Callable[[str], tuple], dag: Dag, digester: FileDigester,
+                 lookup: Callable[[str], tuple], dag: Dag, digester: Digester,
+                 settings: Callable[[], Settings],
                  names: Mapping[Label, str] | None = None, remote=None) -> None:
         """`lookup(nid)` -> (label, component id, resolved component,
-        (config ingredients, their canonical text)); `names`: label ->
-        deployment name, when there are no specs; `remote`: the git vendor
-        cache (sources.git.GitVendor) that git sources are fetched through."""
+        (config ingredients, their canonical text)); `settings()`: atmos.yaml,
+        asked for when a type's `compile` first
+        needs it; `names`: label -> deployment name, when there are no specs;
+        `remote`: the git vendor cache (sources.git.GitVendor) that git
+        sources are fetched through."""
         self.root, self.specs, self.lookup, self.dag, self.digester = root, specs, lookup, dag, digester
+        self._load_settings = settings
         self.names = names if names is not None else {label: spec.name for label, spec in specs.items()}
         self.sources = SourceChecker(root)
         self.remote = remote
@@ -197,9 +189,7 @@ class NodeCompiler:
         from ..components.base import CompileEnv
 
         if self._settings is None:
-            from ..config.workspace import load_settings
-
-            self._settings = load_settings(self.root)
+            self._settings = self._load_settings()
         settings = self._settings
 
         def fail(path: tuple, message: str):
@@ -381,7 +371,7 @@ class SourceChecker:
             return
         path = f"{self.root}/{comp.source}" if comp.source != "." else self.root
         real = self._realpath(path)
-        if real != self.real_root and not real.startswith(self.real_root + os.sep):
+        if outside_root(os.path.relpath(real, self.real_root)):
             if spec is None:
                 raise NeedsFullCompile()
             raise spec.fail(_field_path(spec, label, comp, "source"),

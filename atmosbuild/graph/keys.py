@@ -18,13 +18,30 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Protocol
 
 import xxhash
 
 from ..config.resolve import ResolvedComponent
+from ..config.workspace import outside_root
 from ..sources import is_remote, shown_source
-from ..state.files import FileDigester
+
+FileEntry = tuple  # (relpath, kind, digest, executable) with kind "f" (file) or "l" (symlink)
+
+
+class Digester(Protocol):
+    """Where the digests of files come from: state/files.FileDigester (behind
+    the stat caches, which live with the store), or a test's own. Graph
+    computes keys over the digests it is handed and reads no file's bytes."""
+
+    root: str
+
+    def tree(self, rel_dir: str) -> list[FileEntry]:
+        """Every file under `rel_dir` (root-relative), sorted by path, paths
+        relative to `rel_dir`; symlinks recorded, not followed."""
+
+    def files(self, rels: Iterable[str]) -> list[FileEntry]:
+        """The given root-relative regular files, sorted by path."""
 
 
 def canonical(value: Any) -> str:
@@ -74,7 +91,7 @@ def config_ingredients(comp: ResolvedComponent, type_version: str, key_vars=None
     return out
 
 
-def file_ingredients(comp: ResolvedComponent, digester: FileDigester, tree=None) -> dict:
+def file_ingredients(comp: ResolvedComponent, digester: Digester, tree=None) -> dict:
     """The files half: source tree and `inputs`, path -> [kind, digest, exec].
     `tree`: the source's entries when they do not come from the root (a git
     source's subtree in the vendor cache)."""
@@ -90,7 +107,7 @@ def file_ingredients(comp: ResolvedComponent, digester: FileDigester, tree=None)
 
 
 def local_ingredients(comp: ResolvedComponent, type_version: str,
-                      digester: FileDigester, key_vars=None) -> dict:
+                      digester: Digester, key_vars=None) -> dict:
     """Everything but the upstream results, as canonical-encodable data."""
     return {**config_ingredients(comp, type_version, key_vars),
             "files": file_ingredients(comp, digester)}
@@ -140,7 +157,7 @@ def expand_inputs(root: str, patterns) -> list[str]:
             real_parent = real_dirs.get(parent)
             if real_parent is None:
                 real_parent = real_dirs[parent] = os.path.realpath(parent)
-            if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
+            if outside_root(os.path.relpath(real_parent, real_root)):
                 raise InputOutsideRoot(index, pattern, rel.replace(os.sep, "/"))
             out.add(os.path.normpath(rel).replace(os.sep, "/"))
     return sorted(out)

@@ -9,11 +9,32 @@ changed, else `blocked` — it runs only if an upstream's result changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Protocol
 
-from ..state.rebuild import Rebuilder
-from .actions import ActionGraph
+from .actions import ActionGraph, ActionNode
 
 RUN, CACHED, BLOCKED = "run", "cached", "blocked"
+
+
+class Decision(Protocol):
+    run: bool
+    key: str
+    reason: str
+    result: str | None  # the result digest, when cached
+
+
+class Decider(Protocol):
+    """What the plan asks of the rebuilder (state/rebuild.Rebuilder, which
+    the caller passes in: graph knows nothing of the store)."""
+
+    def decide(self, node: ActionNode, upstream: Mapping[str, str]) -> Decision:
+        """Run or cached, for a node whose upstream results are known."""
+
+    def must_run(self, node: ActionNode) -> str | None:
+        """Why the node runs whatever its upstreams do, or None."""
+
+    def local_changes(self, node: ActionNode) -> list[str]:
+        """What moved in the node's own ingredients since it last succeeded."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +46,7 @@ class PlannedNode:
     key: str | None  # None while an upstream has yet to run
 
 
-def make_plan(graph: ActionGraph, rebuilder: Rebuilder) -> dict[str, PlannedNode]:
+def make_plan(graph: ActionGraph, rebuilder: Decider) -> dict[str, PlannedNode]:
     planned: dict[str, PlannedNode] = {}
     results: dict[str, str | None] = {}  # node id -> result digest, None if unknown
     for nid in graph.dag.order:

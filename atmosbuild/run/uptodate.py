@@ -43,12 +43,12 @@ from dataclasses import fields as dataclass_fields
 from typing import Callable, NamedTuple
 
 from .. import clock
+from ..components.base import BUILD
 from ..config.doccache import code_stamp
 from ..config.labels import Label
 from ..fileops import keep_newest, load_plain, write_atomic
 from ..graph.dag import Dag
 from ..state.files import FileDigester, changed_in, file_digest, signature
-from ..state.store import BUILD
 from .rollout import Rollout, _Result
 
 VERSION = 5
@@ -717,7 +717,10 @@ def rollout_if_up_to_date(keys: Keys | None, root: str, state_dir: str, options,
         # A few trees: reading their files costs less than loading the stat cache.
         digester = FileDigester(root, cache={}, trees=trees)
         names = {label: spec.name for label, spec in record.graph.specs.items()}
-        compiler = NodeCompiler(root, None, pack.get, dag, digester, names=names)
+        from ..config.workspace import load_settings
+
+        compiler = NodeCompiler(root, None, pack.get, dag, digester, lambda: load_settings(root),
+                                names=names)
         try:
             compiled = {nid: compiler.node(nid) for nid in dag.order if nid in affected}
         except (NeedsFullCompile, DamagedCache, OSError):  # the full path says what is wrong, and where

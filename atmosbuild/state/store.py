@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
-# The two modes a component type decides in (SPEC 4); the store keeps an
-# applied record per deployment+target for both and a build cache for BUILD.
-APPLY = "apply"  # changes the world: skipped only if this key was last applied here
-BUILD = "build"  # pure: any earlier success with the same key is reused
+# (The two modes, APPLY and BUILD, are the component types' (components/base.py):
+# the store keeps an applied record per deployment+target for both and a
+# build cache for BUILD.)
 
 
 class Applied:
