@@ -102,8 +102,8 @@ def test_dev_from_one_machine_and_prod_from_another_at_once(tmp_path, pg_url):
     b = team_repo(tmp_path / "m2" / "repo", pg_url, slow="command/api")
     pa = background(a, "rollout", "//app:dev")
     pb = background(b, "rollout", "//app:prod")
-    wait_for(a.root / "api.started")
-    wait_for(b.root / "api.started")  # both hold their target's lock at the same time
+    wait_for(a.root / "api.started", proc=pa)
+    wait_for(b.root / "api.started", proc=pb)  # both hold their target's lock at the same time
     (a.root / "go").touch()
     (b.root / "go").touch()
     out_a, err_a = pa.communicate(timeout=120)
