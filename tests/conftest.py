@@ -111,9 +111,14 @@ def start_cli(ws, *args: str) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path: Path, timeout: float = 30.0) -> None:
+def wait_for(path: Path, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until `path` exists; with `proc`, fail at once (with its output)
+    if that process ends first, instead of waiting out the timeout blind."""
     deadline = time.monotonic() + timeout
     while not path.exists():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"{path} never appeared: the process exited {proc.returncode}\n{out}\n{err}")
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
 

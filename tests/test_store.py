@@ -217,6 +217,30 @@ def test_read_only_opening_creates_nothing(backend):
     assert reader.snapshot("d", "dev").applied["command/a"] == applied()
 
 
+# what PostgreSQL's text holds: anything but NUL (and lone surrogates, not UTF-8)
+_stored_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+                       max_size=8)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.dictionaries(
+    _stored_text | st.sampled_from(["a\x1fb", "c\x1ed", "\x1f", "\x1e\x1f"]),
+    st.tuples(_stored_text | st.just("k\x1e"), _stored_text,
+              st.floats(allow_nan=False, allow_infinity=False)), max_size=6))
+def test_property_the_applied_summary_reads_back_any_ids_keys_and_durations(backend, rows):
+    """(PostgreSQL reads the summary as one text value split at control
+    characters: ids, keys or digests holding them must still read back.)"""
+    deployment = f"d-{uuid.uuid4().hex[:8]}"
+    store = open_store(backend.state_dir, state=backend.url or "sqlite")
+    try:
+        for comp, (key, result, duration) in rows.items():
+            store.record_success(deployment, "dev", comp, Applied(key, result, {}, {}, 1.0, duration),
+                                 "run", build=False)
+        assert store.applied_summary(deployment, "dev") == rows
+    finally:
+        store.close()
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.tuples(
     st.sampled_from(["success", "build", "attempt"]),

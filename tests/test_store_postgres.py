@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import REPO, RECORD, Workspace, wait_for
 from pgserver import PASSWORD
@@ -101,8 +102,8 @@ def test_dev_from_one_machine_and_prod_from_another_at_once(tmp_path, pg_url):
     b = team_repo(tmp_path / "m2" / "repo", pg_url, slow="command/api")
     pa = background(a, "rollout", "//app:dev")
     pb = background(b, "rollout", "//app:prod")
-    wait_for(a.root / "api.started")
-    wait_for(b.root / "api.started")  # both hold their target's lock at the same time
+    wait_for(a.root / "api.started", proc=pa)
+    wait_for(b.root / "api.started", proc=pb)  # both hold their target's lock at the same time
     (a.root / "go").touch()
     (b.root / "go").touch()
     out_a, err_a = pa.communicate(timeout=120)
@@ -145,6 +146,22 @@ def test_the_lock_names_its_holder_across_machines_and_wait_waits(tmp_path, pg_u
     assert "0 ran, 4 cached" in out  # it read what the holder recorded
 
 
+def wait_until_zombie(proc: subprocess.Popen) -> None:
+    """Until `proc` has exited but is not reaped (a zombie); reaped where
+    there is no /proc to tell."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            proc.wait()
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pid {proc.pid} did not exit")
+
+
 def test_kill_9_of_the_holder_keeps_the_lock_until_its_action_exits(tmp_path, pg_url):
     """SPEC 6 across machines: the killed holder's action still runs, so no
     other machine may start; once it exits the lock is free within seconds."""
@@ -155,12 +172,13 @@ def test_kill_9_of_the_holder_keeps_the_lock_until_its_action_exits(tmp_path, pg
     wait_for(a.root / "api.started")
     action = int((a.root / "api.pid").read_text())
     holder.kill()
-    holder.wait()
+    wait_until_zombie(holder)  # killed, not yet reaped: it has exited all the same
     try:
         locked = b.run("rollout", "//app:dev")
         assert locked.returncode == 3, locked.stderr
         assert f"pid {holder.pid} on host" in locked.stderr
         assert "which has exited, but actions it started still run" in locked.stderr
+        holder.wait()
         os.killpg(action, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while True:
@@ -368,6 +386,22 @@ def test_a_sqlite_rollout_never_imports_the_postgres_driver(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_postgres_rollout_never_imports_psycopg(tmp_path, pg_url):
+    """The store talks to libpq itself (state/pq.py): importing psycopg
+    would cost a no-op 0.1 s, half of it."""
+    ws = team_repo(tmp_path / "repo", pg_url)
+    code = ("import sys\nfrom atmosbuild.cli import main\n"
+            f"for _ in range(2):\n  try:\n    main(['-C', {str(ws.root)!r}, 'rollout', '//app:dev'])\n"
+            "  except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'atmosbuild.state.postgres' in sys.modules\n"
+            "bad = [m for m in ('psycopg', 'asyncio') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert ran(ws) == ["command/api", "command/base", "command/solo", "command/web"]  # once
+
+
 @pytest.mark.parametrize("url, shown, conninfo, password, schema", [
     ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db", "postgresql://u@h:5432/db", "p@ss", "atmosbuild"),
     ("postgres://u@h/db?schema=team&sslmode=require", "postgres://u@h/db?schema=team&sslmode=require",
@@ -461,3 +495,50 @@ def test_a_destroy_on_one_machine_is_seen_by_the_other(tmp_path, pg_url):
     assert again.returncode == 0, again.stderr
     assert ran(b) == ALL  # applied again, from the other machine
     assert "0 ran, 4 cached" in a.run("rollout", "//app:dev").stdout
+
+
+# -- atmos.yaml with a state URL: cached masked, read as written -------------------------
+
+_PASSWORD_CHARS = st.text(alphabet="aZ9%@:/?#&=+!$' \"\\,[]{}é-_.~", min_size=0, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(password=_PASSWORD_CHARS, style=st.sampled_from(["plain", "single", "double"]),
+       param=st.booleans(), comment=st.booleans(), second=st.booleans())
+def test_settings_with_a_state_url_read_as_written_and_cache_no_password(
+        tmp_path_factory, password, style, param, comment, second):
+    """The settings parse cache sees atmos.yaml with every postgresql:// URL
+    masked (workspace._load_masking_urls): the values are the file's, and no
+    cache entry holds the password, whatever its characters and quoting."""
+    import yaml as pyyaml
+
+    from atmosbuild.config import workspace
+    from atmosbuild.config.yaml import parse_yaml
+
+    secret = "Sx7q" + password
+    url = f"postgresql://atmos:{secret}@db.example:5432/team"
+    if param:
+        url = f"postgresql://atmos@h1:1,h2:2/team?sslmode=require&password={secret}"
+    scalar = {"plain": url, "single": "'" + url.replace("'", "''") + "'",
+              "double": json.dumps(url)}[style]
+    text = f"state: {scalar}\n" + ("# the team's store\n" if comment else "")
+    if second:
+        text += f"terraform:\n  backend:\n    conn_str: {json.dumps(url)}\n"
+    try:
+        expected = parse_yaml(text, "atmos.yaml").data
+    except Exception:  # not YAML as written (a plain scalar with ': ', ' #'...)
+        return
+    if pyyaml.safe_load(text) != expected:
+        return
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    try:
+        for _ in range(2):  # a miss, then a hit
+            assert workspace._load_masking_urls(text, "atmos.yaml").data == expected
+    finally:
+        os.environ["XDG_CACHE_HOME"] = old
+    for dirpath, _, files in os.walk(cache):
+        for name in files:
+            data = Path(dirpath, name).read_bytes()
+            assert secret.encode() not in data and secret.encode("unicode_escape") not in data

@@ -86,6 +86,52 @@ def find_root(explicit: str | None, cwd: str | None = None) -> str:
         probe = parent
 
 
+# A postgresql:// URL (the state store's, a pg backend's conn_str) may hold a
+# password, and no cache may hold a secret (SPEC 14): the parse cache gets
+# atmos.yaml with each URL replaced by a run of private-use characters of
+# the same length (positions stay), and the parsed values get the URLs back.
+# Where a URL's text is cut short of its end (a quote, space, backslash or
+# flow-collection character inside it) and what is left could hold a secret
+# ('@' of the user info, a `password=` parameter), the file is parsed as it
+# is, uncached.
+_URL = re.compile(r"postgres(?:ql)?://[^\s'\"\\,\[\]{}]+")
+_MASK_BASE = 0xE000  # U+E000..: the i-th URL is masked by chr(_MASK_BASE + i)
+_MASKS = re.compile("[\ue000-\ue0ff]+")
+
+
+def _load_masking_urls(text: str, file: str):
+    from . import doccache
+    from .yaml import parse_yaml
+
+    urls = _URL.findall(text)
+    masked = _URL.sub(lambda m: chr(_MASK_BASE + urls.index(m.group())) * len(m.group()), text)
+    if (not urls or len(set(urls)) > 0x100 or _MASKS.search(text) or "@" in masked
+            or "password" in masked.lower()):
+        return parse_yaml(text, file)
+    doc = doccache.load(masked, file, "yaml", parse_yaml)
+    runs = {chr(_MASK_BASE + i) * len(url): url for i, url in enumerate(urls)}
+    left = []
+
+    def unmask(value):
+        if isinstance(value, str):
+            if _MASKS.search(value) is None:
+                return value
+            value = _MASKS.sub(lambda m: runs.get(m.group(), m.group()), value)
+            if _MASKS.search(value):
+                left.append(value)
+            return value
+        if isinstance(value, dict):
+            return {unmask(k): unmask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [unmask(v) for v in value]
+        return value
+
+    data = unmask(doc.data)
+    if left:  # a mask not found whole (never expected): the file as it is
+        return parse_yaml(text, file)
+    return Document(data=data, file=file, text=masked, locate=doc.locate, kind="yaml")
+
+
 def load_settings(root: str) -> Settings:
     path = os.path.join(root, SETTINGS_FILE)
     if not os.path.isfile(path):
@@ -98,8 +144,8 @@ def load_settings(root: str) -> Settings:
 
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
-    if "postgres" in text:  # a state URL may hold a password: no copy in the parse cache
-        doc = parse_yaml(text, shown_path(path))
+    if "postgres" in text:  # a state URL may hold a password: the cache sees it masked
+        doc = _load_masking_urls(text, shown_path(path))
     else:
         doc = doccache.load(text, shown_path(path), "yaml", parse_yaml)
     data = doc.data or {}

@@ -112,21 +112,6 @@ def _high(fd: int) -> int:
     return high
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we can tell
-
-
 def describe_holder(text: str) -> str:
     """What holds a lock, from its file's text: the rollout, and what it runs.
 
@@ -139,7 +124,9 @@ def describe_holder(text: str) -> str:
         return "another rollout"
     words = head.split()
     pid = int(words[1]) if len(words) > 1 and words[0] == "pid" and words[1].isdigit() else None
-    if pid is not None and not _alive(pid):
+    from ..procs import alive
+
+    if pid is not None and not alive(pid):
         what = ", ".join(running) if running else "a process it started (it keeps the lock file open)"
         return f"{head}, which has exited, but actions it started still run: {what}"
     if running:
