@@ -213,13 +213,16 @@ def graph(ctx, label, graph_format, output, only):
 @cli.command()
 @click.argument("label", shell_complete=_complete_labels)
 @click.option("--format", "out_format", type=TEXT_JSON, default="text", help=FORMAT_HELP)
-@click.option("--history", type=click.IntRange(min=1), is_flag=False, flag_value=10, default=None,
-              metavar="[N]", help="The last N attempts of each component instead (default 10).")
+@click.option("--history", is_flag=True, help="The last attempts of each component instead.")
+@click.option("--last", "last", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --history: how many attempts per component (default 10).")
 @click.pass_context
-def status(ctx, label, out_format, history):
+def status(ctx, label, out_format, history, last):
     """Per component: last applied key, when, and whether it is up to date."""
-    result = (api.status(_root(ctx), label) if history is None
-              else api.history(_root(ctx), label, history))
+    if last is not None and not history:
+        raise UsageError("--last N goes with --history")
+    result = (api.history(_root(ctx), label, last or 10) if history
+              else api.status(_root(ctx), label))
     click.echo(result.json() if out_format == "json" else result.text(), nl=False)
 
 

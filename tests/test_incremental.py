@@ -458,7 +458,7 @@ def test_the_compiled_structure_cache_follows_every_edit_and_survives_damage(dia
 
 
 def test_status_history_shows_the_last_attempts_of_each_component(ws):
-    """`status --history [N]`: every attempt is kept (the history table);
+    """`status --history [--last N]`: every attempt is kept (the history table);
     status shows the newest N per component, failures included."""
     ws.write("app/deployment.yaml", """\
         deployment:
@@ -473,15 +473,16 @@ def test_status_history_shows_the_last_attempts_of_each_component(ws):
     assert ws.run("rollout", "//app:dev", "-j1", "--force").returncode == 1
     (ws.root / "fail").unlink()
     assert ws.run("rollout", "//app:dev", "-j1", "--force").returncode == 0
-    proc = ws.run("status", "//app:dev", "--history")
+    proc = ws.run("status", "--history", "//app:dev")  # (the flag before the label too)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split()[:3] for line in proc.stdout.splitlines()[1:]]
     assert [(cid, status) for cid, _, status in rows] == [
         ("command/a", "succeeded"), ("command/a", "failed"), ("command/a", "succeeded"),
         ("command/b", "succeeded"), ("command/b", "succeeded")]  # (b was skipped when a failed)
     assert len({run for cid, run, _ in rows if cid == "command/a"}) == 3  # one row per run
-    proc = ws.run("status", "//app:dev", "--history", "1", "--format", "json")
+    proc = ws.run("status", "//app:dev", "--history", "--last", "1", "--format", "json")
     data = json.loads(proc.stdout)
     assert [e["status"] for e in data["history"]["command/a"]] == ["succeeded"]
     assert set(data["history"]["command/a"][0]) == {"run_id", "key", "status", "finished", "duration"}
-    assert ws.run("status", "//app:dev", "--history", "0").returncode == 2
+    assert ws.run("status", "//app:dev", "--history", "--last", "0").returncode == 2
+    assert ws.run("status", "//app:dev", "--last", "2").returncode == 2
