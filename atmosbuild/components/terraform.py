@@ -517,6 +517,15 @@ class Terraform(ComponentType):
         return {name: (item.get("value") if isinstance(item, dict) else item)
                 for name, item in raw.items()}
 
+    @classmethod
+    def _output_values(cls, stdout: bytes) -> dict | None:
+        """The values `terraform output -json` printed; None if it is not JSON."""
+        try:
+            raw = cls._raw_outputs(stdout.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+
     @staticmethod
     def _raw_outputs(captured: str | None) -> dict:
         text = (captured or "").strip()
@@ -620,11 +629,7 @@ class Terraform(ComponentType):
                         return None
             except (OSError, subprocess.TimeoutExpired):
                 return None
-        try:
-            raw = self._raw_outputs(proc.stdout.decode("utf-8", "replace"))
-        except ValueError:
-            return None
-        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+        return self._output_values(proc.stdout)
 
     def recover_outputs(self, ctx: ActionContext) -> dict | None:
         """Run `terraform output -json` against the persisted data dir and
@@ -658,9 +663,5 @@ class Terraform(ComponentType):
                 return None
         if proc.returncode != 0:
             return None
-        try:
-            raw = self._raw_outputs(proc.stdout.decode("utf-8", "replace"))
-        except ValueError:
-            return None
-        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+        return self._output_values(proc.stdout)
 

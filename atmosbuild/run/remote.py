@@ -409,14 +409,15 @@ _LOCAL_HOLDS: dict[str, threading.Lock] = {}
 
 
 @contextmanager
-def _local_hold(names: Sequence[str], give_up: Callable[[], bool]):
-    """`hold` without a cluster: the named locks of this process."""
-    with _LOCK:
-        locks = [_LOCAL_HOLDS.setdefault(n, threading.Lock()) for n in sorted(names)]
+def _hold_in_order(locks: Sequence[Any], poll: float, give_up: Callable[[], bool]):
+    """Acquire `locks` in the order given (callers sort them, so no two holders
+    wait on each other in a cycle), each polled every `poll` s so that
+    `give_up()` (stopped, no longer wanted) is heard; yields whether all
+    are held, and releases what was taken."""
     held = []
     try:
         for lock in locks:
-            while not lock.acquire(timeout=0.2):
+            while not lock.acquire(timeout=poll):
                 if give_up():
                     yield False
                     return
@@ -424,7 +425,17 @@ def _local_hold(names: Sequence[str], give_up: Callable[[], bool]):
         yield True
     finally:
         for lock in reversed(held):
-            lock.release()
+            try:
+                lock.release()
+            except Exception:
+                pass  # (a cluster lock lost with the scheduler: nobody holds it any more)
+
+
+def _local_hold(names: Sequence[str], give_up: Callable[[], bool]):
+    """`hold` without a cluster: the named locks of this process."""
+    with _LOCK:
+        locks = [_LOCAL_HOLDS.setdefault(n, threading.Lock()) for n in sorted(names)]
+    return _hold_in_order(locks, 0.2, give_up)
 
 
 def _attempt(task: Task, running: _Running, plan: _Plan, cwd: str, env: dict, log, mask,
@@ -601,28 +612,12 @@ def run_action(task: Task) -> Result:
     return result
 
 
-@contextmanager
 def _cluster_hold(names: Sequence[str], give_up: Callable[[], bool]):
     """Dask Locks (on the scheduler: every worker sees them), in sorted
     order; a worker that dies loses its leases after Dask's lease timeout."""
     from distributed import Lock
 
-    held = []
-    try:
-        for name in sorted(names):
-            lock = Lock("atmosbuild-" + name)
-            while not lock.acquire(timeout=0.5):
-                if give_up():
-                    yield False
-                    return
-            held.append(lock)
-        yield True
-    finally:
-        for lock in reversed(held):
-            try:
-                lock.release()
-            except Exception:
-                pass  # (lost with the scheduler: nobody holds it any more)
+    return _hold_in_order([Lock("atmosbuild-" + name) for name in sorted(names)], 0.5, give_up)
 
 
 def _claim(worker, name: str):
