@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tfhelpers import LABEL_MODULE, atmos_yaml, deployment, needs_terraform, outputs_of, shim, tf_env
+from tfhelpers import SECRET_MODULE, atmos_yaml, deployment, needs_terraform, outputs_of, shim, tf_env
 
 pytestmark = needs_terraform
 
@@ -267,15 +267,6 @@ def test_output_prints_recorded_outputs_and_one_raw(ws, tf, env):
 # -- destroy and an upstream's sensitive output ------------------------------------------
 
 SECRET = "pw-db-Zq8"
-SECRET_MODULE = """\
-variable "name" {}
-resource "terraform_data" "pw" { input = sensitive("pw-${var.name}-Zq8") }
-output "password" {
-  value     = terraform_data.pw.output
-  sensitive = true
-}
-output "plain" { value = "plain-${var.name}" }
-"""
 # Its destroy needs the real password: the marker state holds (an object)
 # fails the type, another string fails the validation. (The module holds
 # only the password's digest, so the secret is in no file of the source.)

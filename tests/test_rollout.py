@@ -514,9 +514,8 @@ def test_keep_going_and_schedule_can_come_from_atmos_yaml(ws):
 
 # -- the runner seam ---------------------------------------------------------------------
 
-def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_down(ws):
-    """Any runner (here the fake) gets setup() with the descriptors of the
-    locks it must keep held, and teardown() once the schedule is over."""
+def _fake_rollout_of_a_then_b(ws, **kwargs):
+    """The one Rollout, in process, of `b` after `a` over the fake runner."""
     import io
 
     from atmosbuild.components import TYPES
@@ -538,7 +537,14 @@ def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_d
     factory = FakeRunnerFactory()
     console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
     rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
-                      runner_factory=factory)
+                      runner_factory=factory, **kwargs)
+    return rollout, factory, store
+
+
+def test_the_rollout_sets_the_runner_up_with_the_lock_descriptors_and_tears_it_down(ws):
+    """Any runner (here the fake) gets setup() with the descriptors of the
+    locks it must keep held, and teardown() once the schedule is over."""
+    rollout, factory, _ = _fake_rollout_of_a_then_b(ws)
     assert rollout.run() == 0
     runner = factory.runners[-1]
     assert runner.started_order == ["command/a", "command/b"]
@@ -551,18 +557,8 @@ def test_a_new_verb_is_a_verb_handed_to_the_one_rollout(ws):
     """A verb says what differs (order, what runs, what is recorded, the exit
     code); the one Rollout does the rest. Here: every node, dependents
     first, nothing recorded, exit 7."""
-    import io
-
-    from atmosbuild.components import TYPES
-    from atmosbuild.config.labels import parse_label
-    from atmosbuild.config.workspace import expand, load_settings, load_specs
-    from atmosbuild.graph.actions import compile_graph
     from atmosbuild.run.lifecycle import reversed_dag
-    from atmosbuild.run.rollout import Rollout, RolloutOptions, Verb
-    from atmosbuild.run.ui import Console
-    from atmosbuild.state.files import FileDigester
-    from atmosbuild.state.store import MemoryStore
-    from fakes import FakeRunnerFactory
+    from atmosbuild.run.rollout import Verb
 
     class Audit(Verb):
         name = "audit"
@@ -579,16 +575,7 @@ def test_a_new_verb_is_a_verb_handed_to_the_one_rollout(ws):
         def exit_code(self, outcome) -> int:
             return 7 if outcome.result == "success" else 1
 
-    deployment(ws, {"a": {"run": ["true"]}, "b": {"run": ["true"], **after("a")}})
-    root, state = str(ws.root), str(ws.state)
-    store = MemoryStore()
-    labels = expand(root, [parse_label("//app:dev")], TYPES)
-    graph = compile_graph(root, labels, FileDigester(root, store.file_cache()),
-                          specs=lambda: load_specs(root, labels, TYPES), settings=lambda: load_settings(root))
-    factory = FakeRunnerFactory()
-    console = Console(io.StringIO(), io.StringIO(), prefix=False, live=False, color=False)
-    rollout = Rollout(root, state, graph, store, RolloutOptions(parallelism=2), console,
-                      runner_factory=factory, verb=Audit())
+    rollout, factory, store = _fake_rollout_of_a_then_b(ws, verb=Audit())
     assert rollout.run() == 7
     assert factory.runners[-1].started_order == ["command/b", "command/a"]
     assert store.applied == {} and store.attempts == {} and store.log == []

