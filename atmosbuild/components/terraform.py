@@ -43,12 +43,15 @@ import json
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from .base import (APPLY, CLUSTER_LOCK, WORKER_DIR, ActionContext, CompileEnv, Compiled, ComponentType, Invocation,
                    parse_json_object, require_binary)
-from .tfbackend import (backend_ingredient, backend_secrets, chosen_backend,  # noqa: F401
-                        override_document, state_paths)
-from .tftoolchain import ToolchainCache, describe_toolchain, resolve_binary, toolchain_identity  # noqa: F401
+from .tfbackend import backend_ingredient, backend_secrets, chosen_backend, override_document
+from .tftoolchain import ToolchainCache, resolve_binary, toolchain_identity
+
+if TYPE_CHECKING:  # (imported where it is used: plan time only)
+    from .tfmodule import Module
 
 OVERRIDE_FILE = "atmos_backend_override.tf.json"
 LOCK_FILE = ".terraform.lock.hcl"
@@ -62,13 +65,19 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("/", "%2F")
 
 
+def _values(raw: dict) -> dict:
+    """Each output's value out of `terraform output -json` (which wraps it
+    with its type and sensitivity)."""
+    return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
+
+
 def data_dir(state_dir: str, deployment: str, target: str, cid: str) -> str:
     return os.path.join(state_dir, "terraform", "data", f"{_escape(deployment)}@{target}", _escape(cid))
 
 
 # -- plan time ---------------------------------------------------------------------------
 
-def read_module_dir(root: str, rel_dir: str, digester, cache) -> "Module":
+def read_module_dir(root: str, rel_dir: str, digester, cache) -> Module:
     """One module directory's summaries (its top-level .tf/.tf.json files),
     digests through the keys' digester and parses through the cache."""
     from ..config.workspace import outside_root
@@ -514,17 +523,15 @@ class Terraform(ComponentType):
     def outputs(self, ctx: ActionContext, captured: str | None) -> dict:
         raw = self._raw_outputs(captured)
         self._after_success(ctx)
-        return {name: (item.get("value") if isinstance(item, dict) else item)
-                for name, item in raw.items()}
+        return _values(raw)
 
     @classmethod
     def _output_values(cls, stdout: bytes) -> dict | None:
         """The values `terraform output -json` printed; None if it is not JSON."""
         try:
-            raw = cls._raw_outputs(stdout.decode("utf-8", "replace"))
+            return _values(cls._raw_outputs(stdout.decode("utf-8", "replace")))
         except ValueError:
             return None
-        return {name: (item.get("value") if isinstance(item, dict) else item) for name, item in raw.items()}
 
     @staticmethod
     def _raw_outputs(captured: str | None) -> dict:
