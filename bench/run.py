@@ -30,6 +30,7 @@ that was measured failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -72,6 +73,20 @@ SUPERLINEAR_RATIO = 1.25  # a segment's slope this much above the previous one..
 SUPERLINEAR_MIN_EXCESS_S = 0.1  # ...and costing at least this much more in total
 SUPERLINEAR_MIN_EXCESS_MB = 5.0
 EDIT_SUFFIX = b"# edited by bench/run.py\n"
+
+
+@contextlib.contextmanager
+def edited(path: str):
+    """The one-file edit: EDIT_SUFFIX appended to `path`, its bytes put back after."""
+    with open(path, "rb") as f:
+        original = f.read()
+    try:
+        with open(path, "wb") as f:
+            f.write(original + EDIT_SUFFIX)
+        yield
+    finally:
+        with open(path, "wb") as f:
+            f.write(original)
 DASK_NODES = 500
 SMOKE_DASK_NODES = 40
 DASK_JOBS = 4
@@ -168,8 +183,6 @@ class Bench:
         mid = len(g.nodes) // 2
         edit_rel = g.source_files(mid)[0]
         edit_path = os.path.join(ws, edit_rel)
-        with open(edit_path, "rb") as f:
-            original = f.read()
         rebuilt = 1 + len(descendants(g, mid))
         self.extra["edit"] = {"component": g.component_id(mid), "file": edit_rel, "rebuilds": rebuilt}
         tools = [t for t in INCREMENTAL_TOOLS if not self.unavailable(t)]
@@ -185,13 +198,8 @@ class Bench:
                 if "noop" in wanted and not self.c.run("noop", tool, argv, ws):
                     continue
                 if "edit" in wanted:
-                    try:
-                        with open(edit_path, "wb") as f:
-                            f.write(original + EDIT_SUFFIX)
+                    with edited(edit_path):
                         self.c.run("edit", tool, argv, ws)
-                    finally:
-                        with open(edit_path, "wb") as f:
-                            f.write(original)
         for s in ("cold", "noop", "edit"):
             if s in wanted:
                 self._collect(s, INCREMENTAL_TOOLS)
@@ -388,16 +396,8 @@ class Bench:
                     ws, argv = spaces[tool], argvs[tool]
                     if not self.c.run("postgres-noop", tool, argv, ws):
                         continue
-                    path = os.path.join(ws, edit_rel)
-                    with open(path, "rb") as f:
-                        original = f.read()
-                    try:
-                        with open(path, "wb") as f:
-                            f.write(original + EDIT_SUFFIX)
+                    with edited(os.path.join(ws, edit_rel)):
                         self.c.run("postgres-edit", tool, argv, ws)
-                    finally:
-                        with open(path, "wb") as f:
-                            f.write(original)
                     self.c.run("postgres-settle", tool, argv, ws)
         finally:
             if server is not None:
