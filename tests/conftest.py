@@ -149,10 +149,11 @@ class Workspace:
     def state(self) -> Path:
         return self.root / ".atmos"
 
-    def snapshot_tree(self) -> dict[str, bytes]:
-        """Every file under the root with its content (to prove nothing changed)."""
+    def snapshot_tree(self, under: Path | None = None) -> dict[str, bytes]:
+        """Every file under the root (or `under` it) with its content, by its
+        root-relative path (to prove nothing changed, or search every byte)."""
         out = {}
-        for base, _, files in os.walk(self.root):
+        for base, _, files in os.walk(under or self.root):
             for name in files:
                 path = Path(base) / name
                 out[str(path.relative_to(self.root))] = path.read_bytes()

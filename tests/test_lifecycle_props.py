@@ -70,25 +70,23 @@ def run(cls, root, store, sc, factory):
     return rollout.run(), rollout
 
 
-def dependents_closure(deps, i) -> set[int]:
+def closure(edges, i) -> set[int]:
+    """Brute force: the nodes reachable from `i` along `edges` (a list per node)."""
     out, todo = set(), [i]
     while todo:
-        n = todo.pop()
-        for m, ds in enumerate(deps):
-            if n in ds and m not in out:
-                out.add(m)
-                todo.append(m)
-    return out
-
-
-def dependencies_closure(deps, i) -> set[int]:
-    out, todo = set(), [i]
-    while todo:
-        for d in deps[todo.pop()]:
+        for d in edges[todo.pop()]:
             if d not in out:
                 out.add(d)
                 todo.append(d)
     return out
+
+
+def dependents_closure(deps, i) -> set[int]:
+    return closure([[m for m, ds in enumerate(deps) if n in ds] for n in range(len(deps))], i)
+
+
+def dependencies_closure(deps, i) -> set[int]:
+    return closure(deps, i)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,7 +17,6 @@ import os
 import sqlite3
 import subprocess
 import tempfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -255,12 +254,7 @@ def _encodings(secret: str) -> set[bytes]:
 
 
 def _state_files(ws) -> dict[str, bytes]:
-    out = {}
-    for base, _, files in os.walk(ws.state):
-        for name in files:
-            path = Path(base) / name
-            out[str(path.relative_to(ws.root))] = path.read_bytes()
-    return out
+    return ws.snapshot_tree(ws.state)
 
 
 def _assert_nowhere(secrets, haystacks: dict[str, bytes]) -> None:
